@@ -1,0 +1,85 @@
+"""Process configuration, read once from the environment (contract §3).
+
+Every variable has a default that works on a laptop with nothing installed:
+SQLite and an embedded Redis under ``./.dunning/``, ``.eml`` files instead of
+SMTP, and the sandbox billing server.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+def _home() -> Path:
+    return Path(os.environ.get("DUNNING_HOME", ".dunning")).resolve()
+
+
+def _link_secret(home: Path) -> str:
+    """A per-install secret for customer links, created on first use."""
+    path = home / "link-secret"
+    if path.exists():
+        return path.read_text().strip()
+    home.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_hex(32)
+    # O_EXCL so two processes starting together agree on one secret.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a process needs to know about its surroundings."""
+
+    home: Path
+    database_url: str
+    redis_url: str | None  # None: the embedded Redis under ``home``
+    smtp_url: str | None  # None: write .eml files under ``home/outbox``
+    billing_url: str | None  # None: the sandbox
+    billing_secret: str
+    ingest_secret: str | None
+    policy_path: Path | None
+    link_secret: str
+    public_url: str
+    clock: str  # "system" | "simulated"
+    mail_from: str = "Billing <billing@example.com>"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.home / "outbox"
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with some fields changed (tests and the demo use it)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Build settings from environment variables (``os.environ`` by default)."""
+    env = dict(os.environ if env is None else env)
+    home = Path(env.get("DUNNING_HOME", ".dunning")).resolve()
+    clock = env.get("DUNNING_CLOCK", "system").strip().lower()
+    if clock not in ("system", "simulated"):
+        raise ValueError(f"DUNNING_CLOCK: expected 'system' or 'simulated', got {clock!r}")
+    policy = env.get("DUNNING_POLICY")
+    return Settings(
+        home=home,
+        database_url=env.get("DUNNING_DATABASE_URL") or f"sqlite:///{home / 'dunning.db'}",
+        redis_url=env.get("DUNNING_REDIS_URL") or None,
+        smtp_url=env.get("DUNNING_SMTP_URL") or None,
+        billing_url=env.get("DUNNING_BILLING_URL") or None,
+        billing_secret=env.get("DUNNING_BILLING_SECRET") or "sandbox-secret",
+        ingest_secret=env.get("DUNNING_INGEST_SECRET") or None,
+        policy_path=Path(policy) if policy else None,
+        link_secret=env.get("DUNNING_LINK_SECRET") or _link_secret(home),
+        public_url=(env.get("DUNNING_PUBLIC_URL") or "http://localhost:8000").rstrip("/"),
+        clock=clock,
+        mail_from=env.get("DUNNING_MAIL_FROM") or "Billing <billing@example.com>",
+    )
