@@ -1,0 +1,268 @@
+"""Inbound billing events (contract §1): one schema module for every way in.
+
+The Python client, the HTTP ingest endpoint and the ``ingest_event`` actor all
+call :func:`parse_event`, so a producer gets the same verdict whichever path it
+uses. Errors name the field and the reason but never echo the offending value:
+the value may be customer data and error texts end up in logs and dead letters.
+"""
+
+from __future__ import annotations
+
+import json
+import zoneinfo
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
+
+#: Largest accepted envelope, in bytes of JSON. Real events are a few hundred bytes.
+MAX_EVENT_BYTES = 64 * 1024
+
+QUEUE = "billing_events"
+ACTOR = "ingest_event"
+
+Id = Annotated[str, Field(min_length=1, max_length=255)]
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO-4217 code, upper case")]
+Minor = Annotated[int, Field(ge=0, le=10**12, description="amount in minor units (cents)")]
+
+
+class _Model(BaseModel):
+    # Tolerant reader: producers may add fields without breaking us.
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=False)
+
+
+class PaymentMethod(_Model):
+    present: bool
+    brand: str | None = Field(default=None, max_length=40)
+    last4: str | None = Field(default=None, pattern=r"^[0-9]{4}$")
+    exp_month: int | None = Field(default=None, ge=1, le=12)
+    exp_year: int | None = Field(default=None, ge=2000, le=2200)
+
+
+class Customer(_Model):
+    id: Id
+    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=320)
+    name: str | None = Field(default=None, max_length=200)
+    locale: str | None = Field(default=None, pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$")
+    timezone: str | None = Field(default=None, max_length=64)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown IANA time zone") from None
+        return value
+
+
+class TemporaryUpgrade(_Model):
+    plan: Id
+    ends_at: AwareDatetime
+    revert_to: Id
+
+
+class Subscription(_Model):
+    id: Id
+    customer_id: Id
+    plan: Id
+    status: Literal["trialing", "active", "past_due", "unpaid", "canceled", "incomplete", "paused"]
+    amount_minor: Minor
+    currency: Currency
+    interval: Literal["day", "week", "month", "year"]
+    interval_count: int = Field(default=1, ge=1, le=36)
+    trial_end: AwareDatetime | None = None
+    current_period_end: AwareDatetime
+    cancel_at_period_end: bool = False
+    payment_method: PaymentMethod | None = None
+    temporary_upgrade: TemporaryUpgrade | None = None
+
+
+class FailedInvoice(_Model):
+    id: Id
+    subscription_id: Id
+    customer_id: Id
+    amount_minor: Annotated[int, Field(gt=0, le=10**12)]
+    currency: Currency
+
+
+class PaidInvoice(_Model):
+    id: Id
+    subscription_id: Id
+    amount_minor: Minor
+    currency: Currency
+
+
+class CustomerUpsertedData(_Model):
+    customer: Customer
+
+
+class SubscriptionUpsertedData(_Model):
+    subscription: Subscription
+
+
+class PaymentFailedData(_Model):
+    invoice: FailedInvoice
+    decline_code: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")]
+    failure_message: str | None = Field(default=None, max_length=500)
+
+
+class InvoicePaidData(_Model):
+    invoice: PaidInvoice
+
+
+class PaymentMethodUpdatedData(_Model):
+    customer_id: Id
+    payment_method: PaymentMethod
+
+
+class SubscriptionCanceledData(_Model):
+    subscription_id: Id
+    reason: str | None = Field(default=None, max_length=200)
+
+
+class _Envelope(_Model):
+    id: Id
+    occurred_at: AwareDatetime
+
+
+class CustomerUpserted(_Envelope):
+    type: Literal["customer.upserted"]
+    data: CustomerUpsertedData
+
+
+class SubscriptionUpserted(_Envelope):
+    type: Literal["subscription.upserted"]
+    data: SubscriptionUpsertedData
+
+
+class InvoicePaymentFailed(_Envelope):
+    type: Literal["invoice.payment_failed"]
+    data: PaymentFailedData
+
+
+class InvoicePaid(_Envelope):
+    type: Literal["invoice.paid"]
+    data: InvoicePaidData
+
+
+class PaymentMethodUpdated(_Envelope):
+    type: Literal["payment_method.updated"]
+    data: PaymentMethodUpdatedData
+
+
+class SubscriptionCanceled(_Envelope):
+    type: Literal["subscription.canceled"]
+    data: SubscriptionCanceledData
+
+
+Event = Annotated[
+    CustomerUpserted
+    | SubscriptionUpserted
+    | InvoicePaymentFailed
+    | InvoicePaid
+    | PaymentMethodUpdated
+    | SubscriptionCanceled,
+    Field(discriminator="type"),
+]
+
+EVENT_TYPES: tuple[str, ...] = (
+    "customer.upserted",
+    "subscription.upserted",
+    "invoice.payment_failed",
+    "invoice.paid",
+    "payment_method.updated",
+    "subscription.canceled",
+)
+
+_adapter: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+class InvalidEvent(Exception):
+    """An event we refuse: ``field`` is a dotted path, ``reason`` says why.
+
+    Never retried: the same bytes would fail the same way.
+    """
+
+    def __init__(self, field: str, reason: str, *, event_id: str | None = None) -> None:
+        self.field = field
+        self.reason = reason
+        self.event_id = event_id
+        super().__init__(f"{field}: {reason}")
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in EVENT_TYPES:
+            continue  # pydantic puts the union tag in the path; users never wrote it
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(envelope)"
+
+
+def parse_event(raw: Any) -> Event:
+    """Validate an envelope (dict, JSON text or bytes) and return the typed event.
+
+    Raises :class:`InvalidEvent` naming the first wrong field.
+    """
+    if isinstance(raw, str | bytes | bytearray):
+        size = len(raw)
+        if size > MAX_EVENT_BYTES:
+            raise InvalidEvent("(envelope)", f"event is {size} bytes, over the {MAX_EVENT_BYTES}-byte limit")
+        try:
+            raw = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidEvent("(envelope)", f"not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(raw, dict):
+        raise InvalidEvent("(envelope)", f"expected a JSON object, got {type(raw).__name__}")
+    event_id = raw.get("id") if isinstance(raw.get("id"), str) else None
+    size = len(json.dumps(raw, separators=(",", ":"), default=str))
+    if size > MAX_EVENT_BYTES:
+        raise InvalidEvent(
+            "(envelope)", f"event is {size} bytes, over the {MAX_EVENT_BYTES}-byte limit", event_id=event_id
+        )
+    kind = raw.get("type")
+    if kind not in EVENT_TYPES:
+        shown = repr(kind)[:60] if isinstance(kind, str) else f"a {type(kind).__name__}"
+        raise InvalidEvent(
+            "type", f"unknown event type {shown}; expected one of {', '.join(EVENT_TYPES)}", event_id=event_id
+        )
+    try:
+        return _adapter.validate_python(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        raise InvalidEvent(_loc(tuple(first["loc"])), first["msg"], event_id=event_id) from None
+
+
+def event_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the envelope, published as ``docs/events.schema.json``."""
+    schema = _adapter.json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://dunning.example/schemas/events-v1.json"
+    schema["title"] = "Dunning billing event (contract v1)"
+    return schema
+
+
+def to_wire(event: Event) -> dict[str, Any]:
+    """The JSON-ready dict for an event (what goes on the broker)."""
+    return event.model_dump(mode="json", exclude_none=True)
+
+
+def utc(dt: datetime) -> datetime:
+    """Normalise an aware datetime to UTC."""
+    from datetime import UTC
+
+    return dt.astimezone(UTC)

@@ -1,0 +1,269 @@
+"""Tables. Every effect has a natural idempotency key backed by a UNIQUE constraint."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        from datetime import UTC
+
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        from datetime import UTC
+
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    email: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str | None] = mapped_column(String(200))
+    locale: Mapped[str | None] = mapped_column(String(35))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    pm_present: Mapped[bool] = mapped_column(Boolean, default=False)
+    pm_brand: Mapped[str | None] = mapped_column(String(40))
+    pm_last4: Mapped[str | None] = mapped_column(String(4))
+    pm_exp_month: Mapped[int | None] = mapped_column(Integer)
+    pm_exp_year: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Subscription(Base):
+    __tablename__ = "subscriptions"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(255), index=True)
+    plan: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(20))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    interval: Mapped[str] = mapped_column(String(10))
+    interval_count: Mapped[int] = mapped_column(Integer, default=1)
+    current_period_end: Mapped[datetime] = mapped_column(UtcDateTime)
+    trial_end: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    cancel_at_period_end: Mapped[bool] = mapped_column(Boolean, default=False)
+    # What we told the billing system about access; the billing system owns the rest.
+    access: Mapped[str] = mapped_column(String(12), default="active")
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Invoice(Base):
+    """Invoices we heard of; ``paid`` guards against a late failure event opening a case."""
+
+    __tablename__ = "invoices"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(String(255), index=True)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(10))  # open | paid
+    paid_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class ProcessedEvent(Base):
+    """Event ids already applied: redelivery of an id is a no-op."""
+
+    __tablename__ = "processed_events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(40))
+    occurred_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    processed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Case(Base):
+    __tablename__ = "cases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    invoice_id: Mapped[str] = mapped_column(String(255), unique=True)
+    subscription_id: Mapped[str] = mapped_column(String(255), index=True)
+    customer_id: Mapped[str] = mapped_column(String(255), index=True)
+    plan: Mapped[str] = mapped_column(String(255))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(12), index=True)
+    decline_code: Mapped[str] = mapped_column(String(64))
+    first_decline_code: Mapped[str] = mapped_column(String(64))
+    has_payment_method: Mapped[bool] = mapped_column(Boolean)
+    needs_new_payment_method: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts_made: Mapped[int] = mapped_column(Integer, default=0)
+    scheduled_retries_made: Mapped[int] = mapped_column(Integer, default=0)
+    card_update_retries_used: Mapped[int] = mapped_column(Integer, default=0)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    opened_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    suspended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # How it ended: retry | card_update | paid_elsewhere | canceled | downgraded | subscription_canceled
+    outcome: Mapped[str | None] = mapped_column(String(30))
+    recovered_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    policy_version: Mapped[str] = mapped_column(String(64))
+
+
+class ChargeAttempt(Base):
+    """One charge we asked for, recorded with its key BEFORE the call is made."""
+
+    __tablename__ = "charge_attempts"
+    __table_args__ = (UniqueConstraint("case_id", "attempt_no"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    invoice_id: Mapped[str] = mapped_column(String(255))
+    attempt_no: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    trigger: Mapped[str] = mapped_column(String(20))  # schedule | card_update
+    status: Mapped[str] = mapped_column(String(12))  # pending | succeeded | failed | unknown
+    decline_code: Mapped[str | None] = mapped_column(String(64))
+    requested_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class Job(Base):
+    """Work due at a time: the schedule lives here, not in the broker.
+
+    ``due_at`` is business time (the injected clock); ``lease_until`` and
+    ``retry_at`` are wall-clock times, because they are about processes dying,
+    not about customers.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index(
+            "ix_jobs_pending_due",
+            "due_at",
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index(
+            "ix_jobs_claimed_lease",
+            "lease_until",
+            sqlite_where=text("status = 'claimed'"),
+            postgresql_where=text("status = 'claimed'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), unique=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    queue: Mapped[str] = mapped_column(String(40))
+    case_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    outbox_id: Mapped[int | None] = mapped_column(Integer)
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(10))  # pending | claimed | done | canceled | dead
+    due_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    retry_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    claims: Mapped[int] = mapped_column(Integer, default=0)
+    runs: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Outbox(Base):
+    """An email decided on, written in the same transaction as the decision."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(255), unique=True)  # kind:case:step
+    kind: Mapped[str] = mapped_column(String(40))
+    case_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    customer_id: Mapped[str] = mapped_column(String(255))
+    to_email: Mapped[str] = mapped_column(String(320))
+    locale: Mapped[str] = mapped_column(String(35))
+    subject: Mapped[str] = mapped_column(Text)
+    html: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    message_id: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(10))  # pending | sending | sent | failed
+    send_after: Mapped[datetime] = mapped_column(UtcDateTime)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class TimelineEntry(Base):
+    """What happened to a subscription, in business time, for support and ops."""
+
+    __tablename__ = "timeline"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subscription_id: Mapped[str] = mapped_column(String(255), index=True)
+    case_id: Mapped[int | None] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
+    kind: Mapped[str] = mapped_column(String(40))
+    detail: Mapped[str] = mapped_column(Text)
+
+
+class DeadLetter(Base):
+    """A message we refused or gave up on, kept with its reason until ops act."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(64), unique=True)
+    queue: Mapped[str] = mapped_column(String(80))
+    actor: Mapped[str] = mapped_column(String(80))
+    payload: Mapped[str] = mapped_column(Text)  # the original message, JSON
+    field: Mapped[str | None] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    error_type: Mapped[str] = mapped_column(String(80))
+    parked_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    requeued_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class SimulatedClock(Base):
+    """The simulated clock shared by every process (one row)."""
+
+    __tablename__ = "simulated_clock"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    now: Mapped[datetime] = mapped_column(UtcDateTime)
