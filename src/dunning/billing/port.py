@@ -1,0 +1,83 @@
+"""What the workers need from the billing system (contract §2), independent of transport.
+
+Workers depend on :class:`BillingPort` only; :class:`~dunning.billing.http_client.HttpBillingClient`
+implements it over HTTP, against the real billing system or the sandbox.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+
+class PayOutcome(StrEnum):
+    """What became of one payment attempt."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    # No answer arrived: the charge may or may not have happened. Reconcile with
+    # invoice_state() before doing anything else, never by paying again under a new key.
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class PayResult:
+    """The answer to one ``pay_invoice`` call."""
+
+    outcome: PayOutcome
+    decline_code: str | None = None
+    detail: str | None = None
+
+
+class InvoiceState(StrEnum):
+    """An invoice's state as the billing system sees it."""
+
+    PAID = "paid"
+    OPEN = "open"
+
+
+class BillingUnavailable(Exception):
+    """Transient: timeouts, connection errors, 5xx after retries; try later."""
+
+
+class BillingRejected(Exception):
+    """Permanent 4xx: the request itself is wrong (unknown invoice, bad signature...)."""
+
+
+class BillingPort(Protocol):
+    """The billing calls the workers make. Every mutating call takes a caller-kept idempotency key."""
+
+    def pay_invoice(self, invoice_id: str, idempotency_key: str) -> PayResult:
+        """Charge the payment method on file. Never raises for timeouts: returns UNKNOWN instead."""
+        ...
+
+    def invoice_state(self, invoice_id: str) -> InvoiceState:
+        """Current state of the invoice. Raises BillingUnavailable / BillingRejected."""
+        ...
+
+    def suspend(self, subscription_id: str, idempotency_key: str) -> None:
+        """Cut access (grace is over)."""
+        ...
+
+    def reinstate(self, subscription_id: str, idempotency_key: str) -> None:
+        """Restore access (paid after suspension)."""
+        ...
+
+    def cancel(self, subscription_id: str, idempotency_key: str, reason: str | None = None) -> None:
+        """End the subscription."""
+        ...
+
+    def change_plan(
+        self,
+        subscription_id: str,
+        idempotency_key: str,
+        *,
+        plan: str,
+        amount_minor: int,
+        currency: str,
+        effective_at: datetime,
+    ) -> None:
+        """Downgrade, or apply a migrated price, from ``effective_at``."""
+        ...

@@ -1,0 +1,81 @@
+"""Request signing shared by HTTP ingest (contract §1) and the billing API (contract §2).
+
+The header is ``Dunning-Signature: t=<unix>,v1=<hex>`` where ``<hex>`` is
+HMAC-SHA256 over ``f"{t}."`` followed by the exact body bytes. Binding the
+timestamp into the MAC lets the receiver refuse replays older than the
+tolerance without keeping a nonce store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+
+SIGNATURE_HEADER = "Dunning-Signature"
+DEFAULT_TOLERANCE_S = 300
+
+
+class SignatureError(Exception):
+    """The signature header is missing, malformed, stale or does not match the body."""
+
+
+def _digest(secret: str, timestamp: int, body: bytes) -> str:
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
+    """Return the ``Dunning-Signature`` header value for ``body`` signed at ``timestamp`` (default: now)."""
+    t = int(time.time()) if timestamp is None else timestamp
+    return f"t={t},v1={_digest(secret, t, body)}"
+
+
+def _parse(header: str) -> tuple[int, list[str]]:
+    timestamp: int | None = None
+    signatures: list[str] = []
+    for part in header.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep or not value:
+            raise SignatureError("malformed header")
+        if key == "t":
+            if timestamp is not None or not value.isascii() or not value.isdigit():
+                raise SignatureError("malformed header")
+            timestamp = int(value)
+        elif key == "v1":
+            signatures.append(value)
+        # Other schemes (a future v2, say) are ignored so senders can add them before we verify them.
+    if timestamp is None or not signatures:
+        raise SignatureError("malformed header")
+    return timestamp, signatures
+
+
+def verify(
+    secret: str,
+    body: bytes,
+    header: str | None,
+    *,
+    now: float | None = None,
+    tolerance_s: int = DEFAULT_TOLERANCE_S,
+) -> int:
+    """Check ``header`` against ``body`` and return its timestamp, or raise :class:`SignatureError`.
+
+    Several ``v1=`` entries are accepted (one per secret during a key rotation);
+    any one matching is enough. Timestamps further than ``tolerance_s`` from
+    ``now`` in either direction are refused.
+    """
+    if not header or not header.strip():
+        raise SignatureError(f"missing {SIGNATURE_HEADER} header")
+    timestamp, signatures = _parse(header)
+    expected = _digest(secret, timestamp, body).encode()
+    # Compare against every entry, not just until the first match, so timing does not reveal which one matched.
+    matched = False
+    for candidate in signatures:
+        matched |= hmac.compare_digest(expected, candidate.encode())
+    if not matched:
+        raise SignatureError("signature mismatch")
+    current = time.time() if now is None else now
+    if current - timestamp > tolerance_s:
+        raise SignatureError("timestamp too old")
+    if timestamp - current > tolerance_s:
+        raise SignatureError("timestamp too far in the future")
+    return timestamp
