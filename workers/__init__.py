@@ -1,0 +1,10 @@
+"""Dramatiq actors: thin adapters from a message to a service call.
+
+``dramatiq workers`` (or ``dunning worker``) imports this package: it sets up
+the broker from the environment and declares every actor.
+"""
+
+from dunning.broker import broker
+from workers import ingest, jobs
+
+__all__ = ["broker", "ingest", "jobs"]

@@ -82,4 +82,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         public_url=(env.get("DUNNING_PUBLIC_URL") or "http://localhost:8000").rstrip("/"),
         clock=clock,
         mail_from=env.get("DUNNING_MAIL_FROM") or "Billing <billing@example.com>",
+        extra={
+            k: v for k, v in {"payment_update_url": env.get("DUNNING_PAYMENT_UPDATE_URL", "")}.items() if v
+        },
     )

@@ -156,6 +156,7 @@ class ChargeAttempt(Base):
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
     invoice_id: Mapped[str] = mapped_column(String(255))
     attempt_no: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
     idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
     trigger: Mapped[str] = mapped_column(String(20))  # schedule | card_update
     status: Mapped[str] = mapped_column(String(12))  # pending | succeeded | failed | unknown
@@ -201,6 +202,8 @@ class Job(Base):
     lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
     claims: Mapped[int] = mapped_column(Integer, default=0)
     runs: Mapped[int] = mapped_column(Integer, default=0)
+    # Runs that started and never finished (the worker died): poison detection.
+    crashes: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -222,7 +225,7 @@ class Outbox(Base):
     html: Mapped[str] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text)
     message_id: Mapped[str] = mapped_column(String(255))
-    status: Mapped[str] = mapped_column(String(10))  # pending | sending | sent | failed
+    status: Mapped[str] = mapped_column(String(10))  # pending | sending | sent | failed | skipped
     send_after: Mapped[datetime] = mapped_column(UtcDateTime)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 17:39:34.881454
+Create Date: 2026-11-23 17:41:30.091863
 """
 
 from __future__ import annotations
@@ -110,6 +110,7 @@ def upgrade() -> None:
         sa.Column("lease_until", dunning.store.models.UtcDateTime(timezone=True), nullable=True),
         sa.Column("claims", sa.Integer(), nullable=False),
         sa.Column("runs", sa.Integer(), nullable=False),
+        sa.Column("crashes", sa.Integer(), nullable=False),
         sa.Column("created_at", dunning.store.models.UtcDateTime(timezone=True), nullable=False),
         sa.Column("finished_at", dunning.store.models.UtcDateTime(timezone=True), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
@@ -211,6 +212,7 @@ def upgrade() -> None:
         sa.Column("case_id", sa.Integer(), nullable=False),
         sa.Column("invoice_id", sa.String(length=255), nullable=False),
         sa.Column("attempt_no", sa.Integer(), nullable=False),
+        sa.Column("job_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
         sa.Column("idempotency_key", sa.String(length=255), nullable=False),
         sa.Column("trigger", sa.String(length=20), nullable=False),
         sa.Column("status", sa.String(length=12), nullable=False),

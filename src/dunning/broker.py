@@ -1,0 +1,64 @@
+"""The Dramatiq broker with our middleware, built from settings.
+
+Importing this module sets the global broker, as Dramatiq's actors expect; the
+URL comes from ``DUNNING_REDIS_URL`` or, when unset, the install's embedded
+Redis (started on first use and shared by every process of the install).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, ShutdownNotifications, TimeLimit
+
+from dunning.middleware import DeadLetters, PoisonGuard, RedactingRetries
+from dunning.settings import Settings, load_settings
+
+#: Actor time limit; job leases (``Tuning.run_lease_s``) must be longer.
+TIME_LIMIT_MS = 60_000
+
+
+def redis_url(settings: Settings) -> str:
+    """The configured broker URL, starting the embedded Redis if none is configured."""
+    if settings.redis_url:
+        return settings.redis_url
+    from dunning.embedded_redis import ensure_embedded_redis
+
+    return ensure_embedded_redis(settings.home)
+
+
+def _park_in_database(row: dict[str, Any]) -> None:
+    from dunning.runtime import get_runtime
+    from dunning.services.dlq import park
+
+    park(get_runtime(), row)
+
+
+def build_broker(url: str) -> RedisBroker:
+    """A Redis broker with the middleware set we rely on."""
+    client = redis.Redis.from_url(url)
+    dead = DeadLetters(_park_in_database)
+    middleware = [
+        AgeLimit(),
+        TimeLimit(time_limit=TIME_LIMIT_MS),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        dead,  # before Retries: its after-hook runs once Retries has ruled
+        RedactingRetries(max_retries=20, min_backoff=1_000, max_backoff=300_000),
+        PoisonGuard(client, dead),
+    ]
+    return RedisBroker(client=client, middleware=middleware)
+
+
+def setup_broker(settings: Settings | None = None) -> RedisBroker:
+    """Build the broker from settings and make it Dramatiq's global broker."""
+    broker = build_broker(redis_url(settings or load_settings()))
+    dramatiq.set_broker(broker)
+    return broker
+
+
+broker = setup_broker()

@@ -1,0 +1,130 @@
+"""The process's wiring: settings, database, clock, policy, billing, mail.
+
+Actors and commands ask :func:`get_runtime` for it; tests install their own
+with :func:`set_runtime`. Nothing here decides anything.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from dunning.billing.port import BillingPort
+from dunning.domain.clock import Clock, SystemClock
+from dunning.domain.policy import Policy, load_policy
+from dunning.links import LinkSigner
+from dunning.mail.render import Renderer
+from dunning.mail.senders import Sender, sender_from_url
+from dunning.settings import Settings, load_settings
+from dunning.store.clock import DatabaseClock
+from dunning.store.db import make_engine, make_sessionmaker
+
+DEFAULT_SANDBOX_URL = "http://127.0.0.1:8765"
+
+
+@dataclass
+class Tuning:
+    """Knobs for leases and backoff; tests and fault drills shorten them."""
+
+    queue_lease_s: float = 300.0  # a claimed job not started by then is enqueued again
+    run_lease_s: float = 120.0  # must exceed the actors' time limit
+    max_crashes: int = 3  # runs that killed their worker before the job is parked
+    max_runs: int = 12  # handled failures (billing or SMTP down) before the job is parked
+    backoff_base_s: float = 5.0
+    backoff_max_s: float = 600.0
+    link_ttl_days: int = 21
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Tuning:
+        """Overrides from ``DUNNING_TUNING_<FIELD>`` variables (e.g. ``DUNNING_TUNING_QUEUE_LEASE_S=5``)."""
+        import os
+
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for name, default in cls().__dict__.items():
+            raw = env.get(f"DUNNING_TUNING_{name.upper()}")
+            if raw is not None:
+                try:
+                    values[name] = type(default)(raw)
+                except ValueError:
+                    raise ValueError(
+                        f"DUNNING_TUNING_{name.upper()}: expected a number, got {raw!r}"
+                    ) from None
+        return cls(**values)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    clock: Clock
+    policy: Policy
+    billing: BillingPort
+    renderer: Renderer
+    sender: Sender
+    links: LinkSigner
+    tuning: Tuning = field(default_factory=Tuning)
+
+    def close(self) -> None:
+        """Release connections (the billing client's and the pool's)."""
+        close = getattr(self.billing, "close", None)
+        if callable(close):
+            close()
+        self.engine.dispose()
+
+
+def build_runtime(
+    settings: Settings | None = None,
+    *,
+    billing: BillingPort | None = None,
+    sender: Sender | None = None,
+    tuning: Tuning | None = None,
+    **engine_kwargs: Any,
+) -> Runtime:
+    """Wire a runtime from settings (the environment by default)."""
+    from dunning.billing.http_client import HttpBillingClient
+
+    settings = settings or load_settings()
+    engine = make_engine(settings.database_url, **engine_kwargs)
+    sessions = make_sessionmaker(engine)
+    clock: Clock = DatabaseClock(sessions) if settings.clock == "simulated" else SystemClock()
+    if billing is None:
+        billing = HttpBillingClient(settings.billing_url or DEFAULT_SANDBOX_URL, settings.billing_secret)
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        clock=clock,
+        policy=load_policy(settings.policy_path),
+        billing=billing,
+        renderer=Renderer(),
+        sender=sender or sender_from_url(settings.smtp_url, settings.outbox_dir),
+        links=LinkSigner(settings.link_secret, settings.public_url),
+        tuning=tuning or Tuning.from_env(),
+    )
+
+
+_runtime: Runtime | None = None
+_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    """The process-wide runtime, built from the environment on first use."""
+    global _runtime
+    if _runtime is None:
+        with _lock:
+            if _runtime is None:
+                _runtime = build_runtime()
+    return _runtime
+
+
+def set_runtime(runtime: Runtime | None) -> None:
+    """Install a runtime (tests, the demo); None resets to lazy construction."""
+    global _runtime
+    with _lock:
+        _runtime = runtime

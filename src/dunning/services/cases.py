@@ -1,0 +1,255 @@
+"""Persisting case decisions: facts back to the row, jobs, notices, billing calls, timeline."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session
+
+from dunning.domain.cases import CaseFacts, CaseStatus, Decision, JobKind, Notice, next_retry_at, suspend_at
+from dunning.domain.cases import final_notice_at as _final_at
+from dunning.domain.notices import deliver_at
+from dunning.domain.policy import PlanPolicy
+from dunning.mail.context import NoticeContext
+from dunning.queues import JOBS_QUEUE, MAIL_QUEUE
+from dunning.services.jobs import Dispatch, add_jobs, cancel_case_jobs
+from dunning.store.models import Case, Customer, Outbox, TimelineEntry
+
+if TYPE_CHECKING:
+    from dunning.runtime import Runtime
+
+# Kinds a closed case no longer needs; emails already decided and billing calls still go out.
+CANCELABLE = (JobKind.RETRY.value, JobKind.NOTICE.value, JobKind.SUSPEND.value, JobKind.END.value)
+
+# How a terminal status is reported.
+OUTCOME_FOR_STATUS = {
+    CaseStatus.CANCELED: "canceled",
+    CaseStatus.DOWNGRADED: "downgraded",
+    CaseStatus.CLOSED: "subscription_canceled",
+}
+
+
+def facts_of(case: Case) -> CaseFacts:
+    """The policy's view of a case row."""
+    return CaseFacts(
+        status=CaseStatus(case.status),
+        opened_at=case.opened_at,
+        decline_code=case.decline_code,
+        has_payment_method=case.has_payment_method,
+        needs_new_payment_method=case.needs_new_payment_method,
+        attempts_made=case.attempts_made,
+        scheduled_retries_made=case.scheduled_retries_made,
+        card_update_retries_used=case.card_update_retries_used,
+        last_attempt_at=case.last_attempt_at,
+        suspended_at=case.suspended_at,
+    )
+
+
+def _store_facts(case: Case, facts: CaseFacts) -> None:
+    case.status = facts.status.value
+    case.decline_code = facts.decline_code
+    case.has_payment_method = facts.has_payment_method
+    case.needs_new_payment_method = facts.needs_new_payment_method
+    case.attempts_made = facts.attempts_made
+    case.scheduled_retries_made = facts.scheduled_retries_made
+    case.card_update_retries_used = facts.card_update_retries_used
+    case.last_attempt_at = facts.last_attempt_at
+    case.suspended_at = facts.suspended_at
+
+
+@dataclass
+class Applied:
+    """What a decision left to do after commit."""
+
+    dispatch: list[Dispatch] = field(default_factory=list)
+
+
+def record(
+    session: Session, subscription_id: str, case_id: int | None, at: datetime, kind: str, detail: str
+) -> None:
+    """Add a line to a subscription's timeline."""
+    session.add(
+        TimelineEntry(subscription_id=subscription_id, case_id=case_id, at=at, kind=kind, detail=detail)
+    )
+
+
+def apply_decision(
+    rt: Runtime,
+    session: Session,
+    case: Case,
+    decision: Decision,
+    *,
+    now: datetime,
+    outcome: str | None = None,
+) -> Applied:
+    """Persist a decision about ``case`` in the current transaction."""
+    policy = rt.policy.for_plan(case.plan)
+    before = CaseStatus(case.status)
+    _store_facts(case, decision.facts)
+    after = decision.facts.status
+    applied = Applied()
+    if after != before and decision.facts.terminal:
+        case.closed_at = now
+        if after is CaseStatus.RECOVERED:
+            case.outcome = outcome or "retry"
+            case.recovered_minor = case.amount_minor
+        else:
+            case.outcome = OUTCOME_FOR_STATUS.get(after, after.value)
+    for line in decision.timeline:
+        record(session, case.subscription_id, case.id, now, "dunning", line)
+    if decision.cancel_pending_jobs:
+        cancel_case_jobs(session, case.id, CANCELABLE)
+    job_rows = [
+        {
+            "key": job.key,
+            "kind": job.kind.value,
+            "queue": JOBS_QUEUE,
+            "case_id": case.id,
+            "due_at": job.due_at,
+            "payload": {"manual": True} if ":u" in job.key.rsplit(":", 1)[-1] else None,
+        }
+        for job in decision.jobs
+    ]
+    for action in decision.billing:
+        payload: dict[str, object] = {"action": action.value, "subscription_id": case.subscription_id}
+        if action.value == "downgrade":
+            payload.update(
+                plan=policy.downgrade_plan,
+                amount_minor=policy.downgrade_amount_minor or 0,
+                currency=case.currency,
+            )
+        job_rows.append(
+            {
+                "key": f"billing:{action.value}:{case.id}",
+                "kind": "billing",
+                "queue": JOBS_QUEUE,
+                "case_id": case.id,
+                "due_at": now,
+                "payload": payload,
+            }
+        )
+    customer = session.get(Customer, case.customer_id)
+    for notice in decision.notices:
+        row = write_notice(rt, session, case, customer, notice, policy, now=now)
+        if row is not None:
+            job_rows.append(row)
+    applied.dispatch = add_jobs(session, job_rows, now=now, lease_s=rt.tuning.queue_lease_s)
+    return applied
+
+
+def message_id_for(key: str) -> str:
+    """A Message-ID derived from the notice key: a re-send is recognisably the same email."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+    return f"<notice.{digest}@dunning.invalid>"
+
+
+def notice_context(
+    rt: Runtime, case: Case, customer: Customer, notice: Notice, policy: PlanPolicy, *, now: datetime
+) -> NoticeContext:
+    """The facts an email is written from."""
+    facts = facts_of(case)
+    cut = case.suspended_at or suspend_at(facts, policy)
+    end_at = cut + policy.end_after
+    return NoticeContext(
+        kind=notice.kind.value,
+        customer_name=customer.name,
+        customer_email=customer.email,
+        locale=customer.locale or "en",
+        timezone=customer.timezone or "UTC",
+        plan=case.plan,
+        amount_minor=case.amount_minor,
+        currency=case.currency,
+        decline_class=notice.variant if notice.kind.value in _FAILURE_KINDS else None,
+        decline_reason=case.decline_code,
+        next_retry_at=next_retry_at(facts, policy),
+        suspend_at=cut,
+        end_at=end_at,
+        end_action=policy.end_action,
+        downgrade_plan=policy.downgrade_plan,
+        downgrade_amount_minor=policy.downgrade_amount_minor,
+        was_suspended=notice.variant == "was_suspended",
+        action_url=rt.links.url(
+            "update_payment_method",
+            f"{customer.id}:{case.id}",
+            now=now,
+            ttl=timedelta(days=rt.tuning.link_ttl_days),
+        ),
+        card_brand=customer.pm_brand,
+        card_last4=customer.pm_last4,
+    )
+
+
+_FAILURE_KINDS = frozenset({"payment_failed", "payment_reminder", "final_notice"})
+
+
+def write_notice(
+    rt: Runtime,
+    session: Session,
+    case: Case,
+    customer: Customer | None,
+    notice: Notice,
+    policy: PlanPolicy,
+    *,
+    now: datetime,
+) -> dict[str, object] | None:
+    """Render a notice into the outbox (idempotent on its key) and return its send job."""
+    key = f"{notice.kind.value}:{case.id}:{notice.step}"
+    if customer is None:
+        record(
+            session,
+            case.subscription_id,
+            case.id,
+            now,
+            "email",
+            f"{notice.kind.value} not sent: customer unknown",
+        )
+        return None
+    if session.query(Outbox.id).filter(Outbox.key == key).first() is not None:
+        return None
+    ctx = notice_context(rt, case, customer, notice, policy, now=now)
+    rendered = rt.renderer.render(ctx)
+    send_after = deliver_at(now, customer.timezone, policy.quiet_hours)
+    outbox = Outbox(
+        key=key,
+        kind=notice.kind.value,
+        case_id=case.id,
+        customer_id=customer.id,
+        to_email=customer.email,
+        locale=customer.locale or "en",
+        subject=rendered.subject,
+        html=rendered.html,
+        text=rendered.text,
+        message_id=message_id_for(key),
+        status="pending",
+        send_after=send_after,
+        created_at=now,
+        attempts=0,
+    )
+    session.add(outbox)
+    session.flush()
+    record(
+        session,
+        case.subscription_id,
+        case.id,
+        now,
+        "email",
+        f"{notice.kind.value} queued"
+        + (f" for {send_after:%Y-%m-%d %H:%M}Z (quiet hours)" if send_after > now else ""),
+    )
+    return {
+        "key": f"send:{key}",
+        "kind": "send_email",
+        "queue": MAIL_QUEUE,
+        "case_id": case.id,
+        "outbox_id": outbox.id,
+        "due_at": send_after,
+        "payload": None,
+    }
+
+
+def final_notice_at(case: Case, policy: PlanPolicy) -> datetime:
+    """When the final notice of a case is due (for reports and tests)."""
+    return _final_at(facts_of(case), policy)

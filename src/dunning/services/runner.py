@@ -1,0 +1,331 @@
+"""Running one scheduled job: the handlers behind the ``run_job`` and ``deliver_email`` actors.
+
+Each handler follows the same rule: effects that leave the building (a charge,
+a billing call, an email) are recorded before they are made, made outside any
+transaction, and their outcome is committed together with the job's end.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from dunning.billing.port import BillingRejected, BillingUnavailable, InvoiceState, PayOutcome, PayResult
+from dunning.domain import cases as policy_cases
+from dunning.mail.render import RenderedEmail
+from dunning.mail.senders import PermanentSendError, TransientSendError, build_message
+from dunning.services.cases import apply_decision, facts_of, record
+from dunning.services.jobs import Dispatch, finish, retry_later, start
+from dunning.store.db import transaction
+from dunning.store.models import Case, ChargeAttempt, Job, Outbox, Subscription
+
+if TYPE_CHECKING:
+    from dunning.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+Result = tuple[str, list[Dispatch]]
+
+
+class PermanentJobError(Exception):
+    """Retrying will not help (the billing API refused the request itself): park the job."""
+
+
+def run_job(rt: Runtime, job_id: int) -> Result:
+    """Run a claimed job once. Returns an outcome word and messages to send after commit."""
+    with transaction(rt.sessions) as session:
+        job = start(session, job_id, run_lease_s=rt.tuning.run_lease_s)
+        if job is None:
+            return "not_runnable", []
+        session.expunge(job)
+    handler = _HANDLERS.get(job.kind)
+    try:
+        if handler is None:
+            raise PermanentJobError(f"unknown job kind {job.kind!r}")
+        return handler(rt, job)
+    except PermanentJobError as exc:
+        with transaction(rt.sessions) as session:
+            finish(session, job, status="dead", note=f"parked: {exc}")
+        log.error("job %s parked: %s", job.id, exc)
+        return "dead", []
+    except (BillingUnavailable, TransientSendError) as exc:
+        return _later(rt, job, f"{type(exc).__name__}: {exc}"), []
+    except Exception as exc:
+        # Unexpected (a bug, the database going away): back off, and park after max_runs.
+        log.exception("job %s failed", job.id)
+        try:
+            return _later(rt, job, f"{type(exc).__name__}"), []
+        except Exception:
+            # The database itself is down: the lease expires and the scheduler tries again.
+            raise exc from None
+
+
+def _later(rt: Runtime, job: Job, error: str) -> str:
+    with transaction(rt.sessions) as session:
+        fresh = session.get(Job, job.id, populate_existing=True)
+        assert fresh is not None
+        return retry_later(
+            session,
+            fresh,
+            error=error,
+            backoff_base_s=rt.tuning.backoff_base_s,
+            backoff_max_s=rt.tuning.backoff_max_s,
+            max_runs=rt.tuning.max_runs,
+        )
+
+
+def _case(session, job: Job) -> Case:  # type: ignore[no-untyped-def]
+    case = session.get(Case, job.case_id, with_for_update=True, populate_existing=True)
+    if case is None:
+        raise PermanentJobError(f"case {job.case_id} not found")
+    return case
+
+
+def _simple(
+    decide: Callable[[Runtime, Case, Job], policy_cases.Decision],
+) -> Callable[[Runtime, Job], Result]:
+    """A job whose whole effect is one decision (notices, suspension, end)."""
+
+    def handler(rt: Runtime, job: Job) -> Result:
+        with transaction(rt.sessions) as session:
+            case = _case(session, job)
+            decision = decide(rt, case, job)
+            applied = apply_decision(rt, session, case, decision, now=rt.clock.now())
+            finish(session, job)
+            return ("acted" if decision.changed else "noop"), applied.dispatch
+
+    return handler
+
+
+def _notice(rt: Runtime, case: Case, job: Job) -> policy_cases.Decision:
+    step = job.key.rsplit(":", 1)[-1]
+    return policy_cases.on_notice_due(
+        facts_of(case), rt.policy.for_plan(case.plan), rt.clock.now(), step=step
+    )
+
+
+def _suspend(rt: Runtime, case: Case, job: Job) -> policy_cases.Decision:
+    return policy_cases.on_suspend_due(
+        facts_of(case), rt.policy.for_plan(case.plan), rt.clock.now(), case_key=str(case.id)
+    )
+
+
+def _end(rt: Runtime, case: Case, job: Job) -> policy_cases.Decision:
+    return policy_cases.on_end_due(facts_of(case), rt.policy.for_plan(case.plan), rt.clock.now())
+
+
+def _retry(rt: Runtime, job: Job) -> Result:
+    manual = bool(job.payload and job.payload.get("manual"))
+    dispatch: list[Dispatch] = []
+    # Two rounds at most: the first may only settle an earlier attempt whose outcome was lost.
+    for _ in range(2):
+        with transaction(rt.sessions) as session:
+            case = _case(session, job)
+            now = rt.clock.now()
+            attempt = session.execute(
+                select(ChargeAttempt)
+                .where(ChargeAttempt.case_id == case.id, ChargeAttempt.status.in_(("pending", "unknown")))
+                .order_by(ChargeAttempt.attempt_no.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+            inherited = attempt is not None
+            if attempt is None:
+                decision = policy_cases.on_retry_due(
+                    facts_of(case), rt.policy.for_plan(case.plan), now, case_key=str(case.id), manual=manual
+                )
+                if not decision.charge:
+                    dispatch += apply_decision(rt, session, case, decision, now=now).dispatch
+                    finish(session, job)
+                    return "skipped", dispatch
+                case.attempts_made += 1
+                attempt = ChargeAttempt(
+                    case_id=case.id,
+                    invoice_id=case.invoice_id,
+                    attempt_no=case.attempts_made,
+                    job_id=job.id,
+                    # Stable across redeliveries and days: the product keeps the key, not the process.
+                    idempotency_key=f"dunning:{case.invoice_id}:attempt-{case.attempts_made}",
+                    trigger="card_update" if manual else "schedule",
+                    status="pending",
+                    requested_at=now,
+                )
+                session.add(attempt)
+                record(
+                    session,
+                    case.subscription_id,
+                    case.id,
+                    now,
+                    "charge",
+                    f"retry {attempt.attempt_no}: charging",
+                )
+            session.flush()
+            attempt_id, key, invoice_id = attempt.id, attempt.idempotency_key, case.invoice_id
+        result = _charge(rt, invoice_id, key, reconcile=inherited)
+        if result.outcome is PayOutcome.UNKNOWN:
+            with transaction(rt.sessions) as session:
+                row = session.get(ChargeAttempt, attempt_id, populate_existing=True)
+                assert row is not None
+                if row.status == "pending":
+                    row.status = "unknown"
+            return _later(rt, job, "charge outcome unknown; will reconcile before anything else"), dispatch
+        with transaction(rt.sessions) as session:
+            case = _case(session, job)
+            row = session.get(ChargeAttempt, attempt_id, with_for_update=True, populate_existing=True)
+            assert row is not None
+            now = rt.clock.now()
+            if row.status in ("succeeded", "failed"):
+                finish(session, job)  # another run settled it meanwhile
+                return "already_settled", dispatch
+            succeeded = result.outcome is PayOutcome.SUCCEEDED
+            row.status = "succeeded" if succeeded else "failed"
+            row.decline_code = None if succeeded else (result.decline_code or "generic_decline")
+            row.completed_at = now
+            was_manual = row.trigger == "card_update"
+            decision = policy_cases.on_charge_result(
+                facts_of(case),
+                rt.policy.for_plan(case.plan),
+                now,
+                case_key=str(case.id),
+                succeeded=succeeded,
+                decline_code=row.decline_code,
+                manual=was_manual,
+            )
+            outcome = "card_update" if was_manual else "retry"
+            dispatch += apply_decision(rt, session, case, decision, now=now, outcome=outcome).dispatch
+            own = row.job_id == job.id
+            if own or decision.facts.terminal:
+                finish(session, job)
+                return ("recovered" if succeeded else "declined"), dispatch
+        # We settled someone else's attempt and our own retry is still to do.
+    with transaction(rt.sessions) as session:
+        finish(session, job, note="settled an earlier attempt only")
+    return "settled_previous", dispatch
+
+
+def _charge(rt: Runtime, invoice_id: str, key: str, *, reconcile: bool) -> PayResult:
+    """Charge under ``key``; an attempt whose answer was lost is reconciled first."""
+    try:
+        if reconcile and rt.billing.invoice_state(invoice_id) is InvoiceState.PAID:
+            return PayResult(PayOutcome.SUCCEEDED, detail="reconciled: invoice already paid")
+        return rt.billing.pay_invoice(invoice_id, key)
+    except BillingRejected as exc:
+        raise PermanentJobError(f"billing API refused the charge: {exc}") from None
+
+
+_ACCESS_AFTER = {"suspend": "suspended", "reinstate": "active", "cancel": "canceled", "downgrade": "active"}
+
+
+def _billing(rt: Runtime, job: Job) -> Result:
+    payload = job.payload or {}
+    action = str(payload.get("action"))
+    sub_id = str(payload.get("subscription_id"))
+    key = f"dunning:{action}:{job.case_id}"
+    try:
+        if action == "suspend":
+            rt.billing.suspend(sub_id, key)
+        elif action == "reinstate":
+            rt.billing.reinstate(sub_id, key)
+        elif action == "cancel":
+            rt.billing.cancel(sub_id, key, reason="non-payment")
+        elif action == "downgrade":
+            rt.billing.change_plan(
+                sub_id,
+                key,
+                plan=str(payload["plan"]),
+                amount_minor=int(payload.get("amount_minor") or 0),
+                currency=str(payload["currency"]),
+                effective_at=rt.clock.now(),
+            )
+        else:
+            raise PermanentJobError(f"unknown billing action {action!r}")
+    except BillingRejected as exc:
+        raise PermanentJobError(f"billing API refused {action}: {exc}") from None
+    with transaction(rt.sessions) as session:
+        now = rt.clock.now()
+        sub = session.get(Subscription, sub_id, with_for_update=True)
+        if sub is not None:
+            sub.access = _ACCESS_AFTER[action]
+            if action == "downgrade":
+                sub.plan = str(payload["plan"])
+                sub.amount_minor = int(payload.get("amount_minor") or 0)
+            if action == "cancel":
+                sub.status = "canceled"
+        record(session, sub_id, job.case_id, now, "billing", f"billing system: {action} done")
+        finish(session, job)
+    return action, []
+
+
+# Notices that stop being true once a case is settled; sending them late would mislead.
+_ONLY_WHILE_UNPAID = frozenset({"payment_failed", "payment_reminder", "final_notice", "access_suspended"})
+
+
+def _send_email(rt: Runtime, job: Job) -> Result:
+    with transaction(rt.sessions) as session:
+        outbox = session.get(Outbox, job.outbox_id, with_for_update=True, populate_existing=True)
+        if outbox is None:
+            raise PermanentJobError(f"outbox row {job.outbox_id} not found")
+        if outbox.status in ("sent", "failed", "skipped"):
+            finish(session, job)
+            return "already_" + outbox.status, []
+        case = session.get(Case, outbox.case_id) if outbox.case_id else None
+        if (
+            case is not None
+            and outbox.kind in _ONLY_WHILE_UNPAID
+            and case.status not in ("open", "suspended")
+        ):
+            outbox.status = "skipped"
+            record(
+                session,
+                case.subscription_id,
+                case.id,
+                rt.clock.now(),
+                "email",
+                f"{outbox.kind} dropped: case {case.status}",
+            )
+            finish(session, job)
+            return "skipped", []
+        # Recorded before the send: a crash after this point re-sends with the same Message-ID.
+        outbox.status = "sending"
+        outbox.attempts += 1
+        message = build_message(
+            RenderedEmail(subject=outbox.subject, html=outbox.html, text=outbox.text),
+            to=outbox.to_email,
+            sender=rt.settings.mail_from,
+            message_id=outbox.message_id,
+            headers={"X-Dunning-Notice": outbox.key, "X-Dunning-Kind": outbox.kind},
+        )
+        outbox_id = outbox.id
+    try:
+        rt.sender.send(message)
+    except TransientSendError as exc:
+        with transaction(rt.sessions) as session:
+            row = session.get(Outbox, outbox_id, populate_existing=True)
+            assert row is not None
+            row.status, row.last_error = "pending", str(exc)[:500]
+        raise
+    except PermanentSendError as exc:
+        with transaction(rt.sessions) as session:
+            row = session.get(Outbox, outbox_id, populate_existing=True)
+            assert row is not None
+            row.status, row.last_error = "failed", str(exc)[:500]
+            finish(session, job, note=f"permanent SMTP failure: {exc}")
+        return "failed", []
+    with transaction(rt.sessions) as session:
+        row = session.get(Outbox, outbox_id, populate_existing=True)
+        assert row is not None
+        row.status, row.sent_at, row.last_error = "sent", rt.clock.now(), None
+        finish(session, job)
+    return "sent", []
+
+
+_HANDLERS: dict[str, Callable[[Runtime, Job], Result]] = {
+    "retry": _retry,
+    "notice": _simple(_notice),
+    "suspend": _simple(_suspend),
+    "end": _simple(_end),
+    "billing": _billing,
+    "send_email": _send_email,
+}

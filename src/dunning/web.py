@@ -1,0 +1,136 @@
+"""``dunning serve``: signed HTTP ingest, customer links, health and a small ops page."""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import TYPE_CHECKING, Any
+
+import dramatiq
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from dunning.contract import MAX_EVENT_BYTES, InvalidEvent, parse_event
+from dunning.links import LinkError
+from dunning.signing import SIGNATURE_HEADER, SignatureError, verify
+
+if TYPE_CHECKING:
+    from dunning.runtime import Runtime
+
+
+def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
+    """The ASGI app; ``broker`` defaults to the configured one."""
+    from dunning.client import Client
+
+    client = Client(broker=broker) if broker is not None else None
+
+    def _client() -> Client:
+        nonlocal client
+        if client is None:
+            from dunning.broker import redis_url
+
+            client = Client(redis_url(rt.settings))
+        return client
+
+    async def events(request: Request) -> Response:
+        secret = rt.settings.ingest_secret
+        if not secret:
+            return JSONResponse(
+                {"error": "ingest disabled: DUNNING_INGEST_SECRET is not set"}, status_code=401
+            )
+        body = await request.body()
+        try:
+            verify(secret, body, request.headers.get(SIGNATURE_HEADER), now=time.time())
+        except SignatureError as exc:
+            return JSONResponse({"error": "bad signature", "reason": str(exc)}, status_code=401)
+        if len(body) > MAX_EVENT_BYTES:
+            return JSONResponse({"error": "invalid event", "field": "(envelope)", "reason": "too large"}, 413)
+        try:
+            event = parse_event(body)
+        except InvalidEvent as exc:
+            return JSONResponse(
+                {"error": "invalid event", "field": exc.field, "reason": exc.reason}, status_code=422
+            )
+        _client().send_event(event)
+        return JSONResponse({"accepted": event.id}, status_code=202)
+
+    async def link(request: Request) -> Response:
+        token = request.path_params["token"]
+        try:
+            claims = rt.links.verify(token, now=rt.clock.now())
+        except LinkError as exc:
+            status = 410 if exc.expired else 404
+            page = _page(
+                "Link no longer valid",
+                f"<p>{html.escape(str(exc))}.</p><p>Reply to the email you received and we will send a fresh link.</p>",
+            )
+            return HTMLResponse(page, status_code=status)
+        customer_id = claims.subject.split(":", 1)[0]
+        target = rt.settings.extra.get("payment_update_url")
+        if target:
+            return Response(status_code=303, headers={"Location": target.format(customer_id=customer_id)})
+        body = (
+            "<p>This is where your billing provider's secure page to update your card opens.</p>"
+            f"<p>Customer <code>{html.escape(customer_id)}</code>, link valid until "
+            f"{claims.expires_at:%Y-%m-%d %H:%M} UTC.</p>"
+        )
+        return HTMLResponse(_page("Update your payment method", body))
+
+    async def health(request: Request) -> Response:
+        from sqlalchemy import text
+
+        try:
+            with rt.engine.connect() as conn:
+                conn.execute(text("select 1"))
+        except Exception as exc:
+            return PlainTextResponse(f"database unavailable: {type(exc).__name__}", status_code=503)
+        return PlainTextResponse("ok")
+
+    async def ops(request: Request) -> Response:
+        from dunning.broker import redis_url
+        from dunning.ops import queue_snapshot
+        from dunning.report import build_report
+
+        snap = queue_snapshot(rt, redis_url(rt.settings))
+        rep = build_report(rt)
+        rows = "".join(
+            f"<tr><td>{q.name}</td><td>{q.ready}</td><td>{q.delayed}</td><td>{q.dead}</td></tr>"
+            for q in snap.queues
+        )
+        jobs = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in snap.jobs.items())
+        cases = "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in sorted(rep.by_status.items())
+        )
+        body = (
+            f"<p>Business time {snap.now:%Y-%m-%d %H:%M} UTC. Dead letters to review: {snap.dead_letters}.</p>"
+            f"<h2>Queues</h2><table><tr><th>queue</th><th>ready</th><th>delayed</th><th>dead</th></tr>{rows}</table>"
+            f"<h2>Jobs</h2><table>{jobs}</table><h2>Cases</h2><table>{cases}</table>"
+        )
+        return HTMLResponse(_page("Dunning: operations", body))
+
+    return Starlette(
+        routes=[
+            Route("/events", events, methods=["POST"]),
+            Route("/l/{token}", link, methods=["GET"]),
+            Route("/healthz", health, methods=["GET"]),
+            Route("/", ops, methods=["GET"]),
+        ]
+    )
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>"
+        + html.escape(title)
+        + "</title><style>body{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem}"
+        "td,th{padding:.2rem .8rem;text-align:left;border-bottom:1px solid #ddd}</style></head><body><h1>"
+        + html.escape(title)
+        + "</h1>"
+        + body
+        + "</body></html>"
+    )
+
+
+__all__: list[Any] = ["create_app"]

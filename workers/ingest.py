@@ -1,0 +1,34 @@
+"""The ``ingest_event`` actor on queue ``billing_events`` (contract §1)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import dramatiq
+
+from dunning.contract import InvalidEvent, parse_event
+from dunning.dispatch import send_jobs
+from dunning.queues import EVENTS_QUEUE, INGEST_ACTOR
+from dunning.runtime import get_runtime
+from dunning.services.ingest import ingest
+
+log = logging.getLogger(__name__)
+
+
+@dramatiq.actor(
+    queue_name=EVENTS_QUEUE,
+    actor_name=INGEST_ACTOR,
+    # A malformed event fails the same way every time: park it at once, never loop.
+    throws=(InvalidEvent,),
+    # MissingReference (an event ahead of the customer it names) is retried for ~8 minutes.
+    max_retries=8,
+    min_backoff=2_000,
+    max_backoff=120_000,
+)
+def ingest_event(envelope: Any) -> None:
+    """Validate one billing event and apply it."""
+    event = parse_event(envelope)
+    outcome, dispatch = ingest(get_runtime(), event)
+    send_jobs(dramatiq.get_broker(), dispatch)
+    log.debug("event %s (%s): %s", event.id, event.type, outcome)

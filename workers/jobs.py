@@ -1,0 +1,36 @@
+"""The actors that run scheduled jobs: ``run_job`` (queue ``dunning``) and ``deliver_email`` (queue ``mail``).
+
+Mail has its own queue so that a slow SMTP server never holds up charges.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+
+from dunning.contract import InvalidEvent
+from dunning.dispatch import send_jobs
+from dunning.queues import JOBS_ACTOR, JOBS_QUEUE, MAIL_ACTOR, MAIL_QUEUE
+from dunning.runtime import get_runtime
+from dunning.services.runner import run_job as run
+
+
+def _job_id(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidEvent("args[0]", "expected an integer job id")
+    return value
+
+
+@dramatiq.actor(queue_name=JOBS_QUEUE, actor_name=JOBS_ACTOR, throws=(InvalidEvent,), max_retries=5)
+def run_job(job_id: Any) -> None:
+    """Run one due job (retry, notice, suspension, end, billing call)."""
+    _, dispatch = run(get_runtime(), _job_id(job_id))
+    send_jobs(dramatiq.get_broker(), dispatch)
+
+
+@dramatiq.actor(queue_name=MAIL_QUEUE, actor_name=MAIL_ACTOR, throws=(InvalidEvent,), max_retries=5)
+def deliver_email(job_id: Any) -> None:
+    """Deliver one outbox email."""
+    _, dispatch = run(get_runtime(), _job_id(job_id))
+    send_jobs(dramatiq.get_broker(), dispatch)
