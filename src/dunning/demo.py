@@ -255,10 +255,18 @@ def _play(
             batch = []
             while queue and queue[0].at <= now:
                 batch.append(queue.pop(0))
-            for action in batch:
-                _apply_to_sandbox(sandbox, action)
+            # Customers first: other events name them, and consumers run in parallel.
+            customers = [a for a in batch if a.kind == "customer"]
+            for action in customers:
                 _send(client, action)
-            sent += len(batch)
+            sent += len(customers)
+            if customers:
+                _wait("customers", idle, procs, logs)
+            for action in batch:
+                if action.kind != "customer":
+                    _apply_to_sandbox(sandbox, action)
+                    _send(client, action)
+            sent += len(batch) - len(customers)
             if batch or anything_due(now):
                 _wait(f"day {(now - start).days} to settle", idle, procs, logs)
             now = rt.clock.advance(STEP)  # type: ignore[attr-defined]

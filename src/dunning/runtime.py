@@ -92,7 +92,12 @@ def build_runtime(
     settings = settings or load_settings()
     engine = make_engine(settings.database_url, **engine_kwargs)
     sessions = make_sessionmaker(engine)
-    clock: Clock = DatabaseClock(sessions) if settings.clock == "simulated" else SystemClock()
+    clock: Clock = SystemClock()
+    if settings.clock == "simulated":
+        reader = None
+        if engine.dialect.name == "sqlite":
+            reader = make_sessionmaker(make_engine(settings.database_url, immediate=False, pool_size=2))
+        clock = DatabaseClock(sessions, reader)
     if billing is None:
         billing = HttpBillingClient(settings.billing_url or DEFAULT_SANDBOX_URL, settings.billing_secret)
     return Runtime(

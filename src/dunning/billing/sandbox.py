@@ -81,6 +81,9 @@ class SandboxInvoice:
     charges: int = 0  # successful charges
     new_card: bool = False
     card_present: bool = True
+    # Scripted outcome for tests: the same card fails until this attempt, then pays (0: never pays).
+    succeed_on_attempt: int | None = None
+    new_card_chance: float = NEW_CARD_SUCCESS
 
 
 @dataclass
@@ -187,17 +190,34 @@ class SandboxBilling:
         amount_minor: int,
         currency: str,
         decline_code: str | None = None,
+        succeed_on_attempt: int | None = None,
     ) -> SandboxInvoice:
-        """Register an open invoice (and its subscription if new); re-adding identical data is a no-op."""
+        """Register an open invoice (and its subscription if new); re-adding identical data is a no-op.
+
+        ``succeed_on_attempt`` scripts the card on file instead of drawing outcomes:
+        attempts before it decline with ``decline_code``, that attempt pays; 0 never pays.
+        """
         invoice = SandboxInvoice(
-            invoice_id, subscription_id, customer_id, amount_minor, currency, decline_code
+            invoice_id,
+            subscription_id,
+            customer_id,
+            amount_minor,
+            currency,
+            decline_code,
+            succeed_on_attempt=succeed_on_attempt,
         )
         with self._lock:
             existing = self._invoices.get(invoice_id)
             if existing is not None:
                 # Compare what the caller described, not what has happened to the invoice since.
                 as_registered = dataclasses.replace(
-                    existing, status="open", attempts=0, charges=0, new_card=False, card_present=True
+                    existing,
+                    status="open",
+                    attempts=0,
+                    charges=0,
+                    new_card=False,
+                    card_present=True,
+                    new_card_chance=NEW_CARD_SUCCESS,
                 )
                 if as_registered != invoice:
                     raise ValueError(f"invoice {invoice_id} already exists with other data")
@@ -226,13 +246,18 @@ class SandboxBilling:
             self._subscriptions[subscription_id] = sub
             return dataclasses.replace(sub)
 
-    def update_payment_method(self, customer_id: str, *, present: bool) -> None:
-        """A new card (present) makes the customer's open invoices likely to succeed; none makes them fail."""
+    def update_payment_method(self, customer_id: str, *, present: bool, works: bool | None = None) -> None:
+        """A new card (present) makes the customer's open invoices likely to succeed; none makes them fail.
+
+        ``works`` scripts the new card for tests: True always pays, False always declines.
+        """
         with self._lock:
             for invoice in self._invoices.values():
                 if invoice.customer_id == customer_id and invoice.status == "open":
                     invoice.card_present = present
                     invoice.new_card = invoice.new_card or present
+                    if present and works is not None:
+                        invoice.new_card_chance = 1.0 if works else 0.0
 
     def mark_paid(self, invoice_id: str) -> None:
         """Mark an invoice paid out of band (bank transfer, another system). KeyError if unknown."""
@@ -351,7 +376,10 @@ class SandboxBilling:
         if not invoice.card_present:
             chance = 0.0
         elif invoice.new_card:
-            chance = NEW_CARD_SUCCESS
+            chance = invoice.new_card_chance
+        elif invoice.succeed_on_attempt is not None:
+            target = invoice.succeed_on_attempt
+            chance = 1.0 if target and invoice.attempts >= target else 0.0
         elif invoice.decline_code is None:
             chance = 1.0
         elif invoice.decline_code in HARD_DECLINES:

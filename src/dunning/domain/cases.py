@@ -84,6 +84,7 @@ class Job:
     kind: JobKind
     key: str
     due_at: datetime
+    manual: bool = False  # a retry the customer triggered (card update), outside the schedule
 
 
 @dataclass(frozen=True)
@@ -308,7 +309,7 @@ def on_payment_method_updated(
         )
     used = facts.card_update_retries_used + 1
     facts = replace(facts, card_update_retries_used=used)
-    job = Job(JobKind.RETRY, f"retry:{case_key}:u{used}", now)
+    job = Job(JobKind.RETRY, f"retry:{case_key}:u{used}", now, manual=True)
     return Decision(facts, jobs=(job,), timeline=("payment method updated; retrying now",))
 
 

@@ -109,7 +109,7 @@ def apply_decision(
             "queue": JOBS_QUEUE,
             "case_id": case.id,
             "due_at": job.due_at,
-            "payload": {"manual": True} if ":u" in job.key.rsplit(":", 1)[-1] else None,
+            "payload": {"manual": True} if job.manual else None,
         }
         for job in decision.jobs
     ]

@@ -95,6 +95,12 @@ def _subscription_upserted(
 ) -> tuple[str, list[Dispatch]]:
     assert isinstance(event, c.SubscriptionUpserted)
     data = event.data.subscription
+    customer = session.get(Customer, data.customer_id)
+    if customer is None:
+        # Out of order (parallel consumers): without the customer we would drop the payment method.
+        raise MissingReference(
+            "data.subscription.customer_id", "unknown customer; send customer.upserted first"
+        )
     row = session.get(Subscription, data.id, with_for_update=True)
     if row is None:
         row = Subscription(id=data.id, access="active")
@@ -105,9 +111,7 @@ def _subscription_upserted(
     row.trial_end, row.cancel_at_period_end = data.trial_end, data.cancel_at_period_end
     row.updated_at = now
     if data.payment_method is not None:
-        customer = session.get(Customer, data.customer_id)
-        if customer is not None:
-            _set_payment_method(customer, data.payment_method)
+        _set_payment_method(customer, data.payment_method)
     dispatch: list[Dispatch] = []
     if data.status == "canceled":
         for case in _open_cases(session, subscription_id=data.id):

@@ -53,7 +53,18 @@ def add_jobs(
     due_rows: list[dict[str, Any]] = []
     later_rows: list[dict[str, Any]] = []
     for row in rows:
-        base = {"created_at": wall, "claims": 0, "runs": 0, "crashes": 0, "retry_at": None, **row}
+        # Every row carries every column: a multi-row VALUES takes its columns from the first row.
+        base = {
+            "created_at": wall,
+            "claims": 0,
+            "runs": 0,
+            "crashes": 0,
+            "retry_at": None,
+            "case_id": None,
+            "outbox_id": None,
+            "payload": None,
+            **row,
+        }
         if base["due_at"] <= now:
             base.update(status="claimed", claims=1, lease_until=wall + timedelta(seconds=lease_s))
             due_rows.append(base)

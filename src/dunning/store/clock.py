@@ -13,11 +13,16 @@ from dunning.store.models import SimulatedClock
 class DatabaseClock:
     """A clock that starts at the real time of first use and moves only when advanced."""
 
-    def __init__(self, factory: sessionmaker[Session]) -> None:
+    def __init__(
+        self, factory: sessionmaker[Session], read_factory: sessionmaker[Session] | None = None
+    ) -> None:
         self._factory = factory
+        # Reads go through a separate engine on SQLite: ``now()`` is called inside write
+        # transactions, and a second BEGIN IMMEDIATE from the same thread would deadlock.
+        self._read = read_factory or factory
 
     def now(self) -> datetime:
-        with self._factory() as session:
+        with self._read() as session:
             row = session.get(SimulatedClock, 1)
             if row is not None:
                 return row.now

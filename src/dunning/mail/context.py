@@ -1,0 +1,67 @@
+"""The facts one customer notice is rendered from.
+
+A ``NoticeContext`` is plain data: the caller (an actor, the demo) fills it from
+the case and the customer profile, and the renderer turns it into words. It holds
+raw values (minor units, UTC datetimes, reason codes); all formatting and
+translation happens in the renderer, so the same context renders the same
+email in any language.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+#: Notice kinds that have templates. The lead's code passes these exact strings.
+KINDS: tuple[str, ...] = (
+    "payment_failed",
+    "payment_reminder",
+    "final_notice",
+    "access_suspended",
+    "payment_recovered",
+    "subscription_ended",
+)
+
+#: ``decline_class`` values with their own wording in ``payment_failed``; any
+#: other value (or None) gets a neutral "we couldn't collect it" variant.
+DECLINE_CLASSES: tuple[str, ...] = ("soft", "hard", "expired", "no_payment_method", "action_required")
+
+#: What happens at the end of a case: the subscription is canceled or moved to a cheaper plan.
+END_ACTIONS: tuple[str, ...] = ("cancel", "downgrade")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NoticeContext:
+    """Everything needed to render one notice to one customer.
+
+    Amounts are integers in the currency's minor unit (cents; yen for JPY; fils
+    for KWD). Datetimes are timezone-aware UTC and are shown in ``timezone``.
+    ``locale`` and ``timezone`` come from the customer's profile and may be
+    wrong or empty: the renderer falls back to English and UTC rather than fail.
+
+    Fields are keyword-only: with this many optional ones, a positional call
+    would be an accident waiting to happen.
+    """
+
+    kind: str
+    customer_name: str | None
+    customer_email: str
+    locale: str = "en"
+    timezone: str = "UTC"
+    plan: str
+    amount_minor: int
+    currency: str
+    decline_class: str | None = None
+    decline_reason: str | None = None
+    next_retry_at: datetime | None = None
+    suspend_at: datetime | None = None
+    end_at: datetime | None = None
+    end_action: str | None = None
+    downgrade_plan: str | None = None
+    downgrade_amount_minor: int | None = None
+    was_suspended: bool = False
+    action_url: str | None = None
+    card_brand: str | None = None
+    card_last4: str | None = None
+    product_name: str = "Acme"
+    support_email: str = "support@example.com"

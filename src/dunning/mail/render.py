@@ -1,0 +1,395 @@
+"""Render a ``NoticeContext`` into a localized email (subject, HTML and plain text).
+
+Templates live in the repository's ``templates/email`` folder (shipped in the
+wheel as ``dunning/_templates``); translations are gettext catalogs under
+``templates/locale``, compiled in memory when a language is first used so that
+no build step (and no committed ``.mo`` file) can go stale.
+
+Everything the templates print is formatted here, once, in the customer's
+locale and timezone: the templates only choose sentences.
+"""
+
+from __future__ import annotations
+
+import gettext as gettext_module
+import io
+import os
+import re
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import css_inline
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_date, format_time, get_timezone_location
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
+from babel.numbers import format_currency, get_currency_precision
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound, select_autoescape
+
+import dunning
+
+from .context import DECLINE_CLASSES, END_ACTIONS, KINDS, NoticeContext
+from .reasons import N_, describe_reason
+
+SOURCE_LANGUAGE = "en"
+_TEXT_WIDTH = 76
+_SIG_SEPARATOR = "-- "
+
+_CARD_BRANDS = {
+    "visa": "Visa",
+    "mastercard": "Mastercard",
+    "amex": "American Express",
+    "american_express": "American Express",
+    "discover": "Discover",
+    "diners": "Diners Club",
+    "diners_club": "Diners Club",
+    "jcb": "JCB",
+    "unionpay": "UnionPay",
+    "cartes_bancaires": "Cartes Bancaires",
+    "maestro": "Maestro",
+}
+
+# Card phrases are built here rather than in the templates because the HTML and
+# text templates both need them; they start a sentence, so they are capitalized.
+_CARD_BRAND_LAST4 = N_("Your %(brand)s card ending in %(last4)s")
+_CARD_LAST4 = N_("Your card ending in %(last4)s")
+_CARD_BRAND = N_("Your %(brand)s card")
+_CARD = N_("Your card")
+_TIME_CITY = N_("%(time)s (%(city)s time)")
+_TIME_ZONE = N_("%(time)s (%(zone)s)")
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    """A rendered notice: a one-line subject and the two bodies of a multipart/alternative email."""
+
+    subject: str
+    html: str
+    text: str
+
+
+def find_templates_dir() -> Path:
+    """Locate the ``templates/`` folder: ``$DUNNING_TEMPLATES``, the wheel's copy, or the source tree's."""
+    env = os.environ.get("DUNNING_TEMPLATES")
+    if env:
+        return Path(env)
+    packaged = Path(dunning.__file__).parent / "_templates"
+    if packaged.is_dir():
+        return packaged
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "templates"
+        if (candidate / "email").is_dir():
+            return candidate
+    raise FileNotFoundError(
+        "email templates not found: set DUNNING_TEMPLATES to the repository's templates/ folder"
+    )
+
+
+def load_translations(po_path: Path, language: str) -> gettext_module.GNUTranslations:
+    """Compile a ``.po`` catalog in memory into a ``GNUTranslations`` object.
+
+    Fuzzy entries are left out (``write_mo``'s default), as gettext would: a
+    guessed translation is worse than the English original.
+    """
+    with po_path.open("rb") as fh:
+        catalog = read_po(fh, locale=language)
+    buffer = io.BytesIO()
+    write_mo(buffer, catalog)
+    buffer.seek(0)
+    return gettext_module.GNUTranslations(buffer)
+
+
+def format_money(amount_minor: int, currency: str, locale: Locale | str) -> str:
+    """Format an amount in minor units with the currency's own precision (JPY 0 decimals, KWD 3)."""
+    code = (currency or "").strip().upper()
+    digits = get_currency_precision(code)
+    return format_currency(Decimal(amount_minor).scaleb(-digits), code, locale=locale)
+
+
+@lru_cache(maxsize=1024)
+def resolve_timezone(name: str | None) -> tzinfo:
+    """The customer's zone, or UTC when the profile holds something unusable."""
+    if not name or not isinstance(name, str):
+        return UTC
+    try:
+        return ZoneInfo(name.strip())
+    except (KeyError, ValueError, OSError, TypeError):
+        # Bad profile data must not stop a payment notice from going out.
+        return UTC
+
+
+@lru_cache(maxsize=1024)
+def _resolve_locale(raw: str | None, languages: frozenset[str]) -> tuple[str, Locale]:
+    """(catalog language, formatting locale) for a profile's locale string.
+
+    The formatting locale keeps the territory (``fr_CA`` formats times its own
+    way) but only when we have a catalog for its language: French numbers
+    around English sentences would read as a bug.
+    """
+    fallback = (SOURCE_LANGUAGE, Locale.parse(SOURCE_LANGUAGE))
+    if not raw or not isinstance(raw, str):
+        return fallback
+    # Accept BCP 47 ("fr-CA"), POSIX ("fr_CA.UTF-8") and bare languages alike.
+    cleaned = raw.strip().split(".")[0].split("@")[0].replace("-", "_")
+    parts = [p for p in cleaned.split("_") if p]
+    if not parts:
+        return fallback
+    language = parts[0].lower()
+    if language not in languages:
+        return fallback
+    candidates = []
+    if len(parts) > 1:
+        candidates.append(f"{language}_{parts[-1].upper()}")
+    candidates.append(language)
+    for candidate in candidates:
+        try:
+            locale = Locale.parse(candidate)
+        except (UnknownLocaleError, ValueError, TypeError):
+            continue
+        if locale.language == language:
+            return language, locale
+    return fallback
+
+
+def _aware(value: datetime) -> datetime:
+    # The contract says UTC-aware; a naive value is read as UTC rather than as server-local time.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _one_line(value: str) -> str:
+    # Subjects become headers: no newlines (header injection), no template indentation.
+    return " ".join(value.split())
+
+
+def _tidy_text(value: str) -> str:
+    """Normalize template whitespace and wrap long lines for plain-text mail readers."""
+    out: list[str] = []
+    blank = True  # drop leading blank lines
+    for raw_line in value.splitlines():
+        line = raw_line if raw_line == _SIG_SEPARATOR else raw_line.rstrip()
+        if not line.strip():
+            if not blank:
+                out.append("")
+            blank = True
+            continue
+        blank = False
+        if len(line) > _TEXT_WIDTH:
+            out.extend(_wrap(line, _TEXT_WIDTH))
+        else:
+            out.append(line)
+    while out and not out[-1]:
+        out.pop()
+    return "\n".join(out) + "\n"
+
+
+def _wrap(line: str, width: int) -> list[str]:
+    """Greedy word wrap on ASCII spaces only.
+
+    Unlike ``textwrap`` (several times slower) it leaves no-break spaces alone,
+    so French "Rappel :" never splits, and a word longer than the width (a
+    URL) stays whole: a broken link is worse than a long line.
+    """
+    indent = line[: len(line) - len(line.lstrip(" "))]
+    lines: list[str] = []
+    current = indent
+    for word in line[len(indent) :].split(" "):
+        if not word:
+            continue
+        if current.strip() and len(current) + 1 + len(word) > width:
+            lines.append(current)
+            current = indent + word
+        elif current.strip():
+            current = f"{current} {word}"
+        else:
+            current = indent + word
+    if current.strip():
+        lines.append(current)
+    return lines
+
+
+class Renderer:
+    """Renders notices from the Jinja2 templates, one cached environment per language.
+
+    Thread-safe: environments are built once under a lock, and rendering only
+    reads shared state.
+    """
+
+    def __init__(self, templates_dir: Path | None = None) -> None:
+        self.templates_dir = Path(templates_dir) if templates_dir is not None else find_templates_dir()
+        email_dir = self.templates_dir / "email"
+        if not email_dir.is_dir():
+            raise FileNotFoundError(f"no email templates in {email_dir}")
+        self._loader = FileSystemLoader(email_dir)
+        locale_dir = self.templates_dir / "locale"
+        self._catalogs: dict[str, Path] = {}
+        if locale_dir.is_dir():
+            for po in sorted(locale_dir.glob("*/LC_MESSAGES/messages.po")):
+                self._catalogs[po.parent.parent.name] = po
+        self.languages: frozenset[str] = frozenset({SOURCE_LANGUAGE, *self._catalogs})
+        self._envs: dict[str, Environment] = {}
+        self._translations: dict[str, gettext_module.NullTranslations] = {}
+        self._lock = threading.Lock()
+        # Remote stylesheets are never fetched: a render must not touch the network.
+        self._inliner = css_inline.CSSInliner(load_remote_stylesheets=False)
+
+    def environment(self, language: str) -> Environment:
+        """The Jinja2 environment for a catalog language, built on first use."""
+        env = self._envs.get(language)
+        if env is not None:
+            return env
+        with self._lock:
+            env = self._envs.get(language)
+            if env is None:
+                env = self._build_environment(language)
+                self._envs[language] = env
+        return env
+
+    def _build_environment(self, language: str) -> Environment:
+        if language in self._catalogs:
+            translations: gettext_module.NullTranslations = load_translations(
+                self._catalogs[language], language
+            )
+        else:
+            translations = gettext_module.NullTranslations()
+        env = Environment(
+            loader=self._loader,
+            autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
+            undefined=StrictUndefined,
+            extensions=["jinja2.ext.i18n"],
+            # No trim_blocks: a line holding only a tag then renders as a blank
+            # line, which is what separates paragraphs in the text templates.
+            lstrip_blocks=True,
+            # Templates do not change under a running worker; skipping the mtime check saves a stat per render.
+            auto_reload=False,
+        )
+        # Collapse whitespace inside {% trans %} so template line breaks never reach the msgids.
+        env.policies["ext.i18n.trimmed"] = True
+        env.install_gettext_translations(translations, newstyle=True)  # type: ignore[attr-defined]
+        self._translations[language] = translations
+        return env
+
+    def render(self, ctx: NoticeContext) -> RenderedEmail:
+        """Render one notice in the customer's language and timezone."""
+        if ctx.kind not in KINDS:
+            raise ValueError(f"kind: unknown notice kind {ctx.kind!r} (expected one of {', '.join(KINDS)})")
+        language, locale = _resolve_locale(ctx.locale, self.languages)
+        env = self.environment(language)
+        translations = self._translations[language]
+        values = self._values(ctx, locale, resolve_timezone(ctx.timezone), translations.gettext)
+        try:
+            text_template = env.get_template(f"{ctx.kind}.txt")
+            html_template = env.get_template(f"{ctx.kind}.html")
+        except TemplateNotFound as exc:
+            raise ValueError(f"kind: no template {exc.name} for {ctx.kind!r}") from exc
+        # Subject and button label are defined once per kind (in the text
+        # template) and shared with the HTML, so the two bodies cannot disagree.
+        block_ctx = text_template.new_context(values)
+        values["subject"] = _one_line("".join(text_template.blocks["subject"](block_ctx)))
+        values["action_label"] = _one_line("".join(text_template.blocks["action_label"](block_ctx)))
+        text = _tidy_text(text_template.render(values))
+        html = self._inliner.inline(html_template.render(values))
+        return RenderedEmail(subject=values["subject"], html=html, text=text)
+
+    @staticmethod
+    def _values(ctx: NoticeContext, locale: Locale, zone: tzinfo, gettext: Any) -> dict[str, Any]:
+        """Every variable the templates use, formatted for this customer."""
+
+        def date(value: datetime | None, width: str = "full") -> str | None:
+            if value is None:
+                return None
+            return format_date(_aware(value).astimezone(zone).date(), width, locale=locale)
+
+        def time(value: datetime | None) -> str | None:
+            if value is None:
+                return None
+            local = _aware(value).astimezone(zone)
+            clock = format_time(local, "short", tzinfo=zone, locale=locale)
+            key = getattr(zone, "key", "UTC")
+            if "/" in key and not key.startswith("Etc/"):
+                city = get_timezone_location(zone, locale=locale, return_city=True)
+                return gettext(_TIME_CITY) % {"time": clock, "city": city}
+            offset = local.utcoffset()
+            seconds = int(offset.total_seconds()) if offset is not None else 0
+            if seconds == 0:
+                label = "UTC"
+            else:
+                sign = "+" if seconds > 0 else "-"
+                hours, minutes = divmod(abs(seconds) // 60, 60)
+                label = f"UTC{sign}{hours:02d}:{minutes:02d}"
+            return gettext(_TIME_ZONE) % {"time": clock, "zone": label}
+
+        variant: str | None
+        if ctx.kind == "payment_failed":
+            variant = ctx.decline_class if ctx.decline_class in DECLINE_CLASSES else "generic"
+        elif ctx.kind == "subscription_ended":
+            variant = ctx.end_action
+        else:
+            variant = None
+
+        end_action = ctx.end_action
+        if end_action is not None and end_action not in END_ACTIONS:
+            raise ValueError(f"end_action: expected one of {', '.join(END_ACTIONS)}, got {end_action!r}")
+        if ctx.kind == "subscription_ended" and end_action is None:
+            raise ValueError("end_action: required for subscription_ended")
+        if end_action == "downgrade" and not ctx.downgrade_plan:
+            raise ValueError("downgrade_plan: required when end_action is 'downgrade'")
+
+        action_url = ctx.action_url or None
+        if action_url is not None and not action_url.lower().startswith(("https://", "http://")):
+            # Our own signed links are always http(s); anything else in a button is a bug, or worse.
+            raise ValueError("action_url: expected an http(s) URL")
+
+        downgrade_amount = None
+        if ctx.downgrade_amount_minor is not None:
+            downgrade_amount = format_money(ctx.downgrade_amount_minor, ctx.currency, locale)
+
+        name = _one_line(ctx.customer_name or "") or None
+        territory = f"-{locale.territory}" if locale.territory else ""
+        return {
+            "kind": ctx.kind,
+            "variant": variant,
+            "lang": f"{locale.language}{territory}",
+            "name": name,
+            "customer_email": ctx.customer_email,
+            "product": ctx.product_name,
+            "support_email": ctx.support_email,
+            "plan": ctx.plan,
+            "amount": format_money(ctx.amount_minor, ctx.currency, locale),
+            "reason": describe_reason(ctx.decline_reason, gettext),
+            "card": _card_phrase(ctx.card_brand, ctx.card_last4, gettext),
+            "next_retry_date": date(ctx.next_retry_at),
+            "suspend_date": date(ctx.suspend_at),
+            "suspend_date_short": date(ctx.suspend_at, "long"),
+            "suspend_time": time(ctx.suspend_at),
+            "end_date": date(ctx.end_at),
+            "end_action": end_action,
+            "downgrade_plan": ctx.downgrade_plan,
+            "downgrade_amount": downgrade_amount,
+            "downgrade_free": ctx.downgrade_amount_minor == 0,
+            "was_suspended": ctx.was_suspended,
+            "action_url": action_url,
+        }
+
+
+def _card_phrase(brand: str | None, last4: str | None, gettext: Any) -> str:
+    """'Your Visa card ending in 4242', or as much of it as the profile allows."""
+    label = None
+    if brand and brand.strip():
+        key = brand.strip().lower().replace(" ", "_").replace("-", "_")
+        label = _CARD_BRANDS.get(key) or _one_line(brand)[:30]
+    digits = last4.strip() if last4 else ""
+    if not re.fullmatch(r"\d{2,4}", digits):
+        digits = ""  # garbage here would end up in a sentence; leave it out instead
+    if label and digits:
+        return gettext(_CARD_BRAND_LAST4) % {"brand": label, "last4": digits}
+    if digits:
+        return gettext(_CARD_LAST4) % {"last4": digits}
+    if label:
+        return gettext(_CARD_BRAND) % {"brand": label}
+    return gettext(_CARD)

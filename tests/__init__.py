@@ -1,0 +1,1 @@
+"""Test suite of the dunning workers (a package so ``tests.support`` is importable)."""

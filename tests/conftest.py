@@ -1,0 +1,121 @@
+"""Shared fixtures. Logic lives in :mod:`tests.support`; this file only wires it to pytest.
+
+Servers are real processes started once per test session and shared; the
+function-scoped fixtures give each test a clean view of them (a fresh
+database, an empty mailbox with no faults).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.servers import PostgresServer, RedisProcess, SmtpServer, unique_database_name
+
+# ---------------------------------------------------------------------------
+# Real servers (session-scoped: started once, stopped when the run ends)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """A private redis-server on 127.0.0.1 (no persistence). Tests may kill or restart it."""
+    with RedisProcess(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throw-away PostgreSQL cluster; use ``pg_url`` for a database of your own."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def smtp_server() -> Iterator[SmtpServer]:
+    """The session's SMTP server; tests should use ``smtp``, which starts each test clean."""
+    with SmtpServer() as server:
+        yield server
+
+
+# ---------------------------------------------------------------------------
+# Per-test views of the servers
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def smtp(smtp_server: SmtpServer) -> Iterator[SmtpServer]:
+    """The SMTP server with no messages and no faults at the start (and end) of the test."""
+    smtp_server.reset_faults()
+    smtp_server.clear()
+    yield smtp_server
+    smtp_server.reset_faults()
+    smtp_server.clear()
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """SQLAlchemy URL of a fresh, empty PostgreSQL database, dropped after the test."""
+    name = unique_database_name(re.sub(r"\[.*", "", request.node.name))
+    url = postgres_server.create_database(name)
+    yield url
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """SQLAlchemy URL of a new SQLite file in the test's temporary directory."""
+    return f"sqlite:///{tmp_path / 'dunning.db'}"
+
+
+# ---------------------------------------------------------------------------
+# The product wired to the real servers (integration tests)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def dunning_broker(redis_server: RedisProcess) -> Iterator[tuple[object, object]]:
+    """The workers' Dramatiq broker bound to the session's Redis, with a message counter.
+
+    ``workers`` sets the global broker at import from ``DUNNING_REDIS_URL``,
+    so the variable is set before the first import.
+    """
+    import os
+
+    os.environ["DUNNING_REDIS_URL"] = redis_server.url
+    import workers
+
+    from tests.support.harness import MessageCounter
+
+    counter = MessageCounter()
+    workers.broker.add_middleware(counter)
+    yield workers.broker, counter
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each integration test that asks for it runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'dunning.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def world(
+    db_url: str,
+    redis_server: RedisProcess,
+    smtp: SmtpServer,
+    tmp_path: Path,
+    dunning_broker: tuple[object, object],
+) -> Iterator[object]:
+    """A running product (worker, scheduler, sandbox billing) on real servers."""
+    from tests.support.harness import harness
+
+    broker, counter = dunning_broker
+    with harness(
+        db_url=db_url, redis_url=redis_server.url, smtp=smtp, home=tmp_path, broker=broker, counter=counter
+    ) as h:  # type: ignore[arg-type]
+        yield h
