@@ -25,6 +25,7 @@ import socket
 import ssl
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -43,11 +44,20 @@ NOTICE_HEADER = "X-Dunning-Notice"
 KIND_HEADER = "X-Dunning-Kind"
 
 
+#: Called once, right before the bytes that make a delivery irrevocable are written.
+CommitPoint = Callable[[], None]
+
+
 class Sender(Protocol):
     """Anything that can deliver a built message (SMTP, a folder, a test double in unit tests)."""
 
-    def send(self, msg: EmailMessage) -> None:
-        """Deliver ``msg`` or raise ``TransientSendError`` / ``PermanentSendError``."""
+    def send(self, msg: EmailMessage, *, commit_point: CommitPoint | None = None) -> None:
+        """Deliver ``msg`` or raise ``TransientSendError`` / ``PermanentSendError`` / ``AmbiguousSendError``.
+
+        ``commit_point`` is called right before the point of no return (for SMTP, after
+        the server's 354 and before the message body's final dot). A failure before it
+        means "not delivered"; a failure after it means "maybe delivered".
+        """
         ...
 
 
@@ -66,6 +76,13 @@ class TransientSendError(SendError):
 
 class PermanentSendError(SendError):
     """The server refused the message for good (5xx): retrying the same message will not help."""
+
+
+class AmbiguousSendError(SendError):
+    """The connection failed after the point of no return: the message may have been delivered.
+
+    Never retried here: a retry could deliver it twice.
+    """
 
 
 def message_id_for(key: str, domain: str = "dunning.invalid") -> str:
@@ -240,7 +257,7 @@ class SmtpSender:
         scheme = "smtps" if c.implicit_tls else "smtp"
         return f"SmtpSender({scheme}://{c.host}:{c.port}, starttls={c.starttls}, attempts={self.attempts})"
 
-    def send(self, msg: EmailMessage) -> None:
+    def send(self, msg: EmailMessage, *, commit_point: CommitPoint | None = None) -> None:
         """Deliver ``msg``; raise ``PermanentSendError`` on a 5xx, ``TransientSendError`` when retries run out."""
         message_id = _message_id(msg)
         retrying = Retrying(
@@ -256,7 +273,7 @@ class SmtpSender:
             reraise=True,
         )
         try:
-            retrying(self._send_once, msg, message_id)
+            retrying(self._send_once, msg, message_id, commit_point)
         except SendError:
             raise
         except Exception as exc:
@@ -291,7 +308,7 @@ class SmtpSender:
             )
         return smtplib.SMTP(c.host, c.port, local_hostname=self._local_hostname, timeout=self.timeout_s)
 
-    def _send_once(self, msg: EmailMessage, message_id: str) -> None:
+    def _send_once(self, msg: EmailMessage, message_id: str, commit_point: CommitPoint | None = None) -> None:
         c = self._config
         smtp = self._connect()
         try:
@@ -301,14 +318,12 @@ class SmtpSender:
                 smtp.ehlo()
             if c.username is not None:
                 smtp.login(c.username, c.password or "")
-            refused = smtp.send_message(msg)
+            refused = _transmit(smtp, msg, message_id, commit_point)
         finally:
-            # Once DATA is accepted the message is delivered: a failing QUIT must not
-            # turn into a retry (that would be a duplicate email).
-            try:
-                smtp.quit()
-            except (smtplib.SMTPException, OSError):
-                smtp.close()
+            # No QUIT: after the 250 the message is accepted and waiting for 221 only widens the
+            # window in which a crash leaves the delivery unknown; in any other state (say, in
+            # the middle of DATA) a QUIT would be read as message text and hang.
+            smtp.close()
         if refused:
             # Some recipients accepted it, some not. Retrying would send it again to
             # the accepted ones, so this is final for this message.
@@ -318,6 +333,55 @@ class SmtpSender:
                 message_id=message_id,
                 code=codes[0],
             )
+
+
+def _transmit(
+    smtp: smtplib.SMTP, msg: EmailMessage, message_id: str, commit_point: CommitPoint | None
+) -> dict[str, tuple[int, bytes]]:
+    """MAIL, RCPT, DATA by hand, so that ``commit_point`` runs between the 354 and the body.
+
+    ``smtplib.SMTP.send_message`` offers no such hook; without it there is no telling
+    "not delivered" (safe to retry) from "maybe delivered" (a retry could duplicate).
+    """
+    sender = str(msg["Sender"] or msg["From"])
+    recipients = [addr for _, addr in email.utils.getaddresses([str(v) for v in msg.get_all("To", [])])]
+    recipients += [addr for _, addr in email.utils.getaddresses([str(v) for v in msg.get_all("Cc", [])])]
+    body = msg.as_bytes(policy=email.policy.SMTP)
+    code, resp = smtp.mail(email.utils.parseaddr(sender)[1])
+    if code != 250:
+        smtp._rset()  # type: ignore[attr-defined]
+        raise smtplib.SMTPSenderRefused(code, resp, sender)
+    refused: dict[str, tuple[int, bytes]] = {}
+    for rcpt in recipients:
+        code, resp = smtp.rcpt(rcpt)
+        if code not in (250, 251):
+            refused[rcpt] = (code, resp)
+    if len(refused) == len(recipients):
+        smtp._rset()  # type: ignore[attr-defined]
+        raise smtplib.SMTPRecipientsRefused(refused)
+    smtp.putcmd("data")
+    code, resp = smtp.getreply()
+    if code != 354:
+        smtp._rset()  # type: ignore[attr-defined]
+        raise smtplib.SMTPDataError(code, resp)
+    if commit_point is not None:
+        commit_point()  # if this raises, the connection closes and the server drops the message
+    data = re.sub(rb"(?m)^\.", b"..", body)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    try:
+        smtp.send(data + b".\r\n")
+        code, resp = smtp.getreply()
+    except (OSError, smtplib.SMTPServerDisconnected) as exc:
+        raise AmbiguousSendError(
+            f"{message_id}: connection lost after the message was sent ({type(exc).__name__}); "
+            "it may have been delivered",
+            message_id=message_id,
+        ) from None
+    if code != 250:
+        # The server answered: it did not take the message, so this is not ambiguous.
+        raise smtplib.SMTPDataError(code, resp)
+    return refused
 
 
 # ---------------------------------------------------------------------------
@@ -376,12 +440,14 @@ class FileSender:
         """The append-only log of sends (one JSON object per line)."""
         return self.directory / "index.jsonl"
 
-    def send(self, msg: EmailMessage) -> None:
+    def send(self, msg: EmailMessage, *, commit_point: CommitPoint | None = None) -> None:
         """Write the ``.eml`` and ``.html`` atomically and append a line to ``index.jsonl``."""
         message_id = msg.get("Message-ID")
         if not message_id:
             raise ValueError("message has no Message-ID: FileSender names files after it")
         self.directory.mkdir(parents=True, exist_ok=True)
+        if commit_point is not None:
+            commit_point()
         stem = safe_file_stem(str(message_id))
         eml_name, html_name = f"{stem}.eml", f"{stem}.html"
         _atomic_write(self.directory / eml_name, msg.as_bytes(policy=email.policy.SMTP))
