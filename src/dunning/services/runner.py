@@ -11,12 +11,12 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from dunning.billing.port import BillingRejected, BillingUnavailable, InvoiceState, PayOutcome, PayResult
 from dunning.domain import cases as policy_cases
 from dunning.mail.render import RenderedEmail
-from dunning.mail.senders import PermanentSendError, TransientSendError, build_message
+from dunning.mail.senders import AmbiguousSendError, PermanentSendError, TransientSendError, build_message
 from dunning.services.cases import apply_decision, facts_of, record
 from dunning.services.jobs import Dispatch, finish, retry_later, start
 from dunning.store.db import transaction
@@ -262,14 +262,36 @@ def _billing(rt: Runtime, job: Job) -> Result:
 _ONLY_WHILE_UNPAID = frozenset({"payment_failed", "payment_reminder", "final_notice", "access_suspended"})
 
 
+class _Superseded(Exception):
+    """Another run reached the point of no return first; this one must not send."""
+
+
 def _send_email(rt: Runtime, job: Job) -> Result:
+    """Deliver one outbox email, at most once.
+
+    ``pending`` -> ``sending`` is committed at the sender's point of no return (for
+    SMTP: after the server's 354, before the body's final dot). A run that dies
+    before it leaves the row ``pending`` and the next run sends it; a run that dies
+    after it leaves ``sending``, which nobody can resolve without the mail server's
+    log, so the next run parks it as ``unknown`` for ops instead of risking a
+    second copy in the customer's inbox.
+    """
     with transaction(rt.sessions) as session:
         outbox = session.get(Outbox, job.outbox_id, with_for_update=True, populate_existing=True)
         if outbox is None:
             raise PermanentJobError(f"outbox row {job.outbox_id} not found")
-        if outbox.status in ("sent", "failed", "skipped"):
+        if outbox.status in ("sent", "failed", "skipped", "unknown"):
             finish(session, job)
             return "already_" + outbox.status, []
+        if outbox.status == "sending":
+            outbox.status = "unknown"
+            note = (
+                f"parked: delivery of {outbox.message_id} is unknown (the worker died after handing it to "
+                "the mail server); check the server's log, then `dunning dlq requeue` to resend or purge"
+            )
+            outbox.last_error = note
+            finish(session, job, status="dead", note=note)
+            return "unknown", []
         case = session.get(Case, outbox.case_id) if outbox.case_id else None
         if (
             case is not None
@@ -287,8 +309,6 @@ def _send_email(rt: Runtime, job: Job) -> Result:
             )
             finish(session, job)
             return "skipped", []
-        # Recorded before the send: a crash after this point re-sends with the same Message-ID.
-        outbox.status = "sending"
         outbox.attempts += 1
         message = build_message(
             RenderedEmail(subject=outbox.subject, html=outbox.html, text=outbox.text),
@@ -296,28 +316,54 @@ def _send_email(rt: Runtime, job: Job) -> Result:
             sender=rt.settings.mail_from,
             message_id=outbox.message_id,
             headers={"X-Dunning-Notice": outbox.key, "X-Dunning-Kind": outbox.kind},
+            date=outbox.send_after,
         )
         outbox_id = outbox.id
-    try:
-        rt.sender.send(message)
-    except TransientSendError as exc:
+
+    marked = False
+
+    def commit_point() -> None:
+        # Called again when the sender retries after a definite refusal (e.g. 451 to
+        # the body): the row is already ours.
+        nonlocal marked
+        if marked:
+            return
+        with transaction(rt.sessions) as session:
+            moved = session.execute(
+                update(Outbox)
+                .where(Outbox.id == outbox_id, Outbox.status == "pending")
+                .values(status="sending")
+            ).rowcount
+        if not moved:
+            raise _Superseded()
+        marked = True
+
+    def settle(status: str, error: str | None) -> None:
         with transaction(rt.sessions) as session:
             row = session.get(Outbox, outbox_id, populate_existing=True)
             assert row is not None
-            row.status, row.last_error = "pending", str(exc)[:500]
+            row.status, row.last_error = status, error
+            if status == "sent":
+                row.sent_at = rt.clock.now()
+            if status != "pending":
+                finish(session, job, status="dead" if status == "unknown" else "done", note=error)
+
+    try:
+        rt.sender.send(message, commit_point=commit_point)
+    except _Superseded:
+        with transaction(rt.sessions) as session:
+            finish(session, job, note="another run sent it")
+        return "superseded", []
+    except TransientSendError as exc:
+        settle("pending", str(exc)[:500])
         raise
     except PermanentSendError as exc:
-        with transaction(rt.sessions) as session:
-            row = session.get(Outbox, outbox_id, populate_existing=True)
-            assert row is not None
-            row.status, row.last_error = "failed", str(exc)[:500]
-            finish(session, job, note=f"permanent SMTP failure: {exc}")
+        settle("failed", f"permanent SMTP failure: {exc}"[:500])
         return "failed", []
-    with transaction(rt.sessions) as session:
-        row = session.get(Outbox, outbox_id, populate_existing=True)
-        assert row is not None
-        row.status, row.sent_at, row.last_error = "sent", rt.clock.now(), None
-        finish(session, job)
+    except AmbiguousSendError as exc:
+        settle("unknown", f"parked: {exc}; check the mail server's log, then requeue or purge"[:500])
+        return "unknown", []
+    settle("sent", None)
     return "sent", []
 
 
