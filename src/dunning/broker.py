@@ -37,8 +37,17 @@ def _park_in_database(row: dict[str, Any]) -> None:
     park(get_runtime(), row)
 
 
-def build_broker(url: str) -> RedisBroker:
-    """A Redis broker with the middleware set we rely on."""
+def build_broker(url: str, *, heartbeat_timeout_ms: int | None = None) -> RedisBroker:
+    """A Redis broker with the middleware set we rely on.
+
+    ``heartbeat_timeout_ms`` (env ``DUNNING_BROKER_HEARTBEAT_MS``, Dramatiq's default
+    60 s) is how long a silent worker's unacknowledged messages wait before another
+    worker takes them back; crash drills shorten it.
+    """
+    import os
+
+    if heartbeat_timeout_ms is None:
+        heartbeat_timeout_ms = int(os.environ.get("DUNNING_BROKER_HEARTBEAT_MS", "60000"))
     client = redis.Redis.from_url(url)
     dead = DeadLetters(_park_in_database)
     middleware = [
@@ -51,7 +60,14 @@ def build_broker(url: str) -> RedisBroker:
         RedactingRetries(max_retries=20, min_backoff=1_000, max_backoff=300_000),
         PoisonGuard(client, dead),
     ]
-    return RedisBroker(client=client, middleware=middleware)
+    # Per million broker commands, how many also requeue messages of dead workers (Dramatiq: 1000).
+    maintenance = int(os.environ.get("DUNNING_BROKER_MAINTENANCE_CHANCE", "1000"))
+    return RedisBroker(
+        client=client,
+        middleware=middleware,
+        heartbeat_timeout=heartbeat_timeout_ms,
+        maintenance_chance=maintenance,
+    )
 
 
 def setup_broker(settings: Settings | None = None) -> RedisBroker:

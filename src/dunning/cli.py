@@ -136,6 +136,12 @@ def worker(
     unknown = set(queues or ()) - set(ALL_QUEUES)
     if unknown:
         fail(f"--queue: unknown queue {sorted(unknown)[0]!r}; queues are {', '.join(ALL_QUEUES)}")
+    # Dramatiq forks its worker processes from this one: connections opened for the checks
+    # above must not be inherited (two processes on one PostgreSQL socket corrupt each other).
+    from dunning.runtime import set_runtime
+
+    rt.close()
+    set_runtime(None)
     args = ["workers", "--processes", str(processes), "--threads", str(threads)]
     if queues:
         args += ["--queues", *queues]

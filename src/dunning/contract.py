@@ -229,16 +229,15 @@ def parse_event(raw: Any) -> Event:
     if not isinstance(raw, dict):
         raise InvalidEvent("(envelope)", f"expected a JSON object, got {type(raw).__name__}")
     event_id = raw.get("id") if isinstance(raw.get("id"), str) else None
-    size = len(json.dumps(raw, separators=(",", ":"), default=str))
+    size = len(json.dumps(raw, separators=(",", ":"), ensure_ascii=False, default=str).encode())
     if size > MAX_EVENT_BYTES:
         raise InvalidEvent(
             "(envelope)", f"event is {size} bytes, over the {MAX_EVENT_BYTES}-byte limit", event_id=event_id
         )
     kind = raw.get("type")
     if kind not in EVENT_TYPES:
-        shown = repr(kind)[:60] if isinstance(kind, str) else f"a {type(kind).__name__}"
         raise InvalidEvent(
-            "type", f"unknown event type {shown}; expected one of {', '.join(EVENT_TYPES)}", event_id=event_id
+            "type", f"unknown event type; expected one of {', '.join(EVENT_TYPES)}", event_id=event_id
         )
     try:
         return _adapter.validate_python(raw)

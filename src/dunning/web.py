@@ -40,13 +40,14 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
             return JSONResponse(
                 {"error": "ingest disabled: DUNNING_INGEST_SECRET is not set"}, status_code=401
             )
-        body = await request.body()
+        # Read at most the limit: an unauthenticated client must not make us buffer an unbounded body.
+        body = await _read_capped(request, MAX_EVENT_BYTES)
+        if body is None:
+            return JSONResponse({"error": "invalid event", "field": "(envelope)", "reason": "too large"}, 413)
         try:
             verify(secret, body, request.headers.get(SIGNATURE_HEADER), now=time.time())
         except SignatureError as exc:
             return JSONResponse({"error": "bad signature", "reason": str(exc)}, status_code=401)
-        if len(body) > MAX_EVENT_BYTES:
-            return JSONResponse({"error": "invalid event", "field": "(envelope)", "reason": "too large"}, 413)
         try:
             event = parse_event(body)
         except InvalidEvent as exc:
@@ -118,6 +119,19 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
             Route("/", ops, methods=["GET"]),
         ]
     )
+
+
+async def _read_capped(request: Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 def _page(title: str, body: str) -> str:

@@ -151,14 +151,30 @@ def _can_retry_card(facts: CaseFacts) -> bool:
 def _failure_variant(facts: CaseFacts) -> str:
     if not facts.has_payment_method:
         return "no_payment_method"
+    if not facts.needs_new_payment_method and facts.decline_class is not DeclineClass.SOFT:
+        # The bad card was replaced: don't ask again for a card the customer already gave us.
+        return DeclineClass.SOFT.value
     return facts.decline_class.value
 
 
 def _retry_job(facts: CaseFacts, policy: PlanPolicy, case_key: str) -> Job | None:
+    """The next scheduled retry. A case has at most one pending: the shell replaces any other.
+
+    The key carries the due time, so re-planning the same slot later never collides
+    with the key of a job that was already used or replaced.
+    """
     due = next_retry_at(facts, policy)
     if due is None:
         return None
-    return Job(JobKind.RETRY, f"retry:{case_key}:s{facts.scheduled_retries_made}:a{facts.attempts_made}", due)
+    key = f"retry:{case_key}:s{facts.scheduled_retries_made}:a{facts.attempts_made}:{due:%Y%m%dT%H%M%S}"
+    return Job(JobKind.RETRY, key, due)
+
+
+def _replan(job: Job | None, now: datetime) -> Job | None:
+    """A re-planned retry gets a key of its own (the plan's time), never one already used."""
+    if job is None:
+        return None
+    return Job(job.kind, f"{job.key}@{now:%Y%m%dT%H%M%S}", job.due_at, job.manual)
 
 
 def open_case(
@@ -229,7 +245,7 @@ def on_retry_due(
             return Decision(facts, timeline=("retry skipped: grace period over",))
         if facts.last_attempt_at is not None and now < facts.last_attempt_at + policy.min_retry_gap:
             # A card-update retry ran recently: defer rather than charge twice in a row.
-            job = _retry_job(facts, policy, case_key)
+            job = _replan(_retry_job(facts, policy, case_key), now)
             return Decision(facts, jobs=(job,) if job else (), timeline=("retry deferred: charged recently",))
     return Decision(facts, charge=True)
 
@@ -265,10 +281,9 @@ def on_charge_result(
             notices=notices,
             timeline=(f"retry {n} declined: {code} ({cls.value}); no more retries of this card",),
         )
-    job = _retry_job(facts, policy, case_key) if not manual else None
-    if manual and facts.status is CaseStatus.OPEN:
-        # The scheduled chain is still pending; a failed card-update retry does not extend it.
-        job = None
+    # After a card-update retry too: the schedule resumes (or starts, if the card was bad at
+    # open), and the shell replaces any retry still pending, so there is never a second chain.
+    job = _retry_job(facts, policy, case_key)
     when = f"; next retry {job.due_at:%Y-%m-%d %H:%M}Z" if job else "; no retry left before suspension"
     return Decision(facts, jobs=(job,) if job else (), timeline=(f"retry {n} declined: {code}{when}",))
 
@@ -301,7 +316,7 @@ def on_payment_method_updated(
         )
     facts = replace(facts, has_payment_method=True, needs_new_payment_method=False)
     if facts.card_update_retries_used >= policy.card_update_retries:
-        job = _retry_job(facts, policy, case_key)
+        job = _replan(_retry_job(facts, policy, case_key), now)
         return Decision(
             facts,
             jobs=(job,) if job else (),

@@ -72,7 +72,8 @@ class _PlanFields(BaseModel):
         if len(value) not in (0, 2):
             raise ValueError('expected ["HH:MM", "HH:MM"] (start, end) or [] to disable')
         for item in value:
-            time.fromisoformat(item)  # raises ValueError with a clear message
+            if time.fromisoformat(item).tzinfo is not None:  # raises ValueError with a clear message
+                raise ValueError("quiet hours are the recipient's local wall time: no UTC offset")
         return value
 
     @model_validator(mode="after")
@@ -143,7 +144,9 @@ class Policy:
 
 
 def _resolve(fields: _PlanFields) -> PlanPolicy:
-    quiet = (time.fromisoformat(fields.quiet_hours[0]), time.fromisoformat(fields.quiet_hours[1]))
+    quiet = None
+    if fields.quiet_hours:
+        quiet = (time.fromisoformat(fields.quiet_hours[0]), time.fromisoformat(fields.quiet_hours[1]))
     return PlanPolicy(
         retry_days=fields.retry_days,
         grace_days=fields.grace_days,
@@ -155,7 +158,7 @@ def _resolve(fields: _PlanFields) -> PlanPolicy:
         downgrade_amount_minor=fields.downgrade_amount_minor,
         min_retry_gap=timedelta(hours=fields.min_retry_gap_hours),
         card_update_retries=fields.card_update_retries,
-        quiet_hours=quiet if fields.quiet_hours else None,
+        quiet_hours=quiet,
     )
 
 

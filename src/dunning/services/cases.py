@@ -15,7 +15,7 @@ from dunning.domain.notices import deliver_at
 from dunning.domain.policy import PlanPolicy
 from dunning.mail.context import NoticeContext
 from dunning.queues import JOBS_QUEUE, MAIL_QUEUE
-from dunning.services.jobs import Dispatch, add_jobs, cancel_case_jobs
+from dunning.services.jobs import Dispatch, add_jobs, cancel_case_jobs, cancel_scheduled_retries
 from dunning.store.models import Case, Customer, Outbox, TimelineEntry
 
 if TYPE_CHECKING:
@@ -102,6 +102,11 @@ def apply_decision(
         record(session, case.subscription_id, case.id, now, "dunning", line)
     if decision.cancel_pending_jobs:
         cancel_case_jobs(session, case.id, CANCELABLE)
+    else:
+        planned = [job.key for job in decision.jobs if job.kind is JobKind.RETRY and not job.manual]
+        if planned:
+            # At most one scheduled retry pending per case: a new plan replaces the old one.
+            cancel_scheduled_retries(session, case.id, keep=planned)
     job_rows = [
         {
             "key": job.key,

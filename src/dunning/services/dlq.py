@@ -11,7 +11,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dunning.store.db import transaction
-from dunning.store.models import DeadLetter, Job
+from dunning.store.models import DeadLetter, Job, Outbox
 
 if TYPE_CHECKING:
     from dunning.runtime import Runtime
@@ -117,6 +117,14 @@ def requeue(rt: Runtime, ref: str, send: Any) -> str:
             )
             if not result.rowcount:
                 raise KeyError(ref)
+            job = session.get(Job, ident)
+            if job is not None and job.outbox_id is not None:
+                # Ops decided to resend an email whose delivery was unknown.
+                session.execute(
+                    update(Outbox)
+                    .where(Outbox.id == job.outbox_id, Outbox.status.in_(("unknown", "sending")))
+                    .values(status="pending")
+                )
             return f"job {ident} back to pending"
     raise KeyError(ref)
 

@@ -98,6 +98,26 @@ def cancel_case_jobs(session: Session, case_id: int, kinds: Sequence[str]) -> in
     return result.rowcount or 0
 
 
+def cancel_scheduled_retries(session: Session, case_id: int, *, keep: Sequence[str] = ()) -> int:
+    """Cancel a case's pending scheduled (not card-update) retries, except the keys in ``keep``.
+
+    ``keep`` matters: a decision that re-emits the plan already pending must not
+    cancel it and then have its own insert ignored as a duplicate key.
+    """
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.case_id == case_id,
+            Job.status == "pending",
+            Job.kind == "retry",
+            Job.payload.is_(None),
+            Job.key.not_in(list(keep)),
+        )
+        .values(status="canceled", finished_at=wall_now())
+    )
+    return result.rowcount or 0
+
+
 @dataclass(frozen=True)
 class ClaimResult:
     dispatch: list[Dispatch]

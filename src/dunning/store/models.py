@@ -195,7 +195,8 @@ class Job(Base):
     queue: Mapped[str] = mapped_column(String(40))
     case_id: Mapped[int | None] = mapped_column(Integer, index=True)
     outbox_id: Mapped[int | None] = mapped_column(Integer)
-    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # none_as_null: "no payload" must be SQL NULL, which the retry-replacement query relies on.
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     status: Mapped[str] = mapped_column(String(10))  # pending | claimed | done | canceled | dead
     due_at: Mapped[datetime] = mapped_column(UtcDateTime)
     retry_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

@@ -1,0 +1,231 @@
+"""SIGKILL worker processes in the middle of a few hundred cases; nothing is lost or done twice.
+
+Real ``dunning worker`` processes on PostgreSQL, Redis, an SMTP server and the
+sandbox billing API. A killer thread SIGKILLs a random worker process every
+second or so while the simulated clock walks through the whole policy; a
+supervisor loop restarts the pool (Dramatiq stops the whole pool when one of
+its processes dies), as compose's restart policy would.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from tests.support.cluster import WorkerGroup
+from tests.support.harness import START
+
+from dunning.billing.sandbox import SandboxServer
+from dunning.client import Client
+from dunning.runtime import Tuning, build_runtime
+from dunning.scheduler import run_forever
+from dunning.services.jobs import outstanding
+from dunning.settings import load_settings
+from dunning.store.migrate import upgrade
+from dunning.store.models import Case, DeadLetter, Job, Outbox, ProcessedEvent
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SECRET = "crash-secret"
+CASES = int(os.environ.get("DUNNING_CRASH_CASES", "200"))
+
+
+def _script(i: int) -> tuple[str, int | None, str]:
+    """(decline code, succeed_on_attempt, expected outcome) for case ``i``."""
+    kind = i % 10
+    if kind <= 5:
+        return "insufficient_funds", kind % 5 + 1, "retry"
+    if kind <= 7:
+        return "do_not_honor", 0, "canceled"
+    if kind == 8:
+        return "stolen_card", None, "canceled"
+    return "expired_card", None, "card_update"
+
+
+def test_sigkill_workers_during_a_run(
+    pg_url: str, redis_server, smtp, tmp_path: Path, dunning_broker
+) -> None:
+    broker, _ = dunning_broker
+    broker.client.flushall()
+    sandbox = SandboxServer(secret=SECRET, seed=3)
+    sandbox.start()
+    env = {
+        **os.environ,
+        "DUNNING_HOME": str(tmp_path),
+        "DUNNING_DATABASE_URL": pg_url,
+        "DUNNING_REDIS_URL": redis_server.url,
+        "DUNNING_SMTP_URL": smtp.url,
+        "DUNNING_BILLING_URL": sandbox.url,
+        "DUNNING_BILLING_SECRET": SECRET,
+        "DUNNING_CLOCK": "simulated",
+        "DUNNING_LINK_SECRET": "x",
+        "DUNNING_TUNING_QUEUE_LEASE_S": "3",
+        "DUNNING_TUNING_RUN_LEASE_S": "20",
+        "DUNNING_TUNING_BACKOFF_BASE_S": "0.1",
+        "DUNNING_TUNING_BACKOFF_MAX_S": "1",
+        "DUNNING_BROKER_HEARTBEAT_MS": "3000",
+        "DUNNING_BROKER_MAINTENANCE_CHANCE": "100000",
+    }
+    rt = build_runtime(load_settings(env), tuning=Tuning.from_env(env))
+    upgrade(rt.engine)
+    rt.clock.set(START)  # type: ignore[attr-defined]
+    workers = WorkerGroup(env, tmp_path / "worker.log", processes=2, threads=4)
+    workers.start()
+    workers.wait_ready()
+    stop = threading.Event()
+    sched = threading.Thread(
+        target=run_forever, args=(rt, broker), kwargs={"poll_s": 0.05, "stop": stop}, daemon=True
+    )
+    sched.start()
+    killing = threading.Event()
+    rng = random.Random(5)
+
+    def killer() -> None:
+        while not stop.is_set():
+            # Kill only a pool that has been up a moment: a pool killed while it boots does no work at all.
+            if killing.is_set() and workers.up_for() > 1.0:
+                workers.kill_one(rng)
+            stop.wait(rng.uniform(1.0, 2.5))
+
+    def supervisor() -> None:
+        while not stop.is_set():
+            workers.ensure_running()
+            stop.wait(0.2)
+
+    threads = [threading.Thread(target=killer, daemon=True), threading.Thread(target=supervisor, daemon=True)]
+    for t in threads:
+        t.start()
+    client = Client(broker=broker)
+    sent = 0
+
+    def settle(timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with rt.sessions() as s:
+                done = s.execute(select(func.count()).select_from(ProcessedEvent)).scalar_one()
+                done += s.execute(select(func.count()).select_from(DeadLetter)).scalar_one()
+                busy = outstanding(s, now=rt.clock.now())
+            if done >= sent and busy == 0:
+                return
+            time.sleep(0.05)
+        with rt.sessions() as s:
+            stuck = [
+                (j.key, j.status, j.claims, j.runs, j.crashes, str(j.lease_until), j.last_error)
+                for j in s.execute(
+                    select(Job).where(Job.status.in_(("claimed", "pending")), Job.due_at <= rt.clock.now())
+                ).scalars()
+            ][:10]
+        raise AssertionError(
+            f"not settled: {done}/{sent} events, {busy} jobs busy; kills={workers.kills}; {stuck}"
+        )
+
+    try:
+        for i in range(CASES):
+            client.customer_upserted(
+                {"id": f"c{i}", "email": f"c{i}@example.com", "name": f"C {i}", "timezone": "UTC"}
+            )
+        sent += CASES
+        settle()
+        card = {"present": True, "brand": "visa", "last4": "4242"}
+        for i in range(CASES):
+            client.subscription_upserted(
+                {
+                    "id": f"s{i}",
+                    "customer_id": f"c{i}",
+                    "plan": "pro",
+                    "status": "active",
+                    "amount_minor": 4900,
+                    "currency": "EUR",
+                    "interval": "month",
+                    "current_period_end": (START + timedelta(days=30)).isoformat(),
+                    "payment_method": card,
+                }
+            )
+        sent += CASES
+        settle()
+        killing.set()
+        for i in range(CASES):
+            code, succeed_on, _ = _script(i)
+            sandbox.state.add_invoice(
+                f"in{i}",
+                subscription_id=f"s{i}",
+                customer_id=f"c{i}",
+                amount_minor=4900,
+                currency="EUR",
+                decline_code=code,
+                succeed_on_attempt=succeed_on,
+            )
+            client.payment_failed(
+                invoice_id=f"in{i}",
+                subscription_id=f"s{i}",
+                customer_id=f"c{i}",
+                amount_minor=4900,
+                currency="EUR",
+                decline_code=code,
+            )
+        sent += CASES
+        settle()
+        for step in range(23 * 4):
+            rt.clock.advance(timedelta(hours=6))  # type: ignore[attr-defined]
+            if step == 8:  # day 2: the expired cards are replaced
+                for i in range(CASES):
+                    if _script(i)[2] == "card_update":
+                        sandbox.state.update_payment_method(f"c{i}", present=True, works=True)
+                        client.payment_method_updated(
+                            customer_id=f"c{i}", payment_method={**card, "last4": "1111"}
+                        )
+                        sent += 1
+            settle()
+        killing.clear()
+        settle()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+        sched.join(5)
+        workers.stop()
+        sandbox.stop()
+
+    with rt.sessions() as s:
+        cases = {c.invoice_id: c for c in s.execute(select(Case)).scalars()}
+        dead_jobs = s.execute(select(Job).where(Job.status == "dead")).scalars().all()
+        outbox = s.execute(select(Outbox)).scalars().all()
+    unknown = [o for o in outbox if o.status == "unknown"]
+    # Every case reached the state the policy dictates.
+    assert len(cases) == CASES
+    wrong = {}
+    for i in range(CASES):
+        expected = _script(i)[2]
+        case = cases[f"in{i}"]
+        if case.outcome != expected:
+            wrong[f"in{i}"] = (case.status, case.outcome, expected)
+    assert not wrong, wrong
+    # The billing server saw no second charge for any invoice or attempt.
+    stats = sandbox.state.stats()
+    assert stats["double_charges"] == 0
+    assert all(n <= 1 for n in stats["charges"].values())
+    outcome_by_key: dict[str, set[str]] = {}
+    for call in sandbox.state.calls():
+        if call.idempotency_key and call.path.endswith("/pay") and call.outcome:
+            outcome_by_key.setdefault(call.idempotency_key, set()).add(call.outcome)
+    assert all(len(v) == 1 for v in outcome_by_key.values())
+    # No recipient got the same notice twice.
+    received = Counter((tuple(m.rcpt_tos), str(m["X-Dunning-Notice"])) for m in smtp.messages)
+    duplicates = {k: n for k, n in received.items() if n > 1}
+    assert not duplicates, duplicates
+    # Nothing was lost: every email is sent, deliberately dropped, or parked for ops as "unknown".
+    assert all(o.status in ("sent", "skipped", "unknown") for o in outbox), Counter(o.status for o in outbox)
+    # Jobs parked for any other reason than an unknown email delivery would be lost work.
+    assert all(j.kind == "send_email" for j in dead_jobs), [(j.key, j.last_error) for j in dead_jobs]
+    print(
+        f"\ncrash test: {CASES} cases, {workers.kills} SIGKILLs, {workers.restarts} pool restarts, "
+        f"{len(smtp.messages)} emails, 0 duplicates, 0 double charges, {len(unknown)} emails parked as unknown"
+    )
+    assert workers.kills >= 5
