@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from .breaker import CircuitBreaker, CircuitOpen
 from .render import RenderedEmail
 
 log = logging.getLogger(__name__)
@@ -240,10 +241,12 @@ class SmtpSender:
         max_wait: float = 8.0,
         ssl_context: ssl.SSLContext | None = None,
         local_hostname: str | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts: must be at least 1")
         self._config = _parse_smtp_url(url)
+        self.breaker = breaker or CircuitBreaker()
         self.timeout_s = timeout_s
         self.attempts = attempts
         self.wait = wait
@@ -273,13 +276,29 @@ class SmtpSender:
             reraise=True,
         )
         try:
+            self.breaker.before()
+        except CircuitOpen:
+            raise TransientSendError(
+                f"{message_id}: mail server circuit open after repeated failures; not trying for now",
+                message_id=message_id,
+            ) from None
+        try:
             retrying(self._send_once, msg, message_id, commit_point)
+            self.breaker.success()
+        except PermanentSendError:
+            self.breaker.success()  # the server is up; it just refused this message
+            raise
         except SendError:
+            self.breaker.failure()
             raise
         except Exception as exc:
             kind = _classify(exc)
             if kind is None:
                 raise
+            if kind == "permanent":
+                self.breaker.success()
+            else:
+                self.breaker.failure()
             tries = retrying.statistics.get("attempt_number", 1)
             # ``from None``: a chained original would carry the server's text (and so
             # possibly the recipient's address) into logs and dead letters.
@@ -557,5 +576,9 @@ _INDEX_PAGE = """<!DOCTYPE html>
 def sender_from_url(smtp_url: str | None, outbox_dir: Path) -> Sender:
     """An ``SmtpSender`` when a URL is configured, else a ``FileSender`` writing to ``outbox_dir``."""
     if smtp_url and smtp_url.strip():
-        return SmtpSender(smtp_url.strip())
+        breaker = CircuitBreaker(
+            threshold=int(os.environ.get("DUNNING_SMTP_BREAKER_FAILURES", "5")),
+            cooldown_s=float(os.environ.get("DUNNING_SMTP_BREAKER_COOLDOWN_S", "30")),
+        )
+        return SmtpSender(smtp_url.strip(), breaker=breaker)
     return FileSender(outbox_dir)

@@ -227,13 +227,19 @@ def finish(session: Session, job: Job, *, status: str = "done", note: str | None
 
 
 def retry_later(
-    session: Session, job: Job, *, error: str, backoff_base_s: float, backoff_max_s: float, max_runs: int
+    session: Session,
+    job: Job,
+    *,
+    error: str,
+    backoff_base_s: float,
+    backoff_max_s: float,
+    max_runs: int | None,
 ) -> str:
-    """A handled, transient failure: back to pending with backoff, or dead after too many."""
-    if job.runs >= max_runs:
+    """A handled failure: back to pending with backoff, or dead after ``max_runs`` (None: never)."""
+    if max_runs is not None and job.runs >= max_runs:
         finish(session, job, status="dead", note=f"parked after {job.runs} failed runs: {error}")
         return "dead"
-    delay = min(backoff_max_s, backoff_base_s * 2 ** max(0, job.runs - 1))
+    delay = min(backoff_max_s, backoff_base_s * 2 ** min(30, max(0, job.runs - 1)))
     session.execute(
         update(Job)
         .where(Job.id == job.id)

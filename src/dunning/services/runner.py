@@ -52,7 +52,9 @@ def run_job(rt: Runtime, job_id: int) -> Result:
         log.error("job %s parked: %s", job.id, exc)
         return "dead", []
     except (BillingUnavailable, TransientSendError) as exc:
-        return _later(rt, job, f"{type(exc).__name__}: {exc}"), []
+        # An outage, not a bug: back off (capped) for as long as it lasts. Each run
+        # re-checks the policy, so work that went stale meanwhile is dropped, not done late.
+        return _later(rt, job, f"{type(exc).__name__}: {exc}", outage=True), []
     except Exception as exc:
         # Unexpected (a bug, the database going away): back off, and park after max_runs.
         log.exception("job %s failed", job.id)
@@ -63,7 +65,7 @@ def run_job(rt: Runtime, job_id: int) -> Result:
             raise exc from None
 
 
-def _later(rt: Runtime, job: Job, error: str) -> str:
+def _later(rt: Runtime, job: Job, error: str, *, outage: bool = False) -> str:
     with transaction(rt.sessions) as session:
         fresh = session.get(Job, job.id, populate_existing=True)
         assert fresh is not None
@@ -73,7 +75,7 @@ def _later(rt: Runtime, job: Job, error: str) -> str:
             error=error,
             backoff_base_s=rt.tuning.backoff_base_s,
             backoff_max_s=rt.tuning.backoff_max_s,
-            max_runs=rt.tuning.max_runs,
+            max_runs=None if outage else rt.tuning.max_runs,
         )
 
 
@@ -170,7 +172,9 @@ def _retry(rt: Runtime, job: Job) -> Result:
                 assert row is not None
                 if row.status == "pending":
                     row.status = "unknown"
-            return _later(rt, job, "charge outcome unknown; will reconcile before anything else"), dispatch
+            return _later(
+                rt, job, "charge outcome unknown; will reconcile before anything else", outage=True
+            ), dispatch
         with transaction(rt.sessions) as session:
             case = _case(session, job)
             row = session.get(ChargeAttempt, attempt_id, with_for_update=True, populate_existing=True)
