@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import dramatiq
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -21,7 +22,11 @@ if TYPE_CHECKING:
 
 
 def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
-    """The ASGI app; ``broker`` defaults to the configured one."""
+    """The ASGI app; ``broker`` defaults to the configured one.
+
+    Handlers that touch the database or Redis are plain functions (Starlette runs
+    them in its threadpool) or hand their blocking call to the threadpool.
+    """
     from dunning.client import Client
 
     client = Client(broker=broker) if broker is not None else None
@@ -54,10 +59,16 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
             return JSONResponse(
                 {"error": "invalid event", "field": exc.field, "reason": exc.reason}, status_code=422
             )
-        _client().send_event(event)
+        try:
+            # Blocking Redis I/O: off the event loop, so one slow Redis call doesn't stall every request.
+            await run_in_threadpool(_client().send_event, event)
+        except Exception as exc:
+            return JSONResponse(
+                {"error": "broker unavailable", "reason": type(exc).__name__, "retry": True}, status_code=503
+            )
         return JSONResponse({"accepted": event.id}, status_code=202)
 
-    async def link(request: Request) -> Response:
+    def link(request: Request) -> Response:
         token = request.path_params["token"]
         try:
             claims = rt.links.verify(token, now=rt.clock.now())
@@ -79,7 +90,7 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
         )
         return HTMLResponse(_page("Update your payment method", body))
 
-    async def health(request: Request) -> Response:
+    def health(request: Request) -> Response:
         from sqlalchemy import text
 
         try:
@@ -89,7 +100,7 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
             return PlainTextResponse(f"database unavailable: {type(exc).__name__}", status_code=503)
         return PlainTextResponse("ok")
 
-    async def ops(request: Request) -> Response:
+    def ops(request: Request) -> Response:
         from dunning.broker import redis_url
         from dunning.ops import queue_snapshot
         from dunning.report import build_report

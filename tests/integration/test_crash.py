@@ -66,7 +66,7 @@ def test_sigkill_workers_during_a_run(
         "DUNNING_BILLING_SECRET": SECRET,
         "DUNNING_CLOCK": "simulated",
         "DUNNING_LINK_SECRET": "x",
-        "DUNNING_TUNING_QUEUE_LEASE_S": "3",
+        "DUNNING_TUNING_QUEUE_LEASE_S": "2",
         "DUNNING_TUNING_RUN_LEASE_S": "20",
         "DUNNING_TUNING_BACKOFF_BASE_S": "0.1",
         "DUNNING_TUNING_BACKOFF_MAX_S": "1",
@@ -172,9 +172,10 @@ def test_sigkill_workers_during_a_run(
             )
         sent += CASES
         settle()
-        for step in range(23 * 4):
-            rt.clock.advance(timedelta(hours=6))  # type: ignore[attr-defined]
-            if step == 8:  # day 2: the expired cards are replaced
+        # Half-day steps: every due time of the default policy is a whole number of days after START.
+        for step in range(23 * 2):
+            rt.clock.advance(timedelta(hours=12))  # type: ignore[attr-defined]
+            if step == 4:  # day 2: the expired cards are replaced
                 for i in range(CASES):
                     if _script(i)[2] == "card_update":
                         sandbox.state.update_payment_method(f"c{i}", present=True, works=True)

@@ -68,12 +68,22 @@ def apply_event(rt: Runtime, session: Session, event: c.Event) -> tuple[str, lis
     return handler(rt, session, event, now)
 
 
-def _set_payment_method(customer: Customer, pm: c.PaymentMethod) -> None:
+def _stale(source_at: datetime | None, occurred_at: datetime) -> bool:
+    """Whether an event is older than the one that last wrote the row."""
+    return source_at is not None and occurred_at < source_at
+
+
+def _set_payment_method(customer: Customer, pm: c.PaymentMethod, occurred_at: datetime) -> bool:
+    """Apply a payment method unless a newer one is already recorded; returns whether it applied."""
+    if _stale(customer.pm_source_at, occurred_at):
+        return False
+    customer.pm_source_at = occurred_at
     customer.pm_present = pm.present
     customer.pm_brand = pm.brand if pm.present else None
     customer.pm_last4 = pm.last4 if pm.present else None
     customer.pm_exp_month = pm.exp_month if pm.present else None
     customer.pm_exp_year = pm.exp_year if pm.present else None
+    return True
 
 
 def _customer_upserted(
@@ -85,7 +95,10 @@ def _customer_upserted(
     if row is None:
         row = Customer(id=data.id, pm_present=False)
         session.add(row)
+    elif _stale(row.source_at, event.occurred_at):
+        return "stale", []
     row.email, row.name, row.locale, row.timezone = data.email, data.name, data.locale, data.timezone
+    row.source_at = event.occurred_at
     row.updated_at = now
     return "customer", []
 
@@ -105,13 +118,17 @@ def _subscription_upserted(
     if row is None:
         row = Subscription(id=data.id, access="active")
         session.add(row)
+    elif _stale(row.source_at, event.occurred_at):
+        record(session, data.id, None, now, "event", f"older subscription.upserted ignored ({event.id})")
+        return "stale", []
+    row.source_at = event.occurred_at
     row.customer_id, row.plan, row.status = data.customer_id, data.plan, data.status
     row.amount_minor, row.currency, row.interval = data.amount_minor, data.currency, data.interval
     row.interval_count, row.current_period_end = data.interval_count, data.current_period_end
     row.trial_end, row.cancel_at_period_end = data.trial_end, data.cancel_at_period_end
     row.updated_at = now
     if data.payment_method is not None:
-        _set_payment_method(customer, data.payment_method)
+        _set_payment_method(customer, data.payment_method, event.occurred_at)
     dispatch: list[Dispatch] = []
     if data.status == "canceled":
         for case in _open_cases(session, subscription_id=data.id):
@@ -234,7 +251,8 @@ def _payment_method_updated(
     customer = session.get(Customer, event.data.customer_id, with_for_update=True)
     if customer is None:
         raise MissingReference("data.customer_id", "unknown customer; send customer.upserted first")
-    _set_payment_method(customer, event.data.payment_method)
+    if not _set_payment_method(customer, event.data.payment_method, event.occurred_at):
+        return "stale", []
     customer.updated_at = now
     dispatch: list[Dispatch] = []
     for case in _open_cases(session, customer_id=customer.id):

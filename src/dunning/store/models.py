@@ -73,6 +73,10 @@ class Customer(Base):
     pm_exp_month: Mapped[int | None] = mapped_column(Integer)
     pm_exp_year: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # occurred_at of the newest event applied to the profile / the payment method:
+    # an older event processed late (parallel consumers, redelivery) must not win.
+    source_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    pm_source_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class Subscription(Base):
@@ -92,6 +96,7 @@ class Subscription(Base):
     # What we told the billing system about access; the billing system owns the rest.
     access: Mapped[str] = mapped_column(String(12), default="active")
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    source_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # see Customer.source_at
 
 
 class Invoice(Base):
