@@ -11,6 +11,7 @@ import asyncio
 import atexit
 import contextlib
 import email.policy
+import importlib.util
 import os
 import pwd
 import re
@@ -97,13 +98,18 @@ def find_postgres_bin_dir() -> Path:
     candidates += sorted(
         (p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb")), key=_version_key, reverse=True
     )
+    # Last resort: the PostgreSQL build inside the ``pgserver`` wheel (a dev dependency), so
+    # ``uv run pytest`` needs nothing installed by hand.
+    spec = importlib.util.find_spec("pgserver")
+    if spec is not None and spec.origin:
+        candidates.append(Path(spec.origin).parent / "pginstall" / "bin")
     for bin_dir in candidates:
         if all(os.access(bin_dir / tool, os.X_OK) for tool in _PG_TOOLS):
             return bin_dir
     raise RuntimeError(
-        "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found: looked on PATH and in "
-        "/usr/lib/postgresql/*/bin. The integration tests start their own PostgreSQL server; install "
-        "the binaries with `apt-get install postgresql` (Debian/Ubuntu; `.ci/run` does this)."
+        "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found: looked on PATH, in "
+        "/usr/lib/postgresql/*/bin and in the pgserver wheel. The integration tests start their own "
+        "PostgreSQL server; `uv sync` installs pgserver, or `apt-get install postgresql`."
     )
 
 
