@@ -26,7 +26,7 @@ app.add_typer(clock_app, name="clock")
 app.add_typer(dlq_app, name="dlq")
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one line per error, whatever the width
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
