@@ -58,7 +58,7 @@ def build_broker(url: str, *, heartbeat_timeout_ms: int | None = None) -> RedisB
         Pipelines(),
         dead,  # before Retries: its after-hook runs once Retries has ruled
         RedactingRetries(max_retries=20, min_backoff=1_000, max_backoff=300_000),
-        PoisonGuard(client, dead),
+        PoisonGuard(client, dead, max_crashes=int(os.environ.get("DUNNING_TUNING_MAX_CRASHES", "3"))),
     ]
     # Per million broker commands, how many also requeue messages of dead workers (Dramatiq: 1000).
     maintenance = int(os.environ.get("DUNNING_BROKER_MAINTENANCE_CHANCE", "1000"))

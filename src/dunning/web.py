@@ -98,7 +98,20 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
                 conn.execute(text("select 1"))
         except Exception as exc:
             return PlainTextResponse(f"database unavailable: {type(exc).__name__}", status_code=503)
+        try:
+            _client().broker.client.ping()  # type: ignore[attr-defined]
+        except Exception as exc:
+            return PlainTextResponse(f"broker unavailable: {type(exc).__name__}", status_code=503)
         return PlainTextResponse("ok")
+
+    def metrics(request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        from dunning.metrics import registry_for
+
+        return Response(
+            generate_latest(registry_for(rt, _client().broker.client)), media_type=CONTENT_TYPE_LATEST
+        )  # type: ignore[attr-defined]
 
     def ops(request: Request) -> Response:
         from dunning.broker import redis_url
@@ -127,6 +140,7 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
             Route("/events", events, methods=["POST"]),
             Route("/l/{token}", link, methods=["GET"]),
             Route("/healthz", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
             Route("/", ops, methods=["GET"]),
         ]
     )

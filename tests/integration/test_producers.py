@@ -397,3 +397,24 @@ def test_client_refuses_an_invalid_event_and_enqueues_nothing(world: Any, raw_re
     time.sleep(0.2)  # a message, had one been sent, would have reached the worker by now
     _nothing_enqueued(world, raw_redis)
     assert list_parked(world.rt) == []
+
+
+def test_metrics_endpoint_reports_cases_queues_and_dead_letters(world) -> None:
+    from starlette.testclient import TestClient
+
+    from dunning.web import create_app
+
+    h = world
+    h.customer()
+    h.fail(code="insufficient_funds")
+    h.send(
+        {"id": "evt_bad", "type": "invoice.payment_failed", "occurred_at": "2026-11-02T10:00:00Z", "data": {}}
+    )
+    h.settle()
+    client = TestClient(create_app(h.rt, broker=h.broker))
+    body = client.get("/metrics").text
+    assert 'dunning_cases{status="open"} 1.0' in body
+    assert "dunning_dead_letters 1.0" in body
+    assert 'dunning_queue_messages{queue="billing_events",state="ready"} 0.0' in body
+    assert 'dunning_emails{kind="payment_failed",status="sent"} 1.0' in body
+    assert client.get("/healthz").text == "ok"

@@ -1,0 +1,100 @@
+"""Prometheus metrics for ops, computed from the database and Redis at scrape time.
+
+Computing at scrape time (a custom collector) instead of counting in each worker
+process means one endpoint (``dunning serve``'s ``/metrics``) sees the whole
+system, workers need no metrics port, and restarts never reset a counter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import redis
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from dunning.ops import queue_depths
+from dunning.store.models import Case, ChargeAttempt, DeadLetter, Job, Outbox
+
+if TYPE_CHECKING:
+    from dunning.runtime import Runtime
+
+
+class DunningCollector(Collector):
+    """Queue depths, the schedule, dead letters, cases and revenue, emails."""
+
+    def __init__(self, rt: Runtime, client: redis.Redis) -> None:
+        self.rt = rt
+        self.client = client
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "dunning_queue_messages", "Messages on the broker", labels=["queue", "state"]
+        )
+        for q in queue_depths(self.client):
+            depth.add_metric([q.name, "ready"], q.ready)
+            depth.add_metric([q.name, "delayed"], q.delayed)
+            depth.add_metric([q.name, "dead"], q.dead)
+        yield depth
+        now = self.rt.clock.now()
+        with self.rt.sessions() as s:
+            jobs = GaugeMetricFamily("dunning_jobs", "Scheduled jobs by state", labels=["kind", "status"])
+            for kind, status, n in s.execute(
+                select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status)
+            ):
+                jobs.add_metric([kind, status], n)
+            yield jobs
+            oldest = s.execute(
+                select(func.min(Job.due_at)).where(Job.status == "pending", Job.due_at <= now)
+            ).scalar()
+            yield GaugeMetricFamily(
+                "dunning_oldest_due_job_seconds",
+                "How long the oldest due job has waited (0 when none is due)",
+                value=(now - oldest).total_seconds() if oldest else 0.0,
+            )
+            refused = s.execute(
+                select(func.count()).select_from(DeadLetter).where(DeadLetter.requeued_at.is_(None))
+            ).scalar_one()
+            yield GaugeMetricFamily(
+                "dunning_dead_letters", "Refused or abandoned messages awaiting ops", value=refused
+            )
+            cases = GaugeMetricFamily("dunning_cases", "Dunning cases by status", labels=["status"])
+            recovered = GaugeMetricFamily(
+                "dunning_recovered_minor", "Revenue recovered, minor units", labels=["currency"]
+            )
+            for status, n in s.execute(select(Case.status, func.count()).group_by(Case.status)):
+                cases.add_metric([status], n)
+            for currency, total in s.execute(
+                select(Case.currency, func.coalesce(func.sum(Case.recovered_minor), 0)).group_by(
+                    Case.currency
+                )
+            ):
+                recovered.add_metric([currency], float(total))
+            yield cases
+            yield recovered
+            charges = GaugeMetricFamily(
+                "dunning_charge_attempts", "Charge attempts by outcome", labels=["status"]
+            )
+            for status, n in s.execute(
+                select(ChargeAttempt.status, func.count()).group_by(ChargeAttempt.status)
+            ):
+                charges.add_metric([status], n)
+            yield charges
+            emails = GaugeMetricFamily(
+                "dunning_emails", "Outbox emails by kind and status", labels=["kind", "status"]
+            )
+            for kind, status, n in s.execute(
+                select(Outbox.kind, Outbox.status, func.count()).group_by(Outbox.kind, Outbox.status)
+            ):
+                emails.add_metric([kind, status], n)
+            yield emails
+
+
+def registry_for(rt: Runtime, client: redis.Redis) -> CollectorRegistry:
+    """A registry holding only the dunning collector (scraped on demand)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DunningCollector(rt, client))
+    return registry
