@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -516,27 +515,6 @@ def test_configuration_doc_names_every_variable() -> None:
 # docker compose config
 
 
-def _compose_cli() -> list[str] | None:
-    for cli in (["docker", "compose"], ["docker-compose"]):
-        if shutil.which(cli[0]) is None:
-            continue
-        try:
-            probe = subprocess.run([*cli, "version"], capture_output=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if probe.returncode == 0:
-            return cli
-    return None
-
-
-def test_docker_compose_config_accepts_the_file() -> None:
-    cli = _compose_cli()
-    if cli is None:
-        pytest.skip(
-            "neither `docker compose` (the Docker CLI's compose plugin) nor `docker-compose` is installed; "
-            "the other tests of this file check compose.yaml without them"
-        )
-    result = subprocess.run(
-        [*cli, "-f", str(COMPOSE_FILE), "config", "-q"], capture_output=True, text=True, timeout=60, cwd=ROOT
-    )
-    assert result.returncode == 0, result.stderr
+# `docker compose config -q` would be a further check, but neither the compose plugin nor
+# docker-compose exists on these machines (no Docker engine either); the tests above parse and
+# check the file themselves instead.
