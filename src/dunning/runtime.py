@@ -19,6 +19,7 @@ from dunning.domain.policy import Policy, load_policy
 from dunning.links import LinkSigner
 from dunning.mail.render import Renderer
 from dunning.mail.senders import Sender, sender_from_url
+from dunning.services.unit import install as install_unit
 from dunning.settings import Settings, load_settings
 from dunning.store.clock import DatabaseClock
 from dunning.store.db import make_engine, make_sessionmaker
@@ -92,6 +93,8 @@ def build_runtime(
     settings = settings or load_settings()
     engine = make_engine(settings.database_url, **engine_kwargs)
     sessions = make_sessionmaker(engine)
+    tuning = tuning or Tuning.from_env()
+    install_unit(sessions, lease_s=tuning.queue_lease_s)
     clock: Clock = SystemClock()
     if settings.clock == "simulated":
         reader = None
@@ -110,7 +113,7 @@ def build_runtime(
         renderer=Renderer(),
         sender=sender or sender_from_url(settings.smtp_url, settings.outbox_dir),
         links=LinkSigner(settings.link_secret, settings.public_url),
-        tuning=tuning or Tuning.from_env(),
+        tuning=tuning,
     )
 
 

@@ -15,8 +15,9 @@ from dunning.domain.notices import deliver_at
 from dunning.domain.policy import PlanPolicy
 from dunning.mail.context import NoticeContext
 from dunning.queues import JOBS_QUEUE, MAIL_QUEUE
-from dunning.services.jobs import Dispatch, add_jobs, cancel_case_jobs, cancel_scheduled_retries
-from dunning.store.models import Case, Customer, Outbox, TimelineEntry
+from dunning.services.jobs import Dispatch, cancel_case_jobs, cancel_scheduled_retries
+from dunning.services.unit import unit_of
+from dunning.store.models import Case, Customer
 
 if TYPE_CHECKING:
     from dunning.runtime import Runtime
@@ -70,10 +71,8 @@ class Applied:
 def record(
     session: Session, subscription_id: str, case_id: int | None, at: datetime, kind: str, detail: str
 ) -> None:
-    """Add a line to a subscription's timeline."""
-    session.add(
-        TimelineEntry(subscription_id=subscription_id, case_id=case_id, at=at, kind=kind, detail=detail)
-    )
+    """Add a line to a subscription's timeline (written with the transaction's other rows)."""
+    unit_of(session).add_timeline(subscription_id, case_id, at, kind, detail)
 
 
 def apply_decision(
@@ -100,13 +99,16 @@ def apply_decision(
             case.outcome = OUTCOME_FOR_STATUS.get(after, after.value)
     for line in decision.timeline:
         record(session, case.subscription_id, case.id, now, "dunning", line)
+    unit = unit_of(session)
     if decision.cancel_pending_jobs:
         cancel_case_jobs(session, case.id, CANCELABLE)
+        unit.cancel(case.id, CANCELABLE)
     else:
         planned = [job.key for job in decision.jobs if job.kind is JobKind.RETRY and not job.manual]
         if planned:
             # At most one scheduled retry pending per case: a new plan replaces the old one.
             cancel_scheduled_retries(session, case.id, keep=planned)
+            unit.cancel(case.id, (JobKind.RETRY.value,), scheduled_retries_only=True, keep=planned)
     job_rows = [
         {
             "key": job.key,
@@ -136,12 +138,10 @@ def apply_decision(
                 "payload": payload,
             }
         )
-    customer = session.get(Customer, case.customer_id)
+    customer = session.get(Customer, case.customer_id) if decision.notices else None
     for notice in decision.notices:
-        row = write_notice(rt, session, case, customer, notice, policy, now=now)
-        if row is not None:
-            job_rows.append(row)
-    applied.dispatch = add_jobs(session, job_rows, now=now, lease_s=rt.tuning.queue_lease_s)
+        write_notice(rt, session, case, customer, notice, policy, now=now)
+    unit.add_jobs(job_rows, now=now)
     return applied
 
 
@@ -199,8 +199,8 @@ def write_notice(
     policy: PlanPolicy,
     *,
     now: datetime,
-) -> dict[str, object] | None:
-    """Render a notice into the outbox (idempotent on its key) and return its send job."""
+) -> None:
+    """Render a notice into the outbox with its send job (idempotent on the notice key)."""
     key = f"{notice.kind.value}:{case.id}:{notice.step}"
     if customer is None:
         record(
@@ -211,48 +211,41 @@ def write_notice(
             "email",
             f"{notice.kind.value} not sent: customer unknown",
         )
-        return None
-    if session.query(Outbox.id).filter(Outbox.key == key).first() is not None:
-        return None
+        return
     ctx = notice_context(rt, case, customer, notice, policy, now=now)
     rendered = rt.renderer.render(ctx)
     send_after = deliver_at(now, customer.timezone, policy.quiet_hours)
-    outbox = Outbox(
-        key=key,
-        kind=notice.kind.value,
-        case_id=case.id,
-        customer_id=customer.id,
-        to_email=customer.email,
-        locale=customer.locale or "en",
-        subject=rendered.subject,
-        html=rendered.html,
-        text=rendered.text,
-        message_id=message_id_for(key),
-        status="pending",
-        send_after=send_after,
-        created_at=now,
-        attempts=0,
+    unit_of(session).add_outbox(
+        {
+            "key": key,
+            "kind": notice.kind.value,
+            "case_id": case.id,
+            "customer_id": customer.id,
+            "to_email": customer.email,
+            "locale": customer.locale or "en",
+            "subject": rendered.subject,
+            "html": rendered.html,
+            "text": rendered.text,
+            "message_id": message_id_for(key),
+            "status": "pending",
+            "send_after": send_after,
+            "created_at": now,
+            "sent_at": None,
+            "attempts": 0,
+            "last_error": None,
+        },
+        {
+            "key": f"send:{key}",
+            "kind": "send_email",
+            "queue": MAIL_QUEUE,
+            "case_id": case.id,
+            "due_at": send_after,
+            "payload": None,
+        },
+        now=now,
     )
-    session.add(outbox)
-    session.flush()
-    record(
-        session,
-        case.subscription_id,
-        case.id,
-        now,
-        "email",
-        f"{notice.kind.value} queued"
-        + (f" for {send_after:%Y-%m-%d %H:%M}Z (quiet hours)" if send_after > now else ""),
-    )
-    return {
-        "key": f"send:{key}",
-        "kind": "send_email",
-        "queue": MAIL_QUEUE,
-        "case_id": case.id,
-        "outbox_id": outbox.id,
-        "due_at": send_after,
-        "payload": None,
-    }
+    quiet = f" for {send_after:%Y-%m-%d %H:%M}Z (quiet hours)" if send_after > now else ""
+    record(session, case.subscription_id, case.id, now, "email", f"{notice.kind.value} queued{quiet}")
 
 
 def final_notice_at(case: Case, policy: PlanPolicy) -> datetime:

@@ -14,6 +14,7 @@ from dunning.domain import cases as policy_cases
 from dunning.domain.cases import TERMINAL
 from dunning.services.cases import apply_decision, facts_of, record
 from dunning.services.jobs import Dispatch
+from dunning.services.unit import dispatch_of
 from dunning.store.db import transaction
 from dunning.store.models import Case, Customer, Invoice, ProcessedEvent, Subscription
 
@@ -44,7 +45,8 @@ def ingest(rt: Runtime, event: c.Event) -> tuple[str, list[Dispatch]]:
     """Apply an event in its own transaction; a concurrent duplicate delivery is a no-op."""
     try:
         with transaction(rt.sessions) as session:
-            return apply_event(rt, session, event)
+            outcome, _ = apply_event(rt, session, event)
+        return outcome, dispatch_of(session)
     except IntegrityError:
         # Two deliveries of one event raced; the other one committed first.
         with rt.sessions() as session:

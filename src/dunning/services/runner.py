@@ -19,6 +19,7 @@ from dunning.mail.render import RenderedEmail
 from dunning.mail.senders import AmbiguousSendError, PermanentSendError, TransientSendError, build_message
 from dunning.services.cases import apply_decision, facts_of, record
 from dunning.services.jobs import Dispatch, finish, retry_later, start
+from dunning.services.unit import collecting
 from dunning.store.db import transaction
 from dunning.store.models import Case, ChargeAttempt, Job, Outbox, Subscription
 
@@ -92,12 +93,13 @@ def _simple(
     """A job whose whole effect is one decision (notices, suspension, end)."""
 
     def handler(rt: Runtime, job: Job) -> Result:
-        with transaction(rt.sessions) as session:
+        sink: list[Dispatch] = []
+        with collecting(rt.sessions, sink) as session:
             case = _case(session, job)
             decision = decide(rt, case, job)
-            applied = apply_decision(rt, session, case, decision, now=rt.clock.now())
+            apply_decision(rt, session, case, decision, now=rt.clock.now())
             finish(session, job)
-            return ("acted" if decision.changed else "noop"), applied.dispatch
+        return ("acted" if decision.changed else "noop"), sink
 
     return handler
 
@@ -121,10 +123,10 @@ def _end(rt: Runtime, case: Case, job: Job) -> policy_cases.Decision:
 
 def _retry(rt: Runtime, job: Job) -> Result:
     manual = bool(job.payload and job.payload.get("manual"))
-    dispatch: list[Dispatch] = []
+    dispatch: list[Dispatch] = []  # filled as each transaction commits
     # Two rounds at most: the first may only settle an earlier attempt whose outcome was lost.
     for _ in range(2):
-        with transaction(rt.sessions) as session:
+        with collecting(rt.sessions, dispatch) as session:
             case = _case(session, job)
             now = rt.clock.now()
             attempt = session.execute(
@@ -139,7 +141,7 @@ def _retry(rt: Runtime, job: Job) -> Result:
                     facts_of(case), rt.policy.for_plan(case.plan), now, case_key=str(case.id), manual=manual
                 )
                 if not decision.charge:
-                    dispatch += apply_decision(rt, session, case, decision, now=now).dispatch
+                    apply_decision(rt, session, case, decision, now=now)
                     finish(session, job)
                     return "skipped", dispatch
                 case.attempts_made += 1
@@ -167,7 +169,7 @@ def _retry(rt: Runtime, job: Job) -> Result:
             attempt_id, key, invoice_id = attempt.id, attempt.idempotency_key, case.invoice_id
         result = _charge(rt, invoice_id, key, reconcile=inherited)
         if result.outcome is PayOutcome.UNKNOWN:
-            with transaction(rt.sessions) as session:
+            with collecting(rt.sessions, dispatch) as session:
                 row = session.get(ChargeAttempt, attempt_id, populate_existing=True)
                 assert row is not None
                 if row.status == "pending":
@@ -175,7 +177,7 @@ def _retry(rt: Runtime, job: Job) -> Result:
             return _later(
                 rt, job, "charge outcome unknown; will reconcile before anything else", outage=True
             ), dispatch
-        with transaction(rt.sessions) as session:
+        with collecting(rt.sessions, dispatch) as session:
             case = _case(session, job)
             row = session.get(ChargeAttempt, attempt_id, with_for_update=True, populate_existing=True)
             assert row is not None
@@ -198,13 +200,13 @@ def _retry(rt: Runtime, job: Job) -> Result:
                 manual=was_manual,
             )
             outcome = "card_update" if was_manual else "retry"
-            dispatch += apply_decision(rt, session, case, decision, now=now, outcome=outcome).dispatch
+            apply_decision(rt, session, case, decision, now=now, outcome=outcome)
             own = row.job_id == job.id
             if own or decision.facts.terminal:
                 finish(session, job)
                 return ("recovered" if succeeded else "declined"), dispatch
         # We settled someone else's attempt and our own retry is still to do.
-    with transaction(rt.sessions) as session:
+    with collecting(rt.sessions, dispatch) as session:
         finish(session, job, note="settled an earlier attempt only")
     return "settled_previous", dispatch
 
