@@ -7,13 +7,17 @@ from typing import Any
 
 import dramatiq
 
-from dunning.contract import InvalidEvent, parse_event
+from dunning.contract import Event, InvalidEvent, parse_event
 from dunning.dispatch import send_jobs
+from dunning.groupcommit import GroupCommit
 from dunning.queues import EVENTS_QUEUE, INGEST_ACTOR
 from dunning.runtime import get_runtime
-from dunning.services.ingest import ingest
+from dunning.services.ingest import Outcome, ingest_many
 
 log = logging.getLogger(__name__)
+
+# One per worker process: the threads of a process commit their events together.
+_group: GroupCommit[Event, Outcome] = GroupCommit(lambda events: ingest_many(get_runtime(), events))
 
 
 @dramatiq.actor(
@@ -27,8 +31,8 @@ log = logging.getLogger(__name__)
     max_backoff=120_000,
 )
 def ingest_event(envelope: Any) -> None:
-    """Validate one billing event and apply it."""
+    """Validate one billing event and apply it (in a group commit with its neighbours)."""
     event = parse_event(envelope)
-    outcome, dispatch = ingest(get_runtime(), event)
+    outcome, dispatch = _group.submit(event)
     send_jobs(dramatiq.get_broker(), dispatch)
     log.debug("event %s (%s): %s", event.id, event.type, outcome)

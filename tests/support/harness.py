@@ -337,3 +337,15 @@ def harness(
         sandbox.stop()
         set_runtime(None)
         rt.close()
+
+
+def _send_jobs_after(self: Harness, results: list[Any]) -> None:
+    """Send the messages that direct calls of the ingest service returned (as the actor does)."""
+    from dunning.dispatch import send_jobs
+
+    for result in results:
+        if isinstance(result, tuple):
+            send_jobs(self.broker, result[1])
+
+
+Harness.send_jobs_after = _send_jobs_after  # type: ignore[attr-defined]

@@ -100,14 +100,17 @@ def apply_decision(
     for line in decision.timeline:
         record(session, case.subscription_id, case.id, now, "dunning", line)
     unit = unit_of(session)
+    stored = case.id not in unit.new_cases  # a case opened in this transaction has no stored jobs
     if decision.cancel_pending_jobs:
-        cancel_case_jobs(session, case.id, CANCELABLE)
+        if stored:
+            cancel_case_jobs(session, case.id, CANCELABLE)
         unit.cancel(case.id, CANCELABLE)
     else:
         planned = [job.key for job in decision.jobs if job.kind is JobKind.RETRY and not job.manual]
         if planned:
             # At most one scheduled retry pending per case: a new plan replaces the old one.
-            cancel_scheduled_retries(session, case.id, keep=planned)
+            if stored:
+                cancel_scheduled_retries(session, case.id, keep=planned)
             unit.cancel(case.id, (JobKind.RETRY.value,), scheduled_retries_only=True, keep=planned)
     job_rows = [
         {

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -14,7 +15,7 @@ from dunning.domain import cases as policy_cases
 from dunning.domain.cases import TERMINAL
 from dunning.services.cases import apply_decision, facts_of, record
 from dunning.services.jobs import Dispatch
-from dunning.services.unit import dispatch_of
+from dunning.services.unit import collecting, dispatch_of, unit_of
 from dunning.store.db import transaction
 from dunning.store.models import Case, Customer, Invoice, ProcessedEvent, Subscription
 
@@ -55,6 +56,132 @@ def ingest(rt: Runtime, event: c.Event) -> tuple[str, list[Dispatch]]:
         raise
 
 
+class _Batch:
+    """A group commit in progress (``session.info["batch"]``).
+
+    Rows the batch needs are loaded up front in a few statements; lookups of rows
+    known to be absent cost nothing; opening a case waits until one flush has
+    given every new case of the batch its id. Whenever an event could observe
+    that deferred work, a barrier runs it first.
+    """
+
+    def __init__(self) -> None:
+        self.absent: set[tuple[type, str]] = set()
+        self.cases_by_invoice: dict[str, Case | None] = {}
+        self.deferred: list[Callable[[], None]] = []
+        self.touched_invoices: set[str] = set()
+        self.held: list[Any] = []
+
+
+def _batch(session: Session) -> _Batch | None:
+    return session.info.get("batch")
+
+
+def _get(session: Session, model: type[Any], key: str, **kwargs: Any) -> Any:
+    batch = _batch(session)
+    if batch is not None:
+        if (model, key) in batch.absent:
+            return None
+        kwargs.pop("with_for_update", None)  # the batch locked its rows when it loaded them
+    return session.get(model, key, **kwargs)
+
+
+def _barrier(session: Session) -> None:
+    batch = _batch(session)
+    if batch is not None and batch.deferred:
+        session.flush()
+        callbacks, batch.deferred = batch.deferred, []
+        for callback in callbacks:
+            callback()
+
+
+def _prefetch(session: Session, events: list[c.Event], batch: _Batch) -> None:
+    event_ids = sorted({e.id for e in events})
+    invoice_ids: set[str] = set()
+    customer_ids: set[str] = set()
+    subscription_ids: set[str] = set()
+    for e in events:
+        if isinstance(e, c.InvoicePaymentFailed):
+            invoice_ids.add(e.data.invoice.id)
+            customer_ids.add(e.data.invoice.customer_id)
+            subscription_ids.add(e.data.invoice.subscription_id)
+        elif isinstance(e, c.InvoicePaid):
+            invoice_ids.add(e.data.invoice.id)
+    # ``batch.held`` keeps strong references: the session's identity map is weak.
+    found = list(session.execute(select(ProcessedEvent).where(ProcessedEvent.id.in_(event_ids))).scalars())
+    batch.held += found
+    known = {p.id for p in found}
+    batch.absent |= {(ProcessedEvent, i) for i in event_ids if i not in known}
+    if invoice_ids:
+        # Locked in a stable order, so that two batches never deadlock on each other.
+        ordered = sorted(invoice_ids)
+        invoices = list(
+            session.execute(
+                select(Invoice).where(Invoice.id.in_(ordered)).order_by(Invoice.id).with_for_update()
+            ).scalars()
+        )
+        batch.held += invoices
+        known = {i.id for i in invoices}
+        batch.absent |= {(Invoice, i) for i in invoice_ids if i not in known}
+        batch.cases_by_invoice = dict.fromkeys(invoice_ids)
+        cases = list(
+            session.execute(
+                select(Case).where(Case.invoice_id.in_(ordered)).order_by(Case.id).with_for_update()
+            ).scalars()
+        )
+        batch.held += cases
+        for case in cases:
+            batch.cases_by_invoice[case.invoice_id] = case
+    if customer_ids:
+        batch.held += session.execute(select(Customer).where(Customer.id.in_(sorted(customer_ids)))).scalars()
+    if subscription_ids:
+        batch.held += session.execute(
+            select(Subscription).where(Subscription.id.in_(sorted(subscription_ids)))
+        ).scalars()
+
+
+Outcome = tuple[str, list[Dispatch]]
+
+
+def ingest_many(rt: Runtime, events: list[c.Event]) -> list[Outcome | Exception]:
+    """Apply several events in one transaction (group commit); one result per event, in order.
+
+    If the batch fails as a whole (an event refers to something unknown, a
+    concurrent duplicate, a deadlock), each event is applied again in its own
+    transaction, so every message gets its own verdict.
+    """
+    if len(events) == 1:
+        try:
+            return [ingest(rt, events[0])]
+        except Exception as exc:
+            return [exc]
+    sink: list[Dispatch] = []
+    try:
+        outcomes: list[str] = []
+        with collecting(rt.sessions, sink) as session:
+            batch = session.info["batch"] = _Batch()
+            _prefetch(session, events, batch)
+            seen: set[str] = set()
+            for event in events:
+                if event.id in seen:
+                    outcomes.append("duplicate")
+                    continue
+                seen.add(event.id)
+                outcome, _ = apply_event(rt, session, event)
+                outcomes.append(outcome)
+            _barrier(session)
+        # The messages to send after commit travel with the first result.
+        return [(outcome, sink if i == 0 else []) for i, outcome in enumerate(outcomes)]
+    except Exception:
+        results: list[Outcome | Exception] = []
+        for event in events:
+            try:
+                results.append(ingest(rt, event))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+
 def apply_event(rt: Runtime, session: Session, event: c.Event) -> tuple[str, list[Dispatch]]:
     """Apply one validated event in the caller's transaction.
 
@@ -62,7 +189,12 @@ def apply_event(rt: Runtime, session: Session, event: c.Event) -> tuple[str, lis
     commit. A redelivered event id is a no-op; the UNIQUE primary key of
     ``processed_events`` settles a race between two deliveries at commit.
     """
-    if session.get(ProcessedEvent, event.id) is not None:
+    batch = _batch(session)
+    if batch is not None and (
+        not isinstance(event, c.InvoicePaymentFailed) or event.data.invoice.id in batch.touched_invoices
+    ):
+        _barrier(session)
+    if _get(session, ProcessedEvent, event.id) is not None:
         return "duplicate", []
     now = rt.clock.now()
     session.add(ProcessedEvent(id=event.id, type=event.type, occurred_at=event.occurred_at, processed_at=now))
@@ -144,7 +276,7 @@ def _payment_failed(
 ) -> tuple[str, list[Dispatch]]:
     assert isinstance(event, c.InvoicePaymentFailed)
     inv = event.data.invoice
-    invoice = session.get(Invoice, inv.id, with_for_update=True)
+    invoice = _get(session, Invoice, inv.id, with_for_update=True)
     if invoice is not None and invoice.status == "paid":
         # A late failure for an invoice already paid: opening a case would send a
         # "payment failed" email about a renewal that went through.
@@ -157,9 +289,13 @@ def _payment_failed(
             f"late failure for paid invoice {inv.id} ignored",
         )
         return "ignored_paid", []
-    existing = session.execute(
-        select(Case).where(Case.invoice_id == inv.id).with_for_update()
-    ).scalar_one_or_none()
+    batch = _batch(session)
+    if batch is not None and inv.id in batch.cases_by_invoice:
+        existing = batch.cases_by_invoice[inv.id]
+    else:
+        existing = session.execute(
+            select(Case).where(Case.invoice_id == inv.id).with_for_update()
+        ).scalar_one_or_none()
     if existing is not None:
         decision = policy_cases.on_repeat_failure(
             facts_of(existing), rt.policy.for_plan(existing.plan), now, decline_code=event.data.decline_code
@@ -213,15 +349,28 @@ def _payment_failed(
         recovered_minor=0,
     )
     session.add(case)
-    session.flush()
-    decision = policy_cases.open_case(
-        policy,
-        now,
-        case_key=str(case.id),
-        decline_code=event.data.decline_code,
-        has_payment_method=customer.pm_present,
-    )
-    return "case_opened", apply_decision(rt, session, case, decision, now=now).dispatch
+
+    def open_it() -> None:
+        unit_of(session).new_cases.add(case.id)
+        decision = policy_cases.open_case(
+            policy,
+            now,
+            case_key=str(case.id),
+            decline_code=event.data.decline_code,
+            has_payment_method=customer.pm_present,
+        )
+        apply_decision(rt, session, case, decision, now=now)
+
+    if batch is not None:
+        # Opened once the batch's single flush has given every new case its id.
+        batch.absent.discard((Invoice, inv.id))
+        batch.cases_by_invoice[inv.id] = case
+        batch.touched_invoices.add(inv.id)
+        batch.deferred.append(open_it)
+    else:
+        session.flush()
+        open_it()
+    return "case_opened", []
 
 
 def _invoice_paid(rt: Runtime, session: Session, event: c.Event, now: datetime) -> tuple[str, list[Dispatch]]:

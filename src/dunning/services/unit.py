@@ -44,6 +44,9 @@ class Unit:
         self.outbox: list[dict[str, Any]] = []
         self.timeline: list[dict[str, Any]] = []
         self.dispatch: list[Dispatch] = []
+        # Cases created in this transaction: none of their jobs is stored yet, so cancelling
+        # means filtering the buffer, not an UPDATE.
+        self.new_cases: set[int] = set()
 
     # -- buffering ---------------------------------------------------------------
 
