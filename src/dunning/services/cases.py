@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
-from dunning.domain.cases import CaseFacts, CaseStatus, Decision, JobKind, Notice, next_retry_at, suspend_at
+from dunning.domain.cases import (
+    CaseFacts,
+    CaseStatus,
+    Decision,
+    JobKind,
+    Notice,
+    NoticeKind,
+    next_retry_at,
+    suspend_at,
+)
 from dunning.domain.cases import final_notice_at as _final_at
 from dunning.domain.notices import deliver_at
 from dunning.domain.policy import PlanPolicy
@@ -17,7 +26,7 @@ from dunning.mail.context import NoticeContext
 from dunning.queues import JOBS_QUEUE, MAIL_QUEUE
 from dunning.services.jobs import Dispatch, cancel_case_jobs, cancel_scheduled_retries
 from dunning.services.unit import unit_of
-from dunning.store.models import Case, Customer
+from dunning.store.models import Case, Customer, Outbox
 
 if TYPE_CHECKING:
     from dunning.runtime import Runtime
@@ -203,7 +212,11 @@ def write_notice(
     *,
     now: datetime,
 ) -> None:
-    """Render a notice into the outbox with its send job (idempotent on the notice key)."""
+    """Queue a notice in the outbox with its send job (idempotent on the notice key).
+
+    The words are rendered when it is sent (:func:`render_outbox`), from the facts
+    of that moment: an email held back by quiet hours still names the right dates.
+    """
     key = f"{notice.kind.value}:{case.id}:{notice.step}"
     if customer is None:
         record(
@@ -215,8 +228,6 @@ def write_notice(
             f"{notice.kind.value} not sent: customer unknown",
         )
         return
-    ctx = notice_context(rt, case, customer, notice, policy, now=now)
-    rendered = rt.renderer.render(ctx)
     send_after = deliver_at(now, customer.timezone, policy.quiet_hours)
     unit_of(session).add_outbox(
         {
@@ -226,9 +237,10 @@ def write_notice(
             "customer_id": customer.id,
             "to_email": customer.email,
             "locale": customer.locale or "en",
-            "subject": rendered.subject,
-            "html": rendered.html,
-            "text": rendered.text,
+            "variant": notice.variant,
+            "subject": None,
+            "html": None,
+            "text": None,
             "message_id": message_id_for(key),
             "status": "pending",
             "send_after": send_after,
@@ -254,3 +266,19 @@ def write_notice(
 def final_notice_at(case: Case, policy: PlanPolicy) -> datetime:
     """When the final notice of a case is due (for reports and tests)."""
     return _final_at(facts_of(case), policy)
+
+
+def render_outbox(rt: Runtime, session: Session, outbox: Outbox, *, now: datetime) -> None:
+    """Fill an outbox row's subject and bodies (once: a re-send repeats the same words)."""
+    if outbox.subject is not None:
+        return
+    case = session.get(Case, outbox.case_id)
+    customer = session.get(Customer, outbox.customer_id)
+    if case is None or customer is None:
+        raise LookupError(f"outbox row {outbox.id}: case or customer missing")
+    step = outbox.key.rsplit(":", 1)[-1]
+    notice = Notice(NoticeKind(outbox.kind), step, outbox.variant)
+    rendered = rt.renderer.render(
+        notice_context(rt, case, customer, notice, rt.policy.for_plan(case.plan), now=now)
+    )
+    outbox.subject, outbox.html, outbox.text = rendered.subject, rendered.html, rendered.text

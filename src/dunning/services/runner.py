@@ -17,7 +17,7 @@ from dunning.billing.port import BillingRejected, BillingUnavailable, InvoiceSta
 from dunning.domain import cases as policy_cases
 from dunning.mail.render import RenderedEmail
 from dunning.mail.senders import AmbiguousSendError, PermanentSendError, TransientSendError, build_message
-from dunning.services.cases import apply_decision, facts_of, record
+from dunning.services.cases import apply_decision, facts_of, record, render_outbox
 from dunning.services.jobs import Dispatch, finish, retry_later, start
 from dunning.services.unit import collecting
 from dunning.store.db import transaction
@@ -315,6 +315,7 @@ def _send_email(rt: Runtime, job: Job) -> Result:
             )
             finish(session, job)
             return "skipped", []
+        render_outbox(rt, session, outbox, now=rt.clock.now())
         outbox.attempts += 1
         message = build_message(
             RenderedEmail(subject=outbox.subject, html=outbox.html, text=outbox.text),

@@ -227,9 +227,12 @@ class Outbox(Base):
     customer_id: Mapped[str] = mapped_column(String(255))
     to_email: Mapped[str] = mapped_column(String(320))
     locale: Mapped[str] = mapped_column(String(35))
-    subject: Mapped[str] = mapped_column(Text)
-    html: Mapped[str] = mapped_column(Text)
-    text: Mapped[str] = mapped_column(Text)
+    # The decision's wording choice (e.g. the decline class); the words themselves are
+    # rendered when the email leaves, from the facts of that moment, and kept here.
+    variant: Mapped[str | None] = mapped_column(String(40))
+    subject: Mapped[str | None] = mapped_column(Text)
+    html: Mapped[str | None] = mapped_column(Text)
+    text: Mapped[str | None] = mapped_column(Text)
     message_id: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(10))  # pending | sending | sent | failed | skipped
     send_after: Mapped[datetime] = mapped_column(UtcDateTime)
