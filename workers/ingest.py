@@ -30,9 +30,18 @@ _group: GroupCommit[Event, Outcome] = GroupCommit(lambda events: ingest_many(get
     min_backoff=2_000,
     max_backoff=120_000,
 )
-def ingest_event(envelope: Any) -> None:
-    """Validate one billing event and apply it (in a group commit with its neighbours)."""
-    event = parse_event(envelope)
+def ingest_event(*args: Any, **kwargs: Any) -> None:
+    """Validate one billing event and apply it (in a group commit with its neighbours).
+
+    Takes ``*args`` so that a message of the wrong shape is refused by our own
+    validation (parked at once, naming the problem) rather than by Python's
+    call machinery (a TypeError that Dramatiq would retry for minutes).
+    """
+    if len(args) != 1 or kwargs:
+        raise InvalidEvent(
+            "args", "expected exactly one positional argument, the event envelope, and no kwargs"
+        )
+    event = parse_event(args[0])
     outcome, dispatch = _group.submit(event)
     send_jobs(dramatiq.get_broker(), dispatch)
     log.debug("event %s (%s): %s", event.id, event.type, outcome)

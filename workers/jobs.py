@@ -16,21 +16,25 @@ from dunning.runtime import get_runtime
 from dunning.services.runner import run_job as run
 
 
-def _job_id(value: Any) -> int:
+def _job_id(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    # *args: a malformed message is refused here (parked at once), not retried as a TypeError.
+    if len(args) != 1 or kwargs:
+        raise InvalidEvent("args", "expected exactly one positional argument, the job id, and no kwargs")
+    value = args[0]
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidEvent("args[0]", "expected an integer job id")
     return value
 
 
 @dramatiq.actor(queue_name=JOBS_QUEUE, actor_name=JOBS_ACTOR, throws=(InvalidEvent,), max_retries=5)
-def run_job(job_id: Any) -> None:
+def run_job(*args: Any, **kwargs: Any) -> None:
     """Run one due job (retry, notice, suspension, end, billing call)."""
-    _, dispatch = run(get_runtime(), _job_id(job_id))
+    _, dispatch = run(get_runtime(), _job_id(args, kwargs))
     send_jobs(dramatiq.get_broker(), dispatch)
 
 
 @dramatiq.actor(queue_name=MAIL_QUEUE, actor_name=MAIL_ACTOR, throws=(InvalidEvent,), max_retries=5)
-def deliver_email(job_id: Any) -> None:
+def deliver_email(*args: Any, **kwargs: Any) -> None:
     """Deliver one outbox email."""
-    _, dispatch = run(get_runtime(), _job_id(job_id))
+    _, dispatch = run(get_runtime(), _job_id(args, kwargs))
     send_jobs(dramatiq.get_broker(), dispatch)

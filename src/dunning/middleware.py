@@ -105,6 +105,17 @@ class DeadLetters(Middleware):
         field, reason, error_type = describe_failure(exception)
         self._park(message, field, reason, error_type)
 
+    def before_nack(self, broker: Any, message: Any) -> None:
+        # A message for an actor this worker does not know never reaches the process hooks.
+        exc = getattr(message, "_exception", None)
+        if type(exc).__name__ == "ActorNotFound":
+            self._park(
+                message,
+                "actor_name",
+                f"no actor named {str(message.actor_name)[:80]!r} on this worker",
+                "ActorNotFound",
+            )
+
     def _park(self, message: Any, field: str | None, reason: str, error_type: str) -> None:
         original = {
             "queue_name": message.queue_name,

@@ -95,3 +95,24 @@ class WorkerGroup:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
+
+
+def kill_pool(group: WorkerGroup) -> bool:
+    """SIGKILL the whole pool at once (Dramatiq's parent and every worker process); False if it was down.
+
+    What a message that crashes its worker does, wherever it runs, without the wait for
+    Dramatiq's parent to notice: a worker process killed while its siblings still boot
+    leaves the parent waiting about 30 s for them, and a worker killed alone lets its
+    siblings finish their runs during the graceful shutdown. Counts as one kill
+    (``group.kills``); the supervisor's ``ensure_running`` counts the restart.
+    """
+    proc = group.proc
+    if proc is None or proc.poll() is not None:
+        return False
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    proc.wait(10)
+    group.kills += 1
+    return True

@@ -1,0 +1,117 @@
+"""Redis loses everything in the middle of a run: the database's schedule brings the work back.
+
+Real ``dunning worker`` processes, PostgreSQL, an SMTP server and the sandbox billing
+API (see :mod:`tests.support.scenario`). Redis is restarted with its data wiped; the
+workers, the scheduler and the producer reconnect by themselves (same port).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from tests.support.scenario import Scenario
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+EVENTS_QUEUE_KEY = "dramatiq:billing_events"
+
+
+def test_redis_wiped_mid_run_claimed_jobs_come_back_through_leases(
+    pg_url: str, redis_server, smtp, tmp_path: Path, dunning_broker
+) -> None:
+    broker, _ = dunning_broker
+    with Scenario(db_url=pg_url, redis_url=redis_server.url, smtp=smtp, broker=broker, home=tmp_path) as sc:
+        sc.setup_customers()
+        sc.send_failures()
+        sc.settle()
+        # Slow charges keep the day's work queued and in flight when Redis goes.
+        sc.sandbox.state.set_faults(latency_ms=100)
+        claimed_at_wipe: list[int] = []
+        running_at_wipe: list[int] = []
+
+        def wipe() -> None:
+            # The scheduler has claimed the day's jobs and the workers are on some of them: wipe now.
+            def busy() -> bool:
+                claimed = sc.jobs(status="claimed")
+                return len(claimed) >= 3 and any(j.runs > 0 for j in claimed)
+
+            sc.wait_until("the day's jobs claimed and running", busy, 30)
+            claimed = sc.jobs(status="claimed")
+            claimed_at_wipe.append(len(claimed))
+            running_at_wipe.append(sum(1 for j in claimed if j.runs > 0))
+            redis_server.restart(wipe=True)
+
+        # Day 1: every soft decline is retried; day 14: suspensions, billing calls and emails.
+        sc.walk(at={1: wipe, 14: wipe})
+        reclaimed = [j for j in sc.jobs() if j.claims > 1]
+        f = sc.verify()
+        print(
+            f.line(
+                "redis wiped mid-run",
+                wipes=len(claimed_at_wipe),
+                jobs_claimed_at_wipes=sum(claimed_at_wipe),
+                running=sum(running_at_wipe),
+                jobs_reclaimed_after_lease=len(reclaimed),
+                kills=sc.workers.kills,
+                pool_restarts=sc.workers.restarts,
+            )
+        )
+    assert not f.problems, f.problems
+    assert len(claimed_at_wipe) == 2
+    # The wipes did lose messages of claimed jobs, and their leases brought them back.
+    assert reclaimed, "no job needed its lease: the wipes lost nothing, so the test proved nothing"
+
+
+def test_redis_wiped_with_events_queued_producer_resends_unacknowledged(
+    pg_url: str, redis_server, smtp, tmp_path: Path, dunning_broker
+) -> None:
+    broker, _ = dunning_broker
+    with Scenario(
+        db_url=pg_url,
+        redis_url=redis_server.url,
+        smtp=smtp,
+        broker=broker,
+        home=tmp_path,
+        threads=2,  # prefetches 4 messages per process: the rest of the backlog stays in Redis
+    ) as sc:
+        sc.setup_customers()
+        # Queue every failure while the pool is down, so that Redis holds a backlog when it goes.
+        with sc.workers_stopped():
+            failures = sc.send_failures()
+        applied = lambda: len(set(failures) & sc.processed_ids())  # noqa: E731
+        sc.wait_until("a fifth of the failures applied", lambda: applied() >= max(1, len(failures) // 5))
+        queued_at_wipe = broker.client.llen(EVENTS_QUEUE_KEY)  # type: ignore[attr-defined]
+        applied_at_wipe = applied()
+        redis_server.restart(wipe=True)
+
+        # The billing system re-sends every event we have not acknowledged (not in processed_events),
+        # at once and then every 2 s, like a webhook sender retrying: duplicates race in-flight copies.
+        resent = 0
+        last = 0.0
+
+        def producer() -> None:
+            nonlocal resent, last
+            if time.monotonic() - last < 2.0:
+                return
+            last = time.monotonic()
+            for event_id in sorted(set(sc.events) - sc.processed_ids()):
+                sc.resend(event_id)
+                resent += 1
+
+        sc.settle(poll=producer)
+        sc.walk()
+        f = sc.verify()
+        print(
+            f.line(
+                "redis wiped with events queued",
+                failure_events=len(failures),
+                applied_at_wipe=applied_at_wipe,
+                queued_at_wipe=queued_at_wipe,
+                resent=resent,
+            )
+        )
+    assert not f.problems, f.problems
+    assert queued_at_wipe > 0, "nothing was queued when Redis was wiped"
+    assert resent >= queued_at_wipe
