@@ -127,15 +127,15 @@ def worker(
 
     from dunning.queues import ALL_QUEUES
 
+    unknown = set(queues or ()) - set(ALL_QUEUES)
+    if unknown:
+        fail(f"--queue: unknown queue {sorted(unknown)[0]!r}; queues are {', '.join(ALL_QUEUES)}")
     rt = _runtime()
     _require_schema(rt)
     from dunning.broker import redis_url
 
     # Children inherit the resolved URL, so they all share one (embedded) Redis.
     os.environ["DUNNING_REDIS_URL"] = redis_url(rt.settings)
-    unknown = set(queues or ()) - set(ALL_QUEUES)
-    if unknown:
-        fail(f"--queue: unknown queue {sorted(unknown)[0]!r}; queues are {', '.join(ALL_QUEUES)}")
     # Dramatiq forks its worker processes from this one: connections opened for the checks
     # above must not be inherited (two processes on one PostgreSQL socket corrupt each other).
     from dunning.runtime import set_runtime

@@ -434,6 +434,10 @@ def _serving(database_url: str, home: Path) -> Iterator[int]:
         server.should_exit = True
         thread.join(10)
         rt.close()
+        # /healthz also pings the broker, which started the install's embedded Redis: stop it.
+        from dunning.embedded_redis import stop_embedded_redis
+
+        stop_embedded_redis(home)
 
 
 def test_serve_healthcheck_against_the_real_app(tmp_path: Path) -> None:
