@@ -50,28 +50,38 @@ class GroupCommit(Generic[T, R]):
             slot.ready.wait()
             if not slot.lead:
                 return self._unwrap(slot)
-        # Lead: apply batches until our own item is done, then hand over.
-        while True:
-            with self._lock:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-            if batch:
-                self._run(batch)
-            if slot.result is not None or not batch:
+        # Lead: apply batches until our own item is done, then hand over, even if this thread
+        # is interrupted (a time limit raises inside it): waiting threads must never be orphaned.
+        try:
+            while True:
                 with self._lock:
-                    if self._queue:
-                        heir = self._queue[0]
-                        heir.lead = True
-                        heir.ready.set()
-                    else:
-                        self._leading = False
-                return self._unwrap(slot)
+                    batch = self._queue[: self._max_batch]
+                    del self._queue[: self._max_batch]
+                if batch:
+                    self._run(batch)
+                if slot.result is not None or not batch:
+                    return self._unwrap(slot)
+        finally:
+            with self._lock:
+                if self._queue:
+                    heir = self._queue[0]
+                    heir.lead = True
+                    heir.ready.set()
+                else:
+                    self._leading = False
 
     def _run(self, batch: list[_Slot[T, R]]) -> None:
         try:
             results = list(self._apply([s.item for s in batch]))
         except Exception as exc:  # the apply function should not raise; if it does, everyone learns
             results = [exc] * len(batch)
+        except BaseException:
+            # Interrupted (time limit, shutdown): the batch's fate is unknown to us, so tell every
+            # waiter it failed; their messages are retried and event ids make that safe.
+            for s in batch:
+                s.result, s.lead = RuntimeError("group commit interrupted"), False
+                s.ready.set()
+            raise
         self.batches += 1
         self.items += len(batch)
         for s, r in zip(batch, results, strict=True):
