@@ -269,7 +269,9 @@ def test_a_job_that_kills_its_worker_is_parked_after_max_crashes(
     assert job.crashes == max_crashes
     assert "died without finishing" in (job.last_error or "")
     assert [j.key for j in dead_jobs] == [job.key]
-    assert state["kills"] == max_crashes
+    # The killer strikes every run it sees start; with runs this slow (1 s billing latency, 2 s
+    # leases) a live but slow run can also be re-claimed and struck, so kills >= crashes.
+    assert state["kills"] >= max_crashes
     assert all(d.error_type == "PoisonMessage" for d in letters), [(d.error_type, d.reason) for d in letters]
 
 
