@@ -10,6 +10,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -31,7 +32,7 @@ err = Console(stderr=True, soft_wrap=True)  # one line per error, whatever the w
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Exit non-zero with a one-line reason."""
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -250,7 +251,12 @@ def dlq_list(all_: Annotated[bool, typer.Option("--all", help="Include requeued 
     for col in ("ref", "when", "queue", "what", "field", "reason"):
         table.add_column(col, overflow="fold")
     for p in items:
-        table.add_row(p.ref, f"{p.at:%Y-%m-%d %H:%M:%S}", p.queue, p.what, p.field or "", p.reason)
+        # Queue, actor and reason can carry a producer's text: printed as is, never as markup.
+        table.add_row(
+            p.ref,
+            f"{p.at:%Y-%m-%d %H:%M:%S}",
+            *(escape(v) for v in (p.queue, p.what, p.field or "", p.reason)),
+        )
     console.print(table)
 
 
@@ -279,24 +285,32 @@ def dlq_requeue(refs: Annotated[list[str], typer.Argument(help="m<id>/j<id>, or 
     """Send dead letters back for another try (after fixing the cause)."""
     from dramatiq import Message
 
-    from dunning.broker import setup_broker
-    from dunning.services.dlq import list_parked, requeue
+    from dunning.services.dlq import CannotRequeue, list_parked, requeue
 
     rt = _runtime()
     _require_schema(rt)
-    broker = setup_broker(rt.settings)
+    brokers: list[Any] = []
 
     def send(queue: str, actor: str, args: list[Any], kwargs: dict[str, Any]) -> None:
-        broker.enqueue(
+        if not brokers:  # connected on first use: a refusal needs no broker
+            from dunning.broker import setup_broker
+
+            brokers.append(setup_broker(rt.settings))
+        brokers[0].enqueue(
             Message(queue_name=queue, actor_name=actor, args=tuple(args), kwargs=kwargs, options={})
         )
 
-    targets = [p.ref for p in list_parked(rt, limit=100_000)] if refs == ["all"] else [_ref(r) for r in refs]
+    every = refs == ["all"]
+    targets = [p.ref for p in list_parked(rt, limit=100_000)] if every else [_ref(r) for r in refs]
     for ref in targets:
         try:
             console.print(requeue(rt, ref, send))
         except KeyError:
             fail(f"no dead letter {ref!r} to requeue")
+        except CannotRequeue as exc:
+            if not every:
+                fail(str(exc))
+            console.print(f"skipped: {exc}", markup=False, highlight=False)
 
 
 @dlq_app.command("purge")

@@ -98,3 +98,67 @@ def test_report_on_an_empty_database(cli) -> None:
     result = cli("report")
     assert result.exit_code == 0, result.output
     assert "cases opened" in result.output
+
+
+def test_dlq_on_bytes_that_were_not_a_message(cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the broker's consumer parks for bytes that are not a message: listed, shown, purged, never re-sent."""
+    from datetime import UTC, datetime
+
+    from dunning import cli as cli_module
+    from dunning.runtime import get_runtime
+
+    monkeypatch.setattr(cli_module.console, "width", 300)  # one table row per line
+    from dunning.services.dlq import NOT_A_MESSAGE, park
+
+    assert cli("db", "upgrade").exit_code == 0
+    set_runtime(None)
+    rt = get_runtime()
+    try:
+        for message_id, reason, payload, error_type in [
+            (
+                "garbage-1",
+                "not a Dramatiq message: invalid UTF-8 at byte 1",
+                "\\x00\\xffnot a message {",
+                NOT_A_MESSAGE,
+            ),
+            ("garbage-2", "not a Dramatiq message: unknown key(s) '[red]x'", '{"[red]x": 1}', NOT_A_MESSAGE),
+            ("legacy-3", "refused", "{}", "InvalidEvent"),  # a payload that is JSON but not a message
+        ]:
+            park(
+                rt,
+                {
+                    "message_id": message_id,
+                    "queue": "billing_events",
+                    "actor": "(not a message)",
+                    "payload": payload,
+                    "field": "message",
+                    "reason": reason,
+                    "error_type": error_type,
+                    "parked_at": datetime.now(UTC),
+                },
+            )
+    finally:
+        rt.close()
+        set_runtime(None)
+    listed = cli("dlq", "list")
+    assert listed.exit_code == 0, listed.output
+    assert "Dead letters (3)" in listed.output and "(not a message)" in listed.output
+    assert "[red]x" in listed.output  # shown as is, not taken for markup
+    shown = cli("dlq", "show", "m1")
+    assert shown.exit_code == 0, shown.output
+    assert "not a Dramatiq message: invalid UTF-8 at byte 1" in shown.output
+    assert "\\\\x00\\\\xffnot a message {" in shown.output  # the escaped bytes, JSON-quoted
+    _one_line_error(
+        cli("dlq", "requeue", "m1"),
+        "m1 cannot be requeued, it is not a Dramatiq message: invalid UTF-8 at byte 1 (nothing to re-send)",
+    )
+    _one_line_error(cli("dlq", "requeue", "m2"), "unknown key(s) '[red]x'")
+    _one_line_error(cli("dlq", "requeue", "m3"), "m3 cannot be requeued: its payload is not a message")
+    every = cli("dlq", "requeue", "all")
+    assert every.exit_code == 0, every.output
+    assert every.output.count("skipped: m") == 3, every.output
+    assert "Dead letters (3)" in cli("dlq", "list").output  # still there, none marked requeued
+    purged = cli("dlq", "purge", "m1")
+    assert purged.exit_code == 0 and "purged 1" in purged.output, purged.output
+    assert cli("dlq", "purge", "--all").output.strip() == "purged 2"
+    assert "Dead letters (0)" in cli("dlq", "list").output

@@ -357,34 +357,183 @@ def test_message_with_arguments_that_do_not_fit_is_parked_at_once_naming_args(
         print(f"\nwrong arguments: parked within 6 s: {parked_with_field()}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: bytes on the queue that are not a Dramatiq message (not JSON, or JSON without the "
-        "message fields) make Message.decode raise DecodeError inside the Redis consumer "
-        "(_RedisConsumer.__next__): the consumer thread crashes and restarts, the garbage is never "
-        "parked, and the good messages fetched in the same batch stay in the worker's ack set, "
-        "unprocessed, until that worker process dies (then the garbage is requeued and does it again)"
+def _wrong(**fields: Any) -> bytes:
+    """A message whose wrapper has one field of the wrong type."""
+    return json.dumps({**json.loads(_message_json([{}], "r")), **fields}).encode()
+
+
+#: Bytes a producer might leave on the queue that are not a Dramatiq message, and the reason they get.
+NOT_MESSAGES: list[tuple[bytes, str]] = [
+    (b"\x00\xffnot a message {", "invalid UTF-8 at byte 1"),
+    (b"not json {", "invalid JSON at byte 0"),
+    (b'{"queue_name": "billing_events", "args": [', "invalid JSON at byte 42"),  # cut short
+    ('{"é": 1,}'.encode(), "invalid JSON at byte 9"),  # a byte offset, not a character offset
+    (b"[1, 2, 3]", "JSON array, not a message object"),
+    (b'"ingest_event"', "JSON string, not a message object"),
+    (
+        b'{"a": 1}',
+        "missing key(s) 'queue_name', 'actor_name', 'args', 'kwargs', 'options'; unknown key(s) 'a'",
     ),
-)
+    (_wrong(message_id=[1]), "message_id is not a string"),
+    (_wrong(options=["redis_message_id"]), "options is not an object"),
+    (_wrong(kwargs=[]), "kwargs is not an object"),
+    (_wrong(args=7), "args is not a list"),
+]
+
+
+def _worker_log_since(sc: Scenario, offset: int) -> str:
+    return sc.workers.log.read_bytes()[offset:].decode("utf-8", "replace")
+
+
 def test_undecodable_bytes_on_redis_are_parked_and_strand_no_good_event(quiet_world: Scenario) -> None:
+    from dunning.broker import escape_bytes
+
     sc = quiet_world
     broker = sc.broker
-    garbage = [
-        (f"garbage-{uuid.uuid4()}", b"\x00\xffnot a message {"),
-        (f"garbage-{uuid.uuid4()}", b'{"a": 1}'),
-    ]
-    # Queued while the pool is down, so the garbage is fetched in one batch with good events.
+    restarts, kills = sc.workers.restarts, sc.workers.kills
+    garbage = {f"garbage-{uuid.uuid4()}": (body, reason) for body, reason in NOT_MESSAGES}
+    # Queued while the pool is down, interleaved with good events, so that every batch a worker
+    # fetches (prefetch 8 per process) mixes garbage and good events.
     with sc.workers_stopped():
-        for i in range(4):
-            sc.send(sc.customer_event(i) | {"id": f"evt_after_garbage_{i}"})
-            if i in (1, 2):
-                _redis_write(broker, *garbage[i - 1])
-    stranded: set[str] = set()
+        log_offset = sc.workers.log.stat().st_size
+        for i, (redis_id, (body, _)) in enumerate(garbage.items()):
+            sc.send(sc.customer_event(i % sc.cases) | {"id": f"evt_around_garbage_{i}"})
+            _redis_write(broker, redis_id, body)
+        sc.send(sc.customer_event(0) | {"id": "evt_around_garbage_last"})
+    sc.wait_until("both worker processes up", lambda: len(sc.workers.worker_pids()) == 2, 30)
+    pids = set(sc.workers.worker_pids())
+    stranded: set[str] = set(sc.events)
+    parked: dict[str, Any] = {}
     try:
-        sc.wait_until("every good event applied", lambda: set(sc.events) <= sc.processed_ids(), 8)
+        sc.wait_until("every good event applied", lambda: set(sc.events) <= sc.processed_ids(), 20)
+        sc.wait_until(
+            "every garbage parked", lambda: garbage.keys() <= {d.message_id for d in sc.dead_letters()}, 5
+        )
     finally:
         stranded = set(sc.events) - sc.processed_ids()
-        parked = [m for m, _ in garbage if _parked(sc, m)]
-        print(f"\nundecodable bytes: good events stranded {len(stranded)}, garbage parked {len(parked)}/2")
-    assert all(_parked(sc, m) for m, _ in garbage)
+        parked = {d.message_id: d for d in sc.dead_letters() if d.message_id in garbage}
+        print(
+            f"\nundecodable bytes: {len(garbage)} among {len(garbage) + 1} good events; good events "
+            f"stranded {len(stranded)}, garbage parked {len(parked)}/{len(garbage)}, worker deaths "
+            f"{sc.workers.restarts - restarts}"
+        )
+    assert not stranded
+    for redis_id, (body, reason) in garbage.items():
+        d = parked[redis_id]
+        assert (d.queue, d.actor, d.field, d.error_type) == (
+            QUEUE,
+            "(not a message)",
+            "message",
+            "NotAMessage",
+        ), redis_id
+        assert d.reason == f"not a Dramatiq message: {reason}", (d.reason, reason)
+        assert d.payload == escape_bytes(body)
+        assert d.requeued_at is None
+    # Acknowledged, not left for a redelivery: nothing in the queue's hash, its dead set or any ack set.
+    sc.wait_until("the queue drained", lambda: broker.client.hlen(f"dramatiq:{QUEUE}.msgs") == 0, 5)
+    dead_set = {m.decode() for m in broker.client.zrange(f"dramatiq:{QUEUE}.XQ", 0, -1)}
+    assert not dead_set & garbage.keys()  # (the probes above leave their own refused messages there)
+    fetched = set()
+    for key in broker.client.scan_iter(f"dramatiq:__acks__.*.{QUEUE}"):
+        fetched |= {m.decode() for m in broker.client.smembers(key)}
+    assert not fetched & garbage.keys()
+    # No worker process died or restarted, and no consumer thread crashed.
+    assert set(sc.workers.worker_pids()) == pids
+    assert (sc.workers.restarts, sc.workers.kills) == (restarts, kills)
+    log = _worker_log_since(sc, log_offset)
+    assert "Consumer encountered" not in log and "exited unexpectedly" not in log, log[-3000:]
+    assert log.count("not a Dramatiq message") == len(garbage), log[-3000:]
+
+
+# -- the consumer on its own, against the real Redis ----------------------------------------------
+
+
+@pytest.fixture
+def probe_broker(dunning_broker) -> Iterator[Callable[..., Any]]:
+    """``make(park)``: a broker of our class on its own namespace (no worker consumes it)."""
+    from dunning.broker import DunningRedisBroker
+
+    workers_broker, _ = dunning_broker
+    namespace = f"probe-{uuid.uuid4()}"
+    made: list[Any] = []
+
+    def make(park: Callable[[dict[str, Any]], None]) -> Any:
+        b = DunningRedisBroker(client=workers_broker.client, middleware=[], namespace=namespace, park=park)
+        made.append(b)
+        return b
+
+    yield make
+    client = workers_broker.client
+    for key in client.scan_iter(f"{namespace}:*"):
+        client.delete(key)
+
+
+def _mixed_queue(broker: Any, queue: str) -> tuple[list[str], dict[str, bytes]]:
+    """Good messages with every kind of garbage between them; (good message ids, garbage by Redis id).
+
+    ``queue`` may be a delay queue (``probe.DQ``): the good messages are then sent delayed.
+    """
+    good, garbage = [], {}
+    delay = 1 if queue.endswith(".DQ") else None
+
+    def one_good(i: int) -> None:
+        message = Message(queue_name="probe", actor_name="noop", args=(i,), kwargs={}, options={})
+        good.append(broker.enqueue(message, delay=delay).message_id)
+
+    for i, (body, _) in enumerate(NOT_MESSAGES):
+        one_good(i)
+        redis_id = f"garbage-{i}"
+        broker.client.hset(f"{broker.namespace}:{queue}.msgs", redis_id, body)
+        broker.client.rpush(f"{broker.namespace}:{queue}", redis_id)
+        garbage[redis_id] = body
+    one_good(len(NOT_MESSAGES))
+    return good, garbage
+
+
+def _drain(consumer: Any) -> list[Any]:
+    out = []
+    while (message := next(consumer)) is not None:
+        out.append(message)
+    return out
+
+
+def test_consumer_parks_what_is_not_a_message_and_delivers_the_rest_of_the_batch(probe_broker) -> None:
+    rows: list[dict[str, Any]] = []
+    broker = probe_broker(rows.append)
+    good, garbage = _mixed_queue(broker, "probe")
+    consumer = broker.consume("probe", prefetch=100, timeout=50)
+    delivered = _drain(consumer)
+    assert [m.message_id for m in delivered] == good
+    assert {r["message_id"]: r["reason"] for r in rows} == {
+        redis_id: f"not a Dramatiq message: {reason}"
+        for redis_id, (_, reason) in zip(garbage, NOT_MESSAGES, strict=True)
+    }
+    assert all(r["field"] == "message" and r["error_type"] == "NotAMessage" for r in rows)
+    # The garbage is acknowledged (gone from the hash and the fetched set); the good ones wait for theirs.
+    msgs = broker.client.hkeys(f"{broker.namespace}:probe.msgs")
+    assert not {m.decode() for m in msgs} & garbage.keys()
+    assert broker.client.zcard(f"{broker.namespace}:probe.XQ") == 0
+    for m in delivered:
+        consumer.ack(m)
+    assert broker.client.hlen(f"{broker.namespace}:probe.msgs") == 0
+    assert broker.client.scard(f"{broker.namespace}:__acks__.{broker.broker_id}.probe") == 0
+
+
+@pytest.mark.parametrize("queue", ["probe", "probe.DQ"])
+def test_consumer_leaves_garbage_in_the_broker_dead_set_when_it_cannot_park_it(probe_broker, queue) -> None:
+    def park(row: dict[str, Any]) -> None:
+        raise ConnectionError("database down")
+
+    broker = probe_broker(park)
+    good, garbage = _mixed_queue(broker, queue)
+    consumer = broker.consume(queue, prefetch=3, timeout=50)  # small batches: many fetches
+    delivered = []
+    while (message := next(consumer)) is not None:
+        delivered.append(message)
+        consumer.ack(message)
+    assert [m.message_id for m in delivered] == good
+    ns = broker.namespace
+    dead = {k.decode(): v for k, v in broker.client.hgetall(f"{ns}:probe.XQ.msgs").items()}
+    assert dead == garbage  # whole, byte for byte
+    assert {m.decode() for m in broker.client.zrange(f"{ns}:probe.XQ", 0, -1)} == garbage.keys()
+    assert broker.client.hlen(f"{ns}:{queue}.msgs") == 0

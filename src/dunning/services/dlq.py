@@ -16,6 +16,14 @@ from dunning.store.models import DeadLetter, Job, Outbox
 if TYPE_CHECKING:
     from dunning.runtime import Runtime
 
+#: ``error_type`` of bytes a worker fetched that were not a Dramatiq message (parked by the broker's
+#: consumer, :mod:`dunning.broker`): the payload is those bytes, escaped, and cannot be re-sent.
+NOT_A_MESSAGE = "NotAMessage"
+
+
+class CannotRequeue(ValueError):
+    """A parked message that cannot be sent again; the text (one line) says why and what to do."""
+
 
 def park(rt: Runtime, row: dict[str, Any]) -> None:
     """Keep a failed message (once per message id: a re-park updates the reason)."""
@@ -97,7 +105,7 @@ def requeue(rt: Runtime, ref: str, send: Any) -> str:
             dead = session.get(DeadLetter, ident, with_for_update=True)
             if dead is None:
                 raise KeyError(ref)
-            original = json.loads(dead.payload)
+            original = _resendable(ref, dead)
             send(original["queue_name"], original["actor_name"], original["args"], original["kwargs"])
             dead.requeued_at = datetime.now(UTC)
             return f"message {dead.message_id} re-sent to {dead.queue}"
@@ -127,6 +135,28 @@ def requeue(rt: Runtime, ref: str, send: Any) -> str:
                 )
             return f"job {ident} back to pending"
     raise KeyError(ref)
+
+
+def _resendable(ref: str, dead: DeadLetter) -> dict[str, Any]:
+    """The original message of a dead letter, if it is one that can be sent again."""
+    if dead.error_type == NOT_A_MESSAGE:
+        raise CannotRequeue(
+            f"{ref} cannot be requeued, it is {dead.reason} (nothing to re-send): "
+            f"fix its producer, then `dunning dlq purge {ref}`"
+        )
+    try:
+        original = json.loads(dead.payload)
+    except ValueError:
+        original = None
+    if not (
+        isinstance(original, dict)
+        and isinstance(original.get("queue_name"), str)
+        and isinstance(original.get("actor_name"), str)
+        and isinstance(original.get("args"), list)
+        and isinstance(original.get("kwargs"), dict)
+    ):
+        raise CannotRequeue(f"{ref} cannot be requeued: its payload is not a message to re-send")
+    return original
 
 
 def purge(rt: Runtime, ref: str | None = None) -> int:
