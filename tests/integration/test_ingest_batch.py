@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from dunning.contract import parse_event
 from dunning.services.ingest import MissingReference, ingest_many
-from dunning.store.models import Case, Outbox, ProcessedEvent
+from dunning.store.models import Case, Job, Outbox, ProcessedEvent
 
 pytestmark = pytest.mark.integration
 
@@ -114,3 +114,43 @@ def test_one_bad_event_does_not_sink_its_batch(world) -> None:
     h.settle()
     assert h.cases() == 1
     assert h.notices() == ["payment_failed"]
+
+
+def test_cases_opened_before_a_barrier_are_stored_and_later_events_see_them(world) -> None:
+    """New cases are written once at commit; an event after a barrier sees and cancels them."""
+    h = world
+    for i in (1, 2, 3):
+        h.customer(f"cus_{i}", sub=f"sub_{i}")
+    events = [
+        parse_event(e)
+        for e in [
+            _failed("e1", "in_1", "sub_1", "cus_1"),
+            _failed("e2", "in_2", "sub_2", "cus_2"),
+            # Not a failure: a barrier writes e1 and e2 first; the case of in_1 is then closed
+            # and its jobs (already stored) canceled by UPDATE.
+            {
+                "id": "e3",
+                "type": "subscription.canceled",
+                "occurred_at": NOW,
+                "data": {"subscription_id": "sub_1"},
+            },
+            # After the barrier: a new case again, with an id that does not collide.
+            _failed("e4", "in_3", "sub_3", "cus_3"),
+        ]
+    ]
+    results = ingest_many(h.rt, events)
+    assert [r[0] for r in results] == ["case_opened", "case_opened", "subscription_canceled", "case_opened"]  # type: ignore[index]
+    with h.rt.sessions() as s:
+        cases = {c.invoice_id: c for c in s.execute(select(Case)).scalars()}
+        assert len({c.id for c in cases.values()}) == 3
+        assert cases["in_1"].status == "closed"
+        assert {cases["in_2"].status, cases["in_3"].status} == {"open"}
+        pending = {
+            (j.case_id, j.kind) for j in s.execute(select(Job).where(Job.status == "pending")).scalars()
+        }
+        assert not [
+            k for k in pending if k[0] == cases["in_1"].id and k[1] in {"retry", "notice", "suspend", "end"}
+        ]
+        for inv in ("in_2", "in_3"):
+            kinds = {k for cid, k in pending if cid == cases[inv].id}
+            assert {"retry", "suspend"} <= kinds

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -59,16 +58,18 @@ def ingest(rt: Runtime, event: c.Event) -> tuple[str, list[Dispatch]]:
 class _Batch:
     """A group commit in progress (``session.info["batch"]``).
 
-    Rows the batch needs are loaded up front in a few statements; lookups of rows
-    known to be absent cost nothing; opening a case waits until one flush has
-    given every new case of the batch its id. Whenever an event could observe
-    that deferred work, a barrier runs it first.
+    What the batch's ``invoice.payment_failed`` events need is loaded up front
+    in a few statements (and their invoice and case rows locked); new cases get
+    ids allocated in one statement and are written with the transaction's other
+    rows at commit. Any other event, or a second event about an invoice already
+    touched, first runs a barrier that writes what is buffered, so it observes
+    the batch's earlier events exactly as if they had been committed.
     """
 
     def __init__(self) -> None:
-        self.absent: set[tuple[type, str]] = set()
-        self.cases_by_invoice: dict[str, Case | None] = {}
-        self.deferred: list[Callable[[], None]] = []
+        self.processed: set[str] = set()
+        self.invoice_status: dict[str, str] = {}  # invoices known before the batch
+        self.cases_by_invoice: dict[str, Case | None] = {}  # prefetched invoices only
         self.touched_invoices: set[str] = set()
         self.held: list[Any] = []
 
@@ -77,67 +78,89 @@ def _batch(session: Session) -> _Batch | None:
     return session.info.get("batch")
 
 
-def _get(session: Session, model: type[Any], key: str, **kwargs: Any) -> Any:
-    batch = _batch(session)
-    if batch is not None:
-        if (model, key) in batch.absent:
-            return None
-        kwargs.pop("with_for_update", None)  # the batch locked its rows when it loaded them
-    return session.get(model, key, **kwargs)
-
-
 def _barrier(session: Session) -> None:
     batch = _batch(session)
-    if batch is not None and batch.deferred:
-        session.flush()
-        callbacks, batch.deferred = batch.deferred, []
-        for callback in callbacks:
-            callback()
+    if batch is None:
+        return
+    unit = unit_of(session)
+    if unit.buffered():
+        unit.flush(session)
+        unit.new_cases.clear()  # their jobs are stored now: cancelling them is an UPDATE
+    for invoice_id in batch.touched_invoices:
+        batch.cases_by_invoice.pop(invoice_id, None)
+        batch.invoice_status.pop(invoice_id, None)
+    batch.touched_invoices.clear()
+
+
+# On PostgreSQL the batch's lookups are fixed statements with array parameters: prepared once
+# per connection, whatever the batch size (an ``IN (...)`` list is a new statement per length).
+_PG_PROCESSED = "SELECT id FROM processed_events WHERE id = ANY(%s)"
+# Every case has its invoice row (both are written when the case opens), so locking the
+# invoices in id order also finds the cases to lock; the unique invoice_id of cases
+# backs this up (a missed case fails the batch, and each event is then applied alone).
+_PG_INVOICES = (
+    "SELECT i.id, i.status, c.id FROM invoices i LEFT JOIN cases c ON c.invoice_id = i.id"
+    " WHERE i.id = ANY(%s) ORDER BY i.id FOR UPDATE OF i"
+)
+
+
+def _lookup_known(
+    session: Session, event_ids: list[str], invoice_ids: list[str]
+) -> tuple[set[str], dict[str, str], list[int]]:
+    """Event ids already processed; status of the invoices known, locked; ids of their cases."""
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        processed = {r[0] for r in conn.exec_driver_sql(_PG_PROCESSED, (event_ids,))}
+        rows = conn.exec_driver_sql(_PG_INVOICES, (invoice_ids,)).all() if invoice_ids else []
+    else:
+        processed = set(
+            conn.execute(select(ProcessedEvent.id).where(ProcessedEvent.id.in_(event_ids))).scalars()
+        )
+        rows = (
+            conn.execute(
+                select(Invoice.id, Invoice.status, Case.id)
+                .outerjoin(Case, Case.invoice_id == Invoice.id)
+                .where(Invoice.id.in_(invoice_ids))
+                .order_by(Invoice.id)
+            ).all()
+            if invoice_ids
+            else []
+        )
+    return processed, {r[0]: r[1] for r in rows}, sorted(r[2] for r in rows if r[2] is not None)
 
 
 def _prefetch(session: Session, events: list[c.Event], batch: _Batch) -> None:
-    event_ids = sorted({e.id for e in events})
-    invoice_ids: set[str] = set()
-    customer_ids: set[str] = set()
-    subscription_ids: set[str] = set()
+    invoices: dict[str, tuple[str, str]] = {}
     for e in events:
         if isinstance(e, c.InvoicePaymentFailed):
-            invoice_ids.add(e.data.invoice.id)
-            customer_ids.add(e.data.invoice.customer_id)
-            subscription_ids.add(e.data.invoice.subscription_id)
-        elif isinstance(e, c.InvoicePaid):
-            invoice_ids.add(e.data.invoice.id)
-    # ``batch.held`` keeps strong references: the session's identity map is weak.
-    found = list(session.execute(select(ProcessedEvent).where(ProcessedEvent.id.in_(event_ids))).scalars())
-    batch.held += found
-    known = {p.id for p in found}
-    batch.absent |= {(ProcessedEvent, i) for i in event_ids if i not in known}
-    if invoice_ids:
-        # Locked in a stable order, so that two batches never deadlock on each other.
-        ordered = sorted(invoice_ids)
-        invoices = list(
-            session.execute(
-                select(Invoice).where(Invoice.id.in_(ordered)).order_by(Invoice.id).with_for_update()
-            ).scalars()
-        )
-        batch.held += invoices
-        known = {i.id for i in invoices}
-        batch.absent |= {(Invoice, i) for i in invoice_ids if i not in known}
-        batch.cases_by_invoice = dict.fromkeys(invoice_ids)
+            inv = e.data.invoice
+            invoices[inv.id] = (inv.customer_id, inv.subscription_id)
+    ordered = sorted(invoices)
+    batch.processed, batch.invoice_status, case_ids = _lookup_known(
+        session, sorted({e.id for e in events}), ordered
+    )
+    if not invoices:
+        return
+    batch.cases_by_invoice = dict.fromkeys(invoices)
+    if case_ids:
+        # ``batch.held`` keeps strong references: the session's identity map is weak.
         cases = list(
             session.execute(
-                select(Case).where(Case.invoice_id.in_(ordered)).order_by(Case.id).with_for_update()
+                select(Case).where(Case.id.in_(case_ids)).order_by(Case.id).with_for_update()
             ).scalars()
         )
         batch.held += cases
         for case in cases:
             batch.cases_by_invoice[case.invoice_id] = case
-    if customer_ids:
-        batch.held += session.execute(select(Customer).where(Customer.id.in_(sorted(customer_ids)))).scalars()
-    if subscription_ids:
-        batch.held += session.execute(
-            select(Subscription).where(Subscription.id.in_(sorted(subscription_ids)))
-        ).scalars()
+    # One statement for both; a subscription whose customer differs from the invoice's
+    # (bad data) just leaves that customer to a lookup of its own.
+    pairs = session.execute(
+        select(Subscription, Customer)
+        .join(Customer, Customer.id == Subscription.customer_id)
+        .where(Subscription.id.in_(sorted({sub for _, sub in invoices.values()})))
+    ).all()
+    batch.held += [obj for pair in pairs for obj in pair]
+    unit_of(session).reserve_case_ids(session, len(invoices) - len(case_ids))
 
 
 Outcome = tuple[str, list[Dispatch]]
@@ -169,7 +192,6 @@ def ingest_many(rt: Runtime, events: list[c.Event]) -> list[Outcome | Exception]
                 seen.add(event.id)
                 outcome, _ = apply_event(rt, session, event)
                 outcomes.append(outcome)
-            _barrier(session)
         # The messages to send after commit travel with the first result.
         return [(outcome, sink if i == 0 else []) for i, outcome in enumerate(outcomes)]
     except Exception:
@@ -190,14 +212,17 @@ def apply_event(rt: Runtime, session: Session, event: c.Event) -> tuple[str, lis
     ``processed_events`` settles a race between two deliveries at commit.
     """
     batch = _batch(session)
-    if batch is not None and (
-        not isinstance(event, c.InvoicePaymentFailed) or event.data.invoice.id in batch.touched_invoices
-    ):
-        _barrier(session)
-    if _get(session, ProcessedEvent, event.id) is not None:
+    if batch is not None:
+        if not isinstance(event, c.InvoicePaymentFailed) or event.data.invoice.id in batch.touched_invoices:
+            _barrier(session)
+        if event.id in batch.processed:
+            return "duplicate", []
+    elif session.get(ProcessedEvent, event.id) is not None:
         return "duplicate", []
     now = rt.clock.now()
-    session.add(ProcessedEvent(id=event.id, type=event.type, occurred_at=event.occurred_at, processed_at=now))
+    unit_of(session).add_processed_event(
+        {"id": event.id, "type": event.type, "occurred_at": event.occurred_at, "processed_at": now}
+    )
     handler = _HANDLERS[event.type]
     return handler(rt, session, event, now)
 
@@ -276,8 +301,20 @@ def _payment_failed(
 ) -> tuple[str, list[Dispatch]]:
     assert isinstance(event, c.InvoicePaymentFailed)
     inv = event.data.invoice
-    invoice = _get(session, Invoice, inv.id, with_for_update=True)
-    if invoice is not None and invoice.status == "paid":
+    batch = _batch(session)
+    existing: Case | None
+    if batch is not None and inv.id in batch.cases_by_invoice:
+        invoice_status = batch.invoice_status.get(inv.id)
+        existing = batch.cases_by_invoice[inv.id]
+    else:
+        invoice = session.get(Invoice, inv.id, with_for_update=True)
+        invoice_status = invoice.status if invoice is not None else None
+        existing = None
+        if invoice_status != "paid":
+            existing = session.execute(
+                select(Case).where(Case.invoice_id == inv.id).with_for_update()
+            ).scalar_one_or_none()
+    if invoice_status == "paid":
         # A late failure for an invoice already paid: opening a case would send a
         # "payment failed" email about a renewal that went through.
         record(
@@ -289,13 +326,6 @@ def _payment_failed(
             f"late failure for paid invoice {inv.id} ignored",
         )
         return "ignored_paid", []
-    batch = _batch(session)
-    if batch is not None and inv.id in batch.cases_by_invoice:
-        existing = batch.cases_by_invoice[inv.id]
-    else:
-        existing = session.execute(
-            select(Case).where(Case.invoice_id == inv.id).with_for_update()
-        ).scalar_one_or_none()
     if existing is not None:
         decision = policy_cases.on_repeat_failure(
             facts_of(existing), rt.policy.for_plan(existing.plan), now, decline_code=event.data.decline_code
@@ -319,57 +349,54 @@ def _payment_failed(
             f"failure for canceled subscription ignored ({inv.id})",
         )
         return "ignored_canceled", []
-    if invoice is None:
-        session.add(
-            Invoice(
-                id=inv.id,
-                subscription_id=inv.subscription_id,
-                amount_minor=inv.amount_minor,
-                currency=inv.currency,
-                status="open",
-            )
+    unit = unit_of(session)
+    if invoice_status is None:
+        unit.add_invoice(
+            {
+                "id": inv.id,
+                "subscription_id": inv.subscription_id,
+                "amount_minor": inv.amount_minor,
+                "currency": inv.currency,
+                "status": "open",
+                "paid_at": None,
+            }
         )
     policy = rt.policy.for_plan(subscription.plan)
-    case = Case(
-        invoice_id=inv.id,
-        subscription_id=inv.subscription_id,
-        customer_id=inv.customer_id,
-        plan=subscription.plan,
-        amount_minor=inv.amount_minor,
-        currency=inv.currency,
-        status="open",
-        decline_code=event.data.decline_code,
-        first_decline_code=event.data.decline_code,
-        has_payment_method=customer.pm_present,
-        opened_at=now,
-        policy_version=rt.policy.version,
-        attempts_made=0,
-        scheduled_retries_made=0,
-        card_update_retries_used=0,
-        recovered_minor=0,
-    )
-    session.add(case)
-
-    def open_it() -> None:
-        unit_of(session).new_cases.add(case.id)
-        decision = policy_cases.open_case(
-            policy,
-            now,
-            case_key=str(case.id),
+    # Transient: the unit writes it once, with the facts the opening decision gives it.
+    case = unit.new_case(
+        session,
+        Case(
+            invoice_id=inv.id,
+            subscription_id=inv.subscription_id,
+            customer_id=inv.customer_id,
+            plan=subscription.plan,
+            amount_minor=inv.amount_minor,
+            currency=inv.currency,
+            status="open",
             decline_code=event.data.decline_code,
+            first_decline_code=event.data.decline_code,
             has_payment_method=customer.pm_present,
-        )
-        apply_decision(rt, session, case, decision, now=now)
-
+            needs_new_payment_method=False,
+            opened_at=now,
+            policy_version=rt.policy.version,
+            attempts_made=0,
+            scheduled_retries_made=0,
+            card_update_retries_used=0,
+            recovered_minor=0,
+        ),
+    )
     if batch is not None:
-        # Opened once the batch's single flush has given every new case its id.
-        batch.absent.discard((Invoice, inv.id))
         batch.cases_by_invoice[inv.id] = case
+        batch.invoice_status[inv.id] = "open"
         batch.touched_invoices.add(inv.id)
-        batch.deferred.append(open_it)
-    else:
-        session.flush()
-        open_it()
+    decision = policy_cases.open_case(
+        policy,
+        now,
+        case_key=str(case.id),
+        decline_code=event.data.decline_code,
+        has_payment_method=customer.pm_present,
+    )
+    apply_decision(rt, session, case, decision, now=now)
     return "case_opened", []
 
 

@@ -1,10 +1,11 @@
-"""Buffered writes: jobs, outbox rows and timeline lines of one transaction, written at commit.
+"""Buffered writes of one transaction: new facts, cases, jobs, outbox rows and timeline lines.
 
-Appending rows one ORM object at a time costs a statement each (and a multi-row
-VALUES is compiled anew every time). The unit buffers them and, just before
-the commit, writes each table with one cached ``executemany`` statement. The
-ingest path's group commit puts many events in one transaction, so the same
-statements then carry the rows of all of them.
+Appending rows one ORM object at a time costs a statement each and the unit
+of work's bookkeeping. The unit buffers plain rows (and the transient objects
+of cases opened in the transaction, whose ids it allocates up front) and,
+just before the commit, writes each table with one statement
+(:mod:`dunning.store.bulk`). The ingest path's group commit puts many events
+in one transaction, so the same statements then carry the rows of all of them.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from dunning.services.jobs import Dispatch, wall_now
-from dunning.store.models import Job, Outbox, TimelineEntry
+from dunning.store.bulk import allocate_ids, insert_rows
+from dunning.store.models import Case, Invoice, Job, Outbox, ProcessedEvent, TimelineEntry
 
 _JOB_DEFAULTS: dict[str, Any] = {
     "claims": 0,
@@ -40,15 +41,44 @@ class Unit:
 
     def __init__(self, lease_s: float) -> None:
         self.lease_s = lease_s
+        self.processed_events: list[dict[str, Any]] = []
+        self.invoices: list[dict[str, Any]] = []
+        # Cases opened in this transaction, written with their final facts at flush: as
+        # transient objects they cost no unit-of-work bookkeeping and no INSERT-then-UPDATE.
+        self.cases: list[Case] = []
         self.jobs: list[dict[str, Any]] = []
         self.outbox: list[dict[str, Any]] = []
         self.timeline: list[dict[str, Any]] = []
         self.dispatch: list[Dispatch] = []
-        # Cases created in this transaction: none of their jobs is stored yet, so cancelling
+        # Cases created in this transaction whose jobs are not stored yet: cancelling them
         # means filtering the buffer, not an UPDATE.
         self.new_cases: set[int] = set()
+        self._case_ids: list[int] = []
+        self._top_case_id = 0
 
     # -- buffering ---------------------------------------------------------------
+
+    def reserve_case_ids(self, session: Session, n: int) -> None:
+        """Allocate ids for ``n`` cases about to be opened, in one statement."""
+        ids = allocate_ids(session, Case.__table__, n, above=self._top_case_id)
+        if ids:
+            self._case_ids.extend(ids)
+            self._top_case_id = max(self._top_case_id, ids[-1])
+
+    def new_case(self, session: Session, case: Case) -> Case:
+        """Give a transient case its id and write it at flush (whatever its facts are by then)."""
+        if not self._case_ids:
+            self.reserve_case_ids(session, 1)
+        case.id = self._case_ids.pop(0)
+        self.cases.append(case)
+        self.new_cases.add(case.id)
+        return case
+
+    def add_processed_event(self, row: dict[str, Any]) -> None:
+        self.processed_events.append(row)
+
+    def add_invoice(self, row: dict[str, Any]) -> None:
+        self.invoices.append(row)
 
     def add_timeline(
         self, subscription_id: str, case_id: int | None, at: datetime, kind: str, detail: str
@@ -94,17 +124,31 @@ class Unit:
 
     # -- writing -----------------------------------------------------------------
 
+    def buffered(self) -> bool:
+        """Whether anything waits to be written."""
+        return bool(
+            self.processed_events or self.invoices or self.cases or self.jobs or self.outbox or self.timeline
+        )
+
     def flush(self, session: Session) -> None:
-        """Write everything buffered (called just before commit)."""
-        insert = (postgresql if session.get_bind().dialect.name == "postgresql" else sqlite).insert
+        """Write everything buffered, one statement per table (called before commit, and by barriers)."""
+        if self.processed_events:
+            insert_rows(session, ProcessedEvent.__table__, self.processed_events)
+            self.processed_events = []
+        if self.invoices:
+            insert_rows(session, Invoice.__table__, self.invoices)
+            self.invoices = []
+        if self.cases:
+            columns = [c.key for c in Case.__table__.columns]
+            insert_rows(
+                session, Case.__table__, [{k: getattr(case, k) for k in columns} for case in self.cases]
+            )
+            self.cases = []
         outbox_ids: dict[str, int] = {}
         if self.outbox:
-            rows = session.execute(
-                insert(Outbox)
-                .on_conflict_do_nothing(index_elements=["key"])
-                .returning(Outbox.key, Outbox.id, sort_by_parameter_order=True),
-                self.outbox,
-            ).all()
+            rows = insert_rows(
+                session, Outbox.__table__, self.outbox, on_conflict="key", returning=("key", "id")
+            )
             outbox_ids = {r.key: r.id for r in rows}
             self.outbox = []
         jobs: list[dict[str, Any]] = []
@@ -119,17 +163,12 @@ class Unit:
         due = [j for j in jobs if j["status"] == "claimed"]
         later = [j for j in jobs if j["status"] != "claimed"]
         if later:
-            session.execute(insert(Job).on_conflict_do_nothing(index_elements=["key"]), later)
+            insert_rows(session, Job.__table__, later, on_conflict="key")
         if due:
-            rows = session.execute(
-                insert(Job)
-                .on_conflict_do_nothing(index_elements=["key"])
-                .returning(Job.id, Job.queue, sort_by_parameter_order=True),
-                due,
-            ).all()
-            self.dispatch.extend(Dispatch(r.queue, r.id) for r in rows)
+            rows = insert_rows(session, Job.__table__, due, on_conflict="key", returning=("id", "queue"))
+            self.dispatch.extend(Dispatch(r.queue, r.id) for r in sorted(rows))
         if self.timeline:
-            session.execute(insert(TimelineEntry), self.timeline)
+            insert_rows(session, TimelineEntry.__table__, self.timeline)
             self.timeline = []
 
 

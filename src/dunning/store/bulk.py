@@ -1,0 +1,136 @@
+"""Many rows into one table in one statement, whatever their number.
+
+The ingest path writes every row of a group commit (processed events,
+invoices, cases, jobs, outbox rows, timeline lines) at once. An ORM flush or
+an ``executemany`` costs a statement per row on the server and builds a
+parameter set per row on the client; on PostgreSQL we send each column as
+one array instead and let ``unnest`` turn the arrays back into rows:
+
+    INSERT INTO jobs (key, kind, ...) SELECT * FROM unnest($1::varchar(255)[], $2::varchar(20)[], ...)
+
+The text of the statement depends only on the table and its columns, so
+psycopg prepares it once per connection and the server plans it once. SQLite
+keeps SQLAlchemy's Core ``executemany`` (it runs in-process, where a
+statement per row costs little).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+from sqlalchemy import JSON, Row, Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+_PG = postgresql.dialect()
+
+
+def insert_rows(
+    session: Session,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    *,
+    on_conflict: str | None = None,
+    returning: Sequence[str] = (),
+) -> list[Row[Any]]:
+    """Insert ``rows`` (dicts with the same keys) into ``table`` in the session's transaction.
+
+    ``on_conflict``: a unique column whose conflicts are skipped (``ON CONFLICT
+    DO NOTHING``); without it a conflict raises ``IntegrityError`` as usual.
+    ``returning``: columns to return, one row per row inserted; with
+    ``on_conflict`` the skipped rows return nothing, so return a key to match
+    them. Order of the returned rows is not guaranteed.
+    """
+    if not rows:
+        return []
+    columns = tuple(rows[0])
+    if session.get_bind().dialect.name != "postgresql":
+        return _insert_executemany(session, table, rows, on_conflict, tuple(returning))
+    sql, converters = _unnest_statement(table, columns, on_conflict, tuple(returning))
+    arrays = tuple(
+        [convert(row[name]) for row in rows] if convert else [row[name] for row in rows]
+        for name, convert in zip(columns, converters, strict=True)
+    )
+    result = session.connection().exec_driver_sql(sql, arrays)
+    return list(result.all()) if returning else []
+
+
+def _insert_executemany(
+    session: Session,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    on_conflict: str | None,
+    returning: tuple[str, ...],
+) -> list[Row[Any]]:
+    stmt = sqlite.insert(table)
+    if on_conflict:
+        stmt = stmt.on_conflict_do_nothing(index_elements=[on_conflict])
+    if returning:
+        stmt = stmt.returning(*(table.c[name] for name in returning), sort_by_parameter_order=True)
+        return list(session.connection().execute(stmt, list(rows)).all())
+    session.connection().execute(stmt, list(rows))
+    return []
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return value.astimezone(UTC)
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+@cache
+def _unnest_statement(
+    table: Table, columns: tuple[str, ...], on_conflict: str | None, returning: tuple[str, ...]
+) -> tuple[str, tuple[Any, ...]]:
+    casts = []
+    converters: list[Any] = []
+    for name in columns:
+        column = table.c[name]
+        impl = getattr(column.type, "impl", column.type)
+        sql_type = impl.compile(dialect=_PG)
+        if isinstance(impl, JSON):
+            converters.append(_json)
+        elif sql_type.startswith("TIMESTAMP"):
+            converters.append(_utc)
+        else:
+            converters.append(None)
+        casts.append(f"%s::{sql_type}[]")
+    sql = (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({', '.join(casts)})"
+        + (f" ON CONFLICT ({on_conflict}) DO NOTHING" if on_conflict else "")
+        + (f" RETURNING {', '.join(returning)}" if returning else "")
+    )
+    return sql, tuple(converters)
+
+
+def allocate_ids(session: Session, table: Table, n: int, *, above: int = 0) -> list[int]:
+    """``n`` fresh primary keys for ``table``, to write rows with their final values at once.
+
+    PostgreSQL: from the column's sequence. SQLite: write transactions are
+    serialised (``BEGIN IMMEDIATE``), so the ids above the current maximum are
+    ours until commit; ``above`` is the highest id this transaction already
+    took (and may not have written yet).
+    """
+    if n <= 0:
+        return []
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        sql = _sequence_sql(table.name)
+        return [r[0] for r in conn.exec_driver_sql(sql, (n,))]
+    top = max(int(conn.exec_driver_sql(f"SELECT coalesce(max(id), 0) FROM {table.name}").scalar_one()), above)
+    return list(range(top + 1, top + 1 + n))
+
+
+@cache
+def _sequence_sql(table: str) -> str:
+    return f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) FROM generate_series(1, %s)"
