@@ -25,7 +25,7 @@ from dunning.domain.policy import PlanPolicy
 from dunning.mail.context import NoticeContext
 from dunning.queues import JOBS_QUEUE, MAIL_QUEUE
 from dunning.services.jobs import Dispatch, cancel_case_jobs, cancel_scheduled_retries
-from dunning.services.unit import unit_of
+from dunning.services.unit import CaseRow, unit_of
 from dunning.store.models import Case, Customer, Outbox
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ OUTCOME_FOR_STATUS = {
 }
 
 
-def facts_of(case: Case) -> CaseFacts:
+def facts_of(case: CaseRow) -> CaseFacts:
     """The policy's view of a case row."""
     return CaseFacts(
         status=CaseStatus(case.status),
@@ -58,7 +58,7 @@ def facts_of(case: Case) -> CaseFacts:
     )
 
 
-def _store_facts(case: Case, facts: CaseFacts) -> None:
+def _store_facts(case: CaseRow, facts: CaseFacts) -> None:
     case.status = facts.status.value
     case.decline_code = facts.decline_code
     case.has_payment_method = facts.has_payment_method
@@ -87,7 +87,7 @@ def record(
 def apply_decision(
     rt: Runtime,
     session: Session,
-    case: Case,
+    case: CaseRow,
     decision: Decision,
     *,
     now: datetime,
@@ -164,7 +164,7 @@ def message_id_for(key: str) -> str:
 
 
 def notice_context(
-    rt: Runtime, case: Case, customer: Customer, notice: Notice, policy: PlanPolicy, *, now: datetime
+    rt: Runtime, case: CaseRow, customer: Customer, notice: Notice, policy: PlanPolicy, *, now: datetime
 ) -> NoticeContext:
     """The facts an email is written from."""
     facts = facts_of(case)
@@ -205,7 +205,7 @@ _FAILURE_KINDS = frozenset({"payment_failed", "payment_reminder", "final_notice"
 def write_notice(
     rt: Runtime,
     session: Session,
-    case: Case,
+    case: CaseRow,
     customer: Customer | None,
     notice: Notice,
     policy: PlanPolicy,

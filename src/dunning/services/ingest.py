@@ -14,7 +14,7 @@ from dunning.domain import cases as policy_cases
 from dunning.domain.cases import TERMINAL
 from dunning.services.cases import apply_decision, facts_of, record
 from dunning.services.jobs import Dispatch
-from dunning.services.unit import collecting, dispatch_of, unit_of
+from dunning.services.unit import CaseRow, NewCase, collecting, dispatch_of, unit_of
 from dunning.store.db import transaction
 from dunning.store.models import Case, Customer, Invoice, ProcessedEvent, Subscription
 
@@ -69,8 +69,11 @@ class _Batch:
     def __init__(self) -> None:
         self.processed: set[str] = set()
         self.invoice_status: dict[str, str] = {}  # invoices known before the batch
-        self.cases_by_invoice: dict[str, Case | None] = {}  # prefetched invoices only
+        self.cases_by_invoice: dict[str, CaseRow | None] = {}  # prefetched invoices only
         self.touched_invoices: set[str] = set()
+        # Prefetched rows (the same objects ``session.get`` would return, without its cost).
+        self.customers: dict[str, Customer] = {}
+        self.subscriptions: dict[str, Subscription] = {}
         self.held: list[Any] = []
 
 
@@ -159,7 +162,9 @@ def _prefetch(session: Session, events: list[c.Event], batch: _Batch) -> None:
         .join(Customer, Customer.id == Subscription.customer_id)
         .where(Subscription.id.in_(sorted({sub for _, sub in invoices.values()})))
     ).all()
-    batch.held += [obj for pair in pairs for obj in pair]
+    for subscription, customer in pairs:
+        batch.subscriptions[subscription.id] = subscription
+        batch.customers[customer.id] = customer
     unit_of(session).reserve_case_ids(session, len(invoices) - len(case_ids))
 
 
@@ -302,7 +307,7 @@ def _payment_failed(
     assert isinstance(event, c.InvoicePaymentFailed)
     inv = event.data.invoice
     batch = _batch(session)
-    existing: Case | None
+    existing: CaseRow | None
     if batch is not None and inv.id in batch.cases_by_invoice:
         invoice_status = batch.invoice_status.get(inv.id)
         existing = batch.cases_by_invoice[inv.id]
@@ -331,10 +336,14 @@ def _payment_failed(
             facts_of(existing), rt.policy.for_plan(existing.plan), now, decline_code=event.data.decline_code
         )
         return "case_updated", apply_decision(rt, session, existing, decision, now=now).dispatch
-    customer = session.get(Customer, inv.customer_id)
+    customer = (batch.customers.get(inv.customer_id) if batch else None) or session.get(
+        Customer, inv.customer_id
+    )
     if customer is None:
         raise MissingReference("data.invoice.customer_id", "unknown customer; send customer.upserted first")
-    subscription = session.get(Subscription, inv.subscription_id)
+    subscription = (batch.subscriptions.get(inv.subscription_id) if batch else None) or session.get(
+        Subscription, inv.subscription_id
+    )
     if subscription is None:
         raise MissingReference(
             "data.invoice.subscription_id", "unknown subscription; send subscription.upserted first"
@@ -362,10 +371,10 @@ def _payment_failed(
             }
         )
     policy = rt.policy.for_plan(subscription.plan)
-    # Transient: the unit writes it once, with the facts the opening decision gives it.
+    # Written once by the unit, with the facts the opening decision gives it.
     case = unit.new_case(
         session,
-        Case(
+        NewCase(
             invoice_id=inv.id,
             subscription_id=inv.subscription_id,
             customer_id=inv.customer_id,
@@ -376,13 +385,8 @@ def _payment_failed(
             decline_code=event.data.decline_code,
             first_decline_code=event.data.decline_code,
             has_payment_method=customer.pm_present,
-            needs_new_payment_method=False,
             opened_at=now,
             policy_version=rt.policy.version,
-            attempts_made=0,
-            scheduled_retries_made=0,
-            card_update_retries_used=0,
-            recovered_minor=0,
         ),
     )
     if batch is not None:

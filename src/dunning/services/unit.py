@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,6 +37,45 @@ _JOB_DEFAULTS: dict[str, Any] = {
 }
 
 
+@dataclass(slots=True)
+class NewCase:
+    """A case opened in this transaction, before it is written.
+
+    A plain object with the columns of :class:`Case`: the opening decision sets
+    a dozen of its attributes, which on an ORM instance would each go through
+    attribute instrumentation; the unit writes it once, with its final facts.
+    """
+
+    invoice_id: str
+    subscription_id: str
+    customer_id: str
+    plan: str
+    amount_minor: int
+    currency: str
+    status: str
+    decline_code: str
+    first_decline_code: str
+    has_payment_method: bool
+    opened_at: datetime
+    policy_version: str
+    id: int = 0
+    needs_new_payment_method: bool = False
+    attempts_made: int = 0
+    scheduled_retries_made: int = 0
+    card_update_retries_used: int = 0
+    last_attempt_at: datetime | None = None
+    suspended_at: datetime | None = None
+    closed_at: datetime | None = None
+    outcome: str | None = None
+    recovered_minor: int = 0
+
+
+#: A case as the decision code sees it: stored (ORM) or opened in this transaction.
+CaseRow = Case | NewCase
+
+_CASE_COLUMNS = tuple(c.key for c in Case.__table__.columns)
+
+
 class Unit:
     """The buffered writes of one session's transaction."""
 
@@ -45,7 +85,7 @@ class Unit:
         self.invoices: list[dict[str, Any]] = []
         # Cases opened in this transaction, written with their final facts at flush: as
         # transient objects they cost no unit-of-work bookkeeping and no INSERT-then-UPDATE.
-        self.cases: list[Case] = []
+        self.cases: list[NewCase] = []
         self.jobs: list[dict[str, Any]] = []
         self.outbox: list[dict[str, Any]] = []
         self.timeline: list[dict[str, Any]] = []
@@ -55,6 +95,7 @@ class Unit:
         self.new_cases: set[int] = set()
         self._case_ids: list[int] = []
         self._top_case_id = 0
+        self._cases_with_jobs: set[int | None] = set()
 
     # -- buffering ---------------------------------------------------------------
 
@@ -65,7 +106,7 @@ class Unit:
             self._case_ids.extend(ids)
             self._top_case_id = max(self._top_case_id, ids[-1])
 
-    def new_case(self, session: Session, case: Case) -> Case:
+    def new_case(self, session: Session, case: NewCase) -> NewCase:
         """Give a transient case its id and write it at flush (whatever its facts are by then)."""
         if not self._case_ids:
             self.reserve_case_ids(session, 1)
@@ -97,6 +138,7 @@ class Unit:
             else:
                 job["status"] = "pending"
             self.jobs.append(job)
+            self._cases_with_jobs.add(job["case_id"])
 
     def add_outbox(self, row: dict[str, Any], send_job: dict[str, Any], *, now: datetime) -> None:
         """Buffer an email and its send job (whose ``outbox_id`` is known only once inserted)."""
@@ -112,6 +154,8 @@ class Unit:
         keep: Sequence[str] = (),
     ) -> None:
         """Drop buffered pending jobs the way the matching UPDATE cancels stored ones."""
+        if case_id not in self._cases_with_jobs:
+            return  # the common case (a case just opened): no need to scan the whole buffer
 
         def doomed(job: dict[str, Any]) -> bool:
             if job["case_id"] != case_id or job["status"] != "pending" or job["kind"] not in kinds:
@@ -160,6 +204,7 @@ class Unit:
                 job["outbox_id"] = outbox_ids[key]
             jobs.append(job)
         self.jobs = []
+        self._cases_with_jobs.clear()
         due = [j for j in jobs if j["status"] == "claimed"]
         later = [j for j in jobs if j["status"] != "claimed"]
         if later:
