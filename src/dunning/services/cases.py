@@ -92,8 +92,13 @@ def apply_decision(
     *,
     now: datetime,
     outcome: str | None = None,
+    customer: Customer | None = None,
 ) -> Applied:
-    """Persist a decision about ``case`` in the current transaction."""
+    """Persist a decision about ``case`` in the current transaction.
+
+    ``customer``: the case's customer when the caller has it at hand (else it is looked up
+    if the decision sends a notice).
+    """
     policy = rt.policy.for_plan(case.plan)
     before = CaseStatus(case.status)
     _store_facts(case, decision.facts)
@@ -150,7 +155,8 @@ def apply_decision(
                 "payload": payload,
             }
         )
-    customer = session.get(Customer, case.customer_id) if decision.notices else None
+    if decision.notices and customer is None:
+        customer = session.get(Customer, case.customer_id)
     for notice in decision.notices:
         write_notice(rt, session, case, customer, notice, policy, now=now)
     unit.add_jobs(job_rows, now=now)

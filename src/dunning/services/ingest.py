@@ -400,7 +400,7 @@ def _payment_failed(
         decline_code=event.data.decline_code,
         has_payment_method=customer.pm_present,
     )
-    apply_decision(rt, session, case, decision, now=now)
+    apply_decision(rt, session, case, decision, now=now, customer=customer)
     return "case_opened", []
 
 

@@ -1,0 +1,47 @@
+"""Job messages sent after a commit: one round trip, and exactly what Dramatiq's own enqueue writes."""
+
+from __future__ import annotations
+
+import pytest
+from dramatiq import Message
+from dramatiq.brokers.redis import RedisBroker
+
+from dunning.broker import build_broker
+from dunning.dispatch import send_jobs
+from dunning.queues import ACTOR_FOR_QUEUE, JOBS_QUEUE, MAIL_QUEUE
+from dunning.services.jobs import Dispatch
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def broker(redis_server) -> RedisBroker:
+    broker = build_broker(redis_server.url)
+    broker.client.flushall()
+    return broker
+
+
+def _queued(broker: RedisBroker, queue: str) -> list[Message]:
+    ids = broker.client.lrange(f"dramatiq:{queue}", 0, -1)
+    bodies = broker.client.hmget(f"dramatiq:{queue}.msgs", ids)
+    return [Message.decode(body) for body in bodies]
+
+
+def test_a_batch_of_jobs_lands_on_their_queues_as_dramatiq_messages(broker: RedisBroker) -> None:
+    items = [Dispatch(JOBS_QUEUE, 1), Dispatch(MAIL_QUEUE, 2), Dispatch(JOBS_QUEUE, 3)]
+    assert send_jobs(broker, items) == 3
+    jobs, mail = _queued(broker, JOBS_QUEUE), _queued(broker, MAIL_QUEUE)
+    assert [m.args for m in jobs] == [(1,), (3,)] and [m.args for m in mail] == [(2,)]
+    for m in [*jobs, *mail]:
+        assert m.actor_name == ACTOR_FOR_QUEUE[m.queue_name]
+        assert m.kwargs == {}
+    # Each message is acknowledged by its own Redis id: they must all differ.
+    redis_ids = {m.options["redis_message_id"] for m in [*jobs, *mail]}
+    assert len(redis_ids) == 3
+
+
+def test_one_job_and_none(broker: RedisBroker) -> None:
+    assert send_jobs(broker, []) == 0
+    assert send_jobs(broker, [Dispatch(MAIL_QUEUE, 7)]) == 1
+    (only,) = _queued(broker, MAIL_QUEUE)
+    assert only.args == (7,) and only.options["redis_message_id"]
