@@ -107,7 +107,7 @@ def test_sigkill_workers_during_a_run(
     client = Client(broker=broker)
     sent = 0
 
-    def settle(timeout: float = 180.0) -> None:
+    def settle(timeout: float = max(180.0, CASES * 0.12)) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with rt.sessions() as s:

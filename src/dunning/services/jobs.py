@@ -124,6 +124,23 @@ class ClaimResult:
     parked: int
 
 
+#: Cap of the re-enqueue lease, in doublings of the queue lease (300 s -> at most 40 min).
+MAX_LEASE_DOUBLINGS = 3
+
+
+def requeue_lease_s(queue_lease_s: float, unstarted: int) -> float:
+    """The lease of a job enqueued again after ``unstarted`` deliveries that never started.
+
+    A delivery that has not even started within its lease was lost (Redis wiped)
+    or is still waiting behind a backlog longer than the lease. In the second
+    case every copy we add is one more message for the workers to skip, and a
+    flat lease would add one per lease period to every job in the backlog (a
+    retry storm that makes the backlog longer still). So each unstarted
+    delivery doubles the next lease, up to ``2 ** MAX_LEASE_DOUBLINGS`` times.
+    """
+    return queue_lease_s * 2 ** max(0, min(unstarted - 1, MAX_LEASE_DOUBLINGS))
+
+
 def claim_due(
     session: Session,
     *,
@@ -192,7 +209,11 @@ def claim_due(
         got = session.execute(
             update(Job)
             .where(Job.id == row.id)
-            .values(claims=Job.claims + 1, crashes=crashes, lease_until=lease)
+            .values(
+                claims=Job.claims + 1,
+                crashes=crashes,
+                lease_until=wall + timedelta(seconds=requeue_lease_s(queue_lease_s, row.claims - row.runs)),
+            )
             .returning(Job.id, Job.queue)
         ).first()
         if got is not None:
