@@ -93,11 +93,18 @@ def test_a_conflict_without_on_conflict_raises_integrity_error(sessions) -> None
         insert_rows(s, ProcessedEvent.__table__, [row])
 
 
-def test_naive_datetimes_are_refused(sessions) -> None:
+def test_naive_datetimes_are_refused_on_sqlite_and_read_as_utc_on_postgresql(sessions, db_url: str) -> None:
     naive = datetime(2026, 12, 1, 10, 0)
     row = {"id": "evt_1", "type": "invoice.paid", "occurred_at": naive, "processed_at": naive}
-    with pytest.raises(Exception, match="naive datetime"), sessions() as s, s.begin():
+    if db_url.startswith("sqlite"):
+        with pytest.raises(Exception, match="naive datetime"), sessions() as s, s.begin():
+            insert_rows(s, ProcessedEvent.__table__, [row])
+        return
+    with sessions() as s, s.begin():
         insert_rows(s, ProcessedEvent.__table__, [row])
+    with sessions() as s:
+        stored = s.execute(select(ProcessedEvent.occurred_at)).scalar_one()
+        assert stored == naive.replace(tzinfo=UTC)
 
 
 def test_allocated_ids_are_fresh_and_unique(sessions) -> None:

@@ -8,9 +8,10 @@ JSON document and let the server turn it back into rows of the table's type:
 
     INSERT INTO jobs (key, kind, ...) SELECT key, kind, ... FROM json_populate_recordset(NULL::jobs, $1::json)
 
-``json.dumps`` runs in C: about 7 µs per row on the client, against 15 µs for
-one array per column (psycopg dumps arrays in Python) and far more for an
-ORM flush. The text of the statement depends only on the table and its
+orjson serialises a row (datetimes included) in about 0.4 µs, against 4.5 µs
+for the standard library's ``json`` with a datetime hook and 11-15 µs for one
+array per column (psycopg dumps arrays in Python); an ORM flush costs far
+more. The text of the statement depends only on the table and its
 columns, so psycopg prepares it once per connection and the server plans it
 once. SQLite keeps SQLAlchemy's Core ``executemany`` (it runs in-process,
 where a statement per row costs little).
@@ -18,12 +19,11 @@ where a statement per row costs little).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from datetime import datetime
 from functools import cache
 from typing import Any
 
+import orjson
 from sqlalchemy import Row, Table
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
@@ -43,15 +43,17 @@ def insert_rows(
     DO NOTHING``); without it a conflict raises ``IntegrityError`` as usual.
     ``returning``: columns to return, one row per row inserted; with
     ``on_conflict`` the skipped rows return nothing, so return a key to match
-    them. Order of the returned rows is not guaranteed. Datetimes must be
-    timezone-aware; ``None`` is SQL NULL (JSON columns included).
+    them. Order of the returned rows is not guaranteed. ``None`` is SQL NULL
+    (JSON columns included). Datetimes must be timezone-aware: on SQLite a
+    naive one is refused (``UtcDateTime``), on PostgreSQL it is read as UTC
+    (the integration tests run on both, so code that builds one fails there).
     """
     if not rows:
         return []
     if session.get_bind().dialect.name != "postgresql":
         return _insert_executemany(session, table, rows, on_conflict, tuple(returning))
     sql = _recordset_statement(table, tuple(rows[0]), on_conflict, tuple(returning))
-    document = json.dumps(rows, default=_json_default, separators=(",", ":"))
+    document = orjson.dumps(rows, option=orjson.OPT_NAIVE_UTC).decode()
     result = session.connection().exec_driver_sql(sql, (document,))
     return list(result.all()) if returning else []
 
@@ -71,14 +73,6 @@ def _insert_executemany(
         return list(session.connection().execute(stmt, list(rows)).all())
     session.connection().execute(stmt, list(rows))
     return []
-
-
-def _json_default(value: Any) -> str:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        return value.isoformat()
-    raise TypeError(f"cannot write {type(value).__name__} in a bulk insert")
 
 
 @cache
