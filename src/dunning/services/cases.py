@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.orm import Session
 
@@ -70,6 +70,19 @@ def _store_facts(case: CaseRow, facts: CaseFacts) -> None:
     case.suspended_at = facts.suspended_at
 
 
+class Recipient(Protocol):
+    """What queuing a notice reads of a customer (an ORM row, or a prefetched snapshot)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def email(self) -> str: ...
+    @property
+    def locale(self) -> str | None: ...
+    @property
+    def timezone(self) -> str | None: ...
+
+
 @dataclass
 class Applied:
     """What a decision left to do after commit."""
@@ -92,7 +105,7 @@ def apply_decision(
     *,
     now: datetime,
     outcome: str | None = None,
-    customer: Customer | None = None,
+    customer: Recipient | None = None,
 ) -> Applied:
     """Persist a decision about ``case`` in the current transaction.
 
@@ -212,7 +225,7 @@ def write_notice(
     rt: Runtime,
     session: Session,
     case: CaseRow,
-    customer: Customer | None,
+    customer: Recipient | None,
     notice: Notice,
     policy: PlanPolicy,
     *,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from functools import cache
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import Row, Table, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -72,8 +73,8 @@ class _Batch:
         self.cases_by_invoice: dict[str, CaseRow | None] = {}  # prefetched invoices only
         self.touched_invoices: set[str] = set()
         # Prefetched rows (the same objects ``session.get`` would return, without its cost).
-        self.customers: dict[str, Customer] = {}
-        self.subscriptions: dict[str, Subscription] = {}
+        self.customers: dict[str, CustomerFacts] = {}
+        self.subscriptions: dict[str, SubscriptionFacts] = {}
         self.held: list[Any] = []
 
 
@@ -93,11 +94,48 @@ def _barrier(session: Session) -> None:
         batch.cases_by_invoice.pop(invoice_id, None)
         batch.invoice_status.pop(invoice_id, None)
     batch.touched_invoices.clear()
+    batch.customers.clear()
+    batch.subscriptions.clear()
 
 
-# On PostgreSQL the batch's lookups are fixed statements with array parameters: prepared once
-# per connection, whatever the batch size (an ``IN (...)`` list is a new statement per length).
-_PG_PROCESSED = "SELECT id FROM processed_events WHERE id = ANY(%s)"
+class CustomerFacts(NamedTuple):
+    """What opening a case reads of its customer (a prefetched row, not an ORM object)."""
+
+    id: str
+    email: str
+    locale: str | None
+    timezone: str | None
+    pm_present: bool
+
+
+class SubscriptionFacts(NamedTuple):
+    """What opening a case reads of its subscription."""
+
+    id: str
+    plan: str
+    status: str
+
+
+def _by_ids(session: Session, table: Table, columns: tuple[str, ...], ids: list[str]) -> list[Row[Any]]:
+    """Rows of ``table`` whose ``id`` is in ``ids``.
+
+    On PostgreSQL a fixed statement with an array parameter, prepared once per
+    connection whatever the number of ids (an ``IN (...)`` list is a new
+    statement for every length).
+    """
+    if not ids:
+        return []
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        return conn.exec_driver_sql(_by_ids_sql(table.name, columns), (ids,)).all()
+    return conn.execute(select(*(table.c[name] for name in columns)).where(table.c.id.in_(ids))).all()
+
+
+@cache
+def _by_ids_sql(table: str, columns: tuple[str, ...]) -> str:
+    return f"SELECT {', '.join(columns)} FROM {table} WHERE id = ANY(%s)"
+
+
 # Every case has its invoice row (both are written when the case opens), so locking the
 # invoices in id order also finds the cases to lock; the unique invoice_id of cases
 # backs this up (a missed case fails the batch, and each event is then applied alone).
@@ -107,29 +145,18 @@ _PG_INVOICES = (
 )
 
 
-def _lookup_known(
-    session: Session, event_ids: list[str], invoice_ids: list[str]
-) -> tuple[set[str], dict[str, str], list[int]]:
-    """Event ids already processed; status of the invoices known, locked; ids of their cases."""
+def _lock_invoices(session: Session, invoice_ids: list[str]) -> list[Row[Any]]:
+    """(invoice id, status, case id or None) of the invoices known, locked in id order."""
     conn = session.connection()
     if conn.dialect.name == "postgresql":
-        processed = {r[0] for r in conn.exec_driver_sql(_PG_PROCESSED, (event_ids,))}
-        rows = conn.exec_driver_sql(_PG_INVOICES, (invoice_ids,)).all() if invoice_ids else []
-    else:
-        processed = set(
-            conn.execute(select(ProcessedEvent.id).where(ProcessedEvent.id.in_(event_ids))).scalars()
-        )
-        rows = (
-            conn.execute(
-                select(Invoice.id, Invoice.status, Case.id)
-                .outerjoin(Case, Case.invoice_id == Invoice.id)
-                .where(Invoice.id.in_(invoice_ids))
-                .order_by(Invoice.id)
-            ).all()
-            if invoice_ids
-            else []
-        )
-    return processed, {r[0]: r[1] for r in rows}, sorted(r[2] for r in rows if r[2] is not None)
+        return conn.exec_driver_sql(_PG_INVOICES, (invoice_ids,)).all()
+    # SQLite: the transaction already holds the database's write lock (BEGIN IMMEDIATE).
+    return conn.execute(
+        select(Invoice.id, Invoice.status, Case.id)
+        .outerjoin(Case, Case.invoice_id == Invoice.id)
+        .where(Invoice.id.in_(invoice_ids))
+        .order_by(Invoice.id)
+    ).all()
 
 
 def _prefetch(session: Session, events: list[c.Event], batch: _Batch) -> None:
@@ -138,12 +165,14 @@ def _prefetch(session: Session, events: list[c.Event], batch: _Batch) -> None:
         if isinstance(e, c.InvoicePaymentFailed):
             inv = e.data.invoice
             invoices[inv.id] = (inv.customer_id, inv.subscription_id)
-    ordered = sorted(invoices)
-    batch.processed, batch.invoice_status, case_ids = _lookup_known(
-        session, sorted({e.id for e in events}), ordered
-    )
+    batch.processed = {
+        r[0] for r in _by_ids(session, ProcessedEvent.__table__, ("id",), sorted({e.id for e in events}))
+    }
     if not invoices:
         return
+    rows = _lock_invoices(session, sorted(invoices))
+    batch.invoice_status = {r[0]: r[1] for r in rows}
+    case_ids = sorted(r[2] for r in rows if r[2] is not None)
     batch.cases_by_invoice = dict.fromkeys(invoices)
     if case_ids:
         # ``batch.held`` keeps strong references: the session's identity map is weak.
@@ -155,16 +184,19 @@ def _prefetch(session: Session, events: list[c.Event], batch: _Batch) -> None:
         batch.held += cases
         for case in cases:
             batch.cases_by_invoice[case.invoice_id] = case
-    # One statement for both; a subscription whose customer differs from the invoice's
-    # (bad data) just leaves that customer to a lookup of its own.
-    pairs = session.execute(
-        select(Subscription, Customer)
-        .join(Customer, Customer.id == Subscription.customer_id)
-        .where(Subscription.id.in_(sorted({sub for _, sub in invoices.values()})))
-    ).all()
-    for subscription, customer in pairs:
-        batch.subscriptions[subscription.id] = subscription
-        batch.customers[customer.id] = customer
+    # Plain rows: opening a case only reads them. Any other event first runs a barrier,
+    # which drops them, so an event that changes a customer is seen by the ones after it.
+    for row in _by_ids(
+        session,
+        Subscription.__table__,
+        SubscriptionFacts._fields,
+        sorted({sub for _, sub in invoices.values()}),
+    ):
+        batch.subscriptions[row[0]] = SubscriptionFacts(*row)
+    for row in _by_ids(
+        session, Customer.__table__, CustomerFacts._fields, sorted({cus for cus, _ in invoices.values()})
+    ):
+        batch.customers[row[0]] = CustomerFacts(*row)
     unit_of(session).reserve_case_ids(session, len(invoices) - len(case_ids))
 
 
