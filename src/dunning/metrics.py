@@ -55,6 +55,17 @@ class DunningCollector(Collector):
                 "How long the oldest due job has waited (0 when none is due)",
                 value=(now - oldest).total_seconds() if oldest else 0.0,
             )
+            waiting = s.execute(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.status == "claimed", Job.claims - Job.runs > 1)
+            ).scalar_one()
+            yield GaugeMetricFamily(
+                "dunning_jobs_enqueued_again_unstarted",
+                "Claimed jobs enqueued more than once without a worker starting them: messages lost,"
+                " or a queue backlog longer than the queue lease (each copy backs the next lease off)",
+                value=waiting,
+            )
             refused = s.execute(
                 select(func.count()).select_from(DeadLetter).where(DeadLetter.requeued_at.is_(None))
             ).scalar_one()

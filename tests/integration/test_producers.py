@@ -417,4 +417,5 @@ def test_metrics_endpoint_reports_cases_queues_and_dead_letters(world) -> None:
     assert "dunning_dead_letters 1.0" in body
     assert 'dunning_queue_messages{queue="billing_events",state="ready"} 0.0' in body
     assert 'dunning_emails{kind="payment_failed",status="sent"} 1.0' in body
+    assert "dunning_jobs_enqueued_again_unstarted 0.0" in body
     assert client.get("/healthz").text == "ok"
