@@ -374,3 +374,29 @@ def test_event_json_schema() -> None:
     for kind in EVENT_TYPES:
         assert f'"{kind}"' in text, kind
     assert "discriminator" in text or "oneOf" in text
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        (("id",), "id"),
+        (("data", "invoice", "id"), "data.invoice.id"),
+        (("data", "failure_message"), "data.failure_message"),
+    ],
+)
+def test_a_nul_character_is_refused_with_its_field(path: tuple[str, ...], field: str) -> None:
+    # PostgreSQL text cannot store U+0000: such an event would fail on every retry, so it is refused.
+    ev = event("invoice.payment_failed")
+    target = ev
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = "in\x00jected"
+    err = refuse(ev)
+    assert err.field == field
+    assert "NUL" in err.reason
+
+
+def test_a_nul_in_a_customer_name_is_refused() -> None:
+    ev = event("customer.upserted")
+    ev["data"]["customer"]["name"] = "Jane\x00Doe"
+    assert refuse(ev).field == "data.customer.name"
