@@ -155,7 +155,7 @@ def test_bad_messages_mixed_into_good_traffic_are_parked_and_kill_no_worker(
         parked = {d.message_id: d for d in sc.dead_letters()}
         # Every message was acknowledged or moved to the broker's dead set: none is left behind.
         with contextlib.suppress(AssertionError):
-            sc.wait_until("the queue drained", lambda: broker.client.hlen(f"dramatiq:{QUEUE}.msgs") == 0, 10)
+            sc.wait_until("the queue drained", lambda: broker.client.hlen(f"dramatiq:{QUEUE}.msgs") == 0, 60)
         leftover = broker.client.hlen(f"dramatiq:{QUEUE}.msgs")
         f = sc.verify()
         wrong: dict[str, object] = {}
@@ -386,7 +386,7 @@ def _worker_log_since(sc: Scenario, offset: int) -> str:
 
 
 def test_undecodable_bytes_on_redis_are_parked_and_strand_no_good_event(quiet_world: Scenario) -> None:
-    from dunning.broker import escape_bytes
+    from dunning.refusing_broker import escape_bytes
 
     sc = quiet_world
     broker = sc.broker
@@ -451,7 +451,7 @@ def test_undecodable_bytes_on_redis_are_parked_and_strand_no_good_event(quiet_wo
 @pytest.fixture
 def probe_broker(dunning_broker) -> Iterator[Callable[..., Any]]:
     """``make(park)``: a broker of our class on its own namespace (no worker consumes it)."""
-    from dunning.broker import DunningRedisBroker
+    from dunning.refusing_broker import DunningRedisBroker
 
     workers_broker, _ = dunning_broker
     namespace = f"probe-{uuid.uuid4()}"
