@@ -177,6 +177,12 @@ def run_demo(
         console.print(
             f"billing sandbox: {stats['calls']} calls, {charges} successful charges, "
             f"[bold]{stats['double_charges']} double charges[/bold], {stats['replays']} idempotent replays"
+            + (
+                f", {stats['paid_elsewhere_requests']} retries refused because the invoice had just been"
+                " paid elsewhere (before its invoice.paid event arrived)"
+                if stats["paid_elsewhere_requests"]
+                else ""
+            )
         )
         with rt.sessions() as s:
             dead = s.execute(select(func.count()).select_from(DeadLetter)).scalar_one()

@@ -119,14 +119,26 @@ def test_same_key_replays_the_first_answer_and_never_charges_twice(
         client.pay_invoice("in_declined", "key-ok")
 
 
-def test_paying_a_paid_invoice_under_a_new_key_is_reported(
+def test_paying_an_invoice_paid_out_of_band_is_refused_and_reported(
     sandbox: SandboxServer, client: HttpBillingClient
 ) -> None:
     add_invoice(sandbox, "in_oob", "insufficient_funds")
     sandbox.state.mark_paid("in_oob")
     assert client.pay_invoice("in_oob", "late-key") == PayResult(PayOutcome.SUCCEEDED, detail="already paid")
-    assert sandbox.state.stats()["double_charges"] == 1
-    assert sandbox.state.stats()["charges"]["in_oob"] == 0
+    stats = sandbox.state.stats()
+    assert (stats["paid_elsewhere_requests"], stats["double_charges"]) == (1, 0)
+    assert stats["charges"]["in_oob"] == 0
+
+
+def test_paying_again_after_our_own_charge_succeeded_is_a_double_charge(
+    sandbox: SandboxServer, client: HttpBillingClient
+) -> None:
+    add_invoice(sandbox, "in_twice", None)  # the card works
+    assert client.pay_invoice("in_twice", "key-1").outcome is PayOutcome.SUCCEEDED
+    assert client.pay_invoice("in_twice", "key-2") == PayResult(PayOutcome.SUCCEEDED, detail="already paid")
+    stats = sandbox.state.stats()
+    assert (stats["double_charges"], stats["paid_elsewhere_requests"]) == (1, 0)
+    assert stats["charges"]["in_twice"] == 1
 
 
 def test_5xx_is_retried_under_the_same_key_then_succeeds(
@@ -301,6 +313,7 @@ def test_admin_endpoints_over_http(sandbox: SandboxServer, client: HttpBillingCl
         assert admin.get("/stats").json() == {
             "charges": {"in_admin": 0},
             "double_charges": 0,
+            "paid_elsewhere_requests": 0,
             "replays": 0,
             "calls": 2,
         }

@@ -153,3 +153,28 @@ def test_scripted_success_on_second_attempt_recovers_on_day_3(world) -> None:
     assert h.sandbox.state.stats()["charges"]["in_1"] == 1
     assert h.billing_actions() == []
     assert h.notices() == ["payment_failed", "payment_recovered"]
+
+
+def test_a_retry_that_finds_the_invoice_paid_elsewhere_recovers_without_charging(world) -> None:
+    """Paid by other means while the invoice.paid event is still on its way: the billing API refuses."""
+    h = world
+    h.customer()
+    h.fail(code="insufficient_funds", succeed_on_attempt=0)
+    h.settle()
+    h.sandbox.state.mark_paid("in_1")  # the customer paid by bank transfer; no event yet
+    h.advance(DAY)  # the day-1 retry runs and gets 409 invoice_already_paid
+
+    case = h.case()
+    assert (case.status, case.outcome) == ("recovered", "paid")
+    assert h.notices() == ["payment_failed", "payment_recovered"]
+    assert _pending_case_jobs(h, case.id) == []
+    stats = h.sandbox.state.stats()
+    assert stats["charges"]["in_1"] == 0
+    assert (stats["paid_elsewhere_requests"], stats["double_charges"]) == (1, 0)
+
+    # The late event is then a no-op for the case, and nothing else is sent or charged.
+    h.client.invoice_paid(invoice_id="in_1", subscription_id="sub_1", amount_minor=4900, currency="EUR")
+    h.sent_events += 1
+    h.advance(timedelta(days=10), step=timedelta(days=5))
+    assert h.notices() == ["payment_failed", "payment_recovered"]
+    assert len(h.pay_calls()) == 1

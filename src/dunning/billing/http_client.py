@@ -13,6 +13,7 @@ import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
 
 from dunning.billing.port import (
+    ALREADY_PAID,
     BillingRejected,
     BillingUnavailable,
     InvoiceState,
@@ -161,7 +162,7 @@ class HttpBillingClient:
             )
         if response.status_code == 409 and _error_code(response) == "invoice_already_paid":
             # Paid already (out of band, or by an earlier intent): the money we wanted is in.
-            return PayResult(PayOutcome.SUCCEEDED, detail="already paid")
+            return PayResult(PayOutcome.SUCCEEDED, detail=ALREADY_PAID)
         if not response.is_success:
             raise self._rejected("POST", path, response)
         data = _json_object(response)

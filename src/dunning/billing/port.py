@@ -30,6 +30,15 @@ class PayResult:
     decline_code: str | None = None
     detail: str | None = None
 
+    @property
+    def already_paid(self) -> bool:
+        """Whether the billing system refused the charge because the invoice was paid already."""
+        return self.detail == ALREADY_PAID
+
+
+#: ``PayResult.detail`` when the billing system answered 409 ``invoice_already_paid``.
+ALREADY_PAID = "already paid"
+
 
 class InvoiceState(StrEnum):
     """An invoice's state as the billing system sees it."""

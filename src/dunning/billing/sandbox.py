@@ -77,6 +77,7 @@ class SandboxInvoice:
     currency: str
     decline_code: str | None  # what the current card declines with; None: the card works
     status: str = "open"
+    paid_elsewhere: bool = False  # marked paid out of band (mark_paid), not by a charge
     attempts: int = 0  # charge attempts processed (replays and injected faults excluded)
     charges: int = 0  # successful charges
     new_card: bool = False
@@ -178,6 +179,7 @@ class SandboxBilling:
             self._fault_rng = random.Random(f"{self.seed}:faults")
             self._replays = 0
             self._double_charges = 0
+            self._paid_elsewhere_requests = 0
 
     # -- admin -----------------------------------------------------------------------------------
 
@@ -262,7 +264,8 @@ class SandboxBilling:
     def mark_paid(self, invoice_id: str) -> None:
         """Mark an invoice paid out of band (bank transfer, another system). KeyError if unknown."""
         with self._lock:
-            self._invoices[invoice_id].status = "paid"
+            invoice = self._invoices[invoice_id]
+            invoice.status, invoice.paid_elsewhere = "paid", True
 
     def invoice(self, invoice_id: str) -> SandboxInvoice:
         """A snapshot of one invoice. KeyError if unknown."""
@@ -280,11 +283,17 @@ class SandboxBilling:
             return list(self._calls)
 
     def stats(self) -> dict[str, Any]:
-        """``{charges: {invoice_id: n}, double_charges, replays, calls}``."""
+        """``{charges: {invoice_id: n}, double_charges, paid_elsewhere_requests, replays, calls}``.
+
+        ``double_charges``: new intents to pay an invoice a charge of ours had paid.
+        ``paid_elsewhere_requests``: intents to pay an invoice paid out of band
+        (``mark_paid``) before we heard of it (a race the billing API refuses).
+        """
         with self._lock:
             return {
                 "charges": {i.id: i.charges for i in self._invoices.values()},
                 "double_charges": self._double_charges,
+                "paid_elsewhere_requests": self._paid_elsewhere_requests,
                 "replays": self._replays,
                 "calls": len(self._calls),
             }
@@ -369,8 +378,14 @@ class SandboxBilling:
 
     def _pay(self, invoice: SandboxInvoice) -> Answer:
         if invoice.status == "paid":
-            # A new intent to pay a paid invoice: on a real gateway this could have been a second charge.
-            self._double_charges += 1
+            if invoice.paid_elsewhere:
+                # Paid out of band while our retry was on its way (the event telling us had not
+                # arrived yet): refused here; a gateway that kept no invoice state would have
+                # charged the card a second time.
+                self._paid_elsewhere_requests += 1
+            else:
+                # We were told it succeeded and asked again under a new key: a product bug.
+                self._double_charges += 1
             return Answer(409, {"error": "invoice_already_paid"})
         invoice.attempts += 1
         if not invoice.card_present:

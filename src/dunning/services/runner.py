@@ -200,6 +200,13 @@ def _retry(rt: Runtime, job: Job) -> Result:
                 manual=was_manual,
             )
             outcome = "card_update" if was_manual else "retry"
+            if succeeded and result.already_paid:
+                # The billing API refused the charge: the invoice was paid by other means
+                # before its invoice.paid event reached us. Recovered, but not by us.
+                outcome = "paid"
+                record(
+                    session, case.subscription_id, case.id, now, "charge", "invoice already paid elsewhere"
+                )
             apply_decision(rt, session, case, decision, now=now, outcome=outcome)
             own = row.job_id == job.id
             if own or decision.facts.terminal:
