@@ -50,3 +50,51 @@ def test_unstarted_deliveries_back_off_and_a_started_one_resets(db_url: str) -> 
         assert job.crashes == 1
         assert abs((job.lease_until - wall_now()).total_seconds() - lease) < 0.1
     engine.dispose()
+
+
+def test_parking_a_send_job_that_kept_dying_mid_delivery_marks_its_email_unknown(db_url: str) -> None:
+    from dunning.store.models import Outbox
+
+    engine = make_engine(db_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    now = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    with transaction(sessions) as s:
+        outbox = Outbox(
+            key="payment_failed:1:opened",
+            kind="payment_failed",
+            case_id=1,
+            customer_id="cus_1",
+            to_email="jane@example.com",
+            locale="en",
+            message_id="<m@x>",
+            status="sending",  # a run committed the point of no return, then its worker died
+            send_after=now,
+            created_at=now,
+        )
+        s.add(outbox)
+        s.flush()
+        s.add(
+            Job(
+                key="send:payment_failed:1:opened",
+                kind="send_email",
+                queue="mail",
+                outbox_id=outbox.id,
+                status="claimed",
+                due_at=now,
+                created_at=now,
+                claims=3,
+                runs=3,
+                crashes=2,
+                lease_until=wall_now() - timedelta(seconds=1),
+            )
+        )
+    with transaction(sessions) as s:
+        got = claim_due(s, now=now, batch=10, queue_lease_s=5, max_crashes=3)
+        assert (got.dispatch, got.parked) == ([], 1)
+    with sessions() as s:
+        job = s.execute(select(Job)).scalar_one()
+        email = s.execute(select(Outbox)).scalar_one()
+        assert (job.status, job.crashes) == ("dead", 3)
+        assert email.status == "unknown" and "mail server" in (email.last_error or "")
+    engine.dispose()

@@ -17,7 +17,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from dunning.store.models import Job
+from dunning.store.models import Job, Outbox
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ def claim_due(
         dispatch.extend(Dispatch(r.queue, r.id) for r in rows)
     # Claimed but neither started nor finished in time: the message or its worker was lost.
     expired = session.execute(
-        select(Job.id, Job.runs, Job.claims, Job.crashes)
+        select(Job.id, Job.runs, Job.claims, Job.crashes, Job.outbox_id)
         .where(Job.status == "claimed", Job.lease_until < wall)
         .order_by(Job.lease_until)
         .limit(batch)
@@ -204,6 +204,18 @@ def claim_due(
                     last_error=f"parked: {crashes} runs died without finishing (worker killed or hung)",
                 )
             )
+            if row.outbox_id is not None:
+                # Its email may have been handed to the mail server by one of those runs (the row
+                # says "sending"): say so, as the next run would have, instead of leaving it "sending".
+                session.execute(
+                    update(Outbox)
+                    .where(Outbox.id == row.outbox_id, Outbox.status == "sending")
+                    .values(
+                        status="unknown",
+                        last_error="parked: its sending job died repeatedly after handing it to the mail"
+                        " server; check the server's log, then `dunning dlq requeue` to resend or purge",
+                    )
+                )
             parked += 1
             continue
         got = session.execute(
