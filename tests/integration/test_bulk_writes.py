@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from dunning.services.jobs import cancel_scheduled_retries
-from dunning.store.bulk import allocate_ids, insert_rows
+from dunning.store.bulk import allocate_ids, insert_rows, rows_by_ids
 from dunning.store.db import make_engine, make_sessionmaker
 from dunning.store.migrate import upgrade
 from dunning.store.models import Case, Job, ProcessedEvent
@@ -149,3 +149,22 @@ def test_allocated_ids_are_fresh_and_unique(sessions) -> None:
         assert allocate_ids(s, Case.__table__, 0) == []
     with sessions() as s:
         assert sorted(s.execute(select(Case.id)).scalars()) == sorted(first + second)
+
+
+def test_rows_by_ids_returns_the_rows_asked_for_and_only_those(sessions) -> None:
+    now = datetime.now(UTC)
+    with sessions() as s, s.begin():
+        insert_rows(
+            s,
+            ProcessedEvent.__table__,
+            [
+                {"id": f"evt_{i}", "type": "invoice.paid", "occurred_at": now, "processed_at": now}
+                for i in range(5)
+            ],
+        )
+    with sessions() as s:
+        assert rows_by_ids(s, ProcessedEvent.__table__, ("id",), []) == []
+        rows = rows_by_ids(s, ProcessedEvent.__table__, ("id", "type"), ["evt_1", "evt_3", "evt_9"])
+        assert sorted(tuple(r) for r in rows) == [("evt_1", "invoice.paid"), ("evt_3", "invoice.paid")]
+        # Any number of ids goes through the same statement.
+        assert len(rows_by_ids(s, ProcessedEvent.__table__, ("id",), [f"evt_{i}" for i in range(5)])) == 5

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from functools import cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Row, Table, select
+from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -16,6 +15,7 @@ from dunning.domain.cases import TERMINAL
 from dunning.services.cases import apply_decision, facts_of, record
 from dunning.services.jobs import Dispatch
 from dunning.services.unit import CaseRow, NewCase, collecting, dispatch_of, unit_of
+from dunning.store.bulk import rows_by_ids
 from dunning.store.db import transaction
 from dunning.store.models import Case, Customer, Invoice, ProcessedEvent, Subscription
 
@@ -72,7 +72,7 @@ class _Batch:
         self.invoice_status: dict[str, str] = {}  # invoices known before the batch
         self.cases_by_invoice: dict[str, CaseRow | None] = {}  # prefetched invoices only
         self.touched_invoices: set[str] = set()
-        # Prefetched rows (the same objects ``session.get`` would return, without its cost).
+        # Snapshots for opening cases; dropped by the barrier before any event that could change them.
         self.customers: dict[str, CustomerFacts] = {}
         self.subscriptions: dict[str, SubscriptionFacts] = {}
         self.held: list[Any] = []
@@ -116,26 +116,6 @@ class SubscriptionFacts(NamedTuple):
     status: str
 
 
-def _by_ids(session: Session, table: Table, columns: tuple[str, ...], ids: list[str]) -> list[Row[Any]]:
-    """Rows of ``table`` whose ``id`` is in ``ids``.
-
-    On PostgreSQL a fixed statement with an array parameter, prepared once per
-    connection whatever the number of ids (an ``IN (...)`` list is a new
-    statement for every length).
-    """
-    if not ids:
-        return []
-    conn = session.connection()
-    if conn.dialect.name == "postgresql":
-        return conn.exec_driver_sql(_by_ids_sql(table.name, columns), (ids,)).all()
-    return conn.execute(select(*(table.c[name] for name in columns)).where(table.c.id.in_(ids))).all()
-
-
-@cache
-def _by_ids_sql(table: str, columns: tuple[str, ...]) -> str:
-    return f"SELECT {', '.join(columns)} FROM {table} WHERE id = ANY(%s)"
-
-
 # Every case has its invoice row (both are written when the case opens), so locking the
 # invoices in id order also finds the cases to lock; the unique invoice_id of cases
 # backs this up (a missed case fails the batch, and each event is then applied alone).
@@ -166,7 +146,7 @@ def _prefetch(session: Session, events: list[c.Event], batch: _Batch) -> None:
             inv = e.data.invoice
             invoices[inv.id] = (inv.customer_id, inv.subscription_id)
     batch.processed = {
-        r[0] for r in _by_ids(session, ProcessedEvent.__table__, ("id",), sorted({e.id for e in events}))
+        r[0] for r in rows_by_ids(session, ProcessedEvent.__table__, ("id",), sorted({e.id for e in events}))
     }
     if not invoices:
         return
@@ -186,14 +166,14 @@ def _prefetch(session: Session, events: list[c.Event], batch: _Batch) -> None:
             batch.cases_by_invoice[case.invoice_id] = case
     # Plain rows: opening a case only reads them. Any other event first runs a barrier,
     # which drops them, so an event that changes a customer is seen by the ones after it.
-    for row in _by_ids(
+    for row in rows_by_ids(
         session,
         Subscription.__table__,
         SubscriptionFacts._fields,
         sorted({sub for _, sub in invoices.values()}),
     ):
         batch.subscriptions[row[0]] = SubscriptionFacts(*row)
-    for row in _by_ids(
+    for row in rows_by_ids(
         session, Customer.__table__, CustomerFacts._fields, sorted({cus for cus, _ in invoices.values()})
     ):
         batch.customers[row[0]] = CustomerFacts(*row)

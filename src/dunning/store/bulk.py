@@ -1,4 +1,4 @@
-"""Many rows into one table in one statement, whatever their number.
+"""Many rows into (or out of) one table in one statement, whatever their number.
 
 The ingest path writes every row of a group commit (processed events,
 invoices, cases, jobs, outbox rows, timeline lines) at once. An ORM flush or
@@ -24,7 +24,7 @@ from functools import cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Row, Table
+from sqlalchemy import Row, Table, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
@@ -108,3 +108,23 @@ def allocate_ids(session: Session, table: Table, n: int, *, above: int = 0) -> l
 @cache
 def _sequence_sql(table: str) -> str:
     return f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) FROM generate_series(1, %s)"
+
+
+def rows_by_ids(session: Session, table: Table, columns: tuple[str, ...], ids: list[str]) -> list[Row[Any]]:
+    """Rows of ``table`` whose ``id`` is in ``ids``.
+
+    On PostgreSQL a fixed statement with an array parameter, prepared once per
+    connection whatever the number of ids (an ``IN (...)`` list is a new
+    statement for every length).
+    """
+    if not ids:
+        return []
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        return conn.exec_driver_sql(_rows_by_ids_sql(table.name, columns), (ids,)).all()
+    return conn.execute(select(*(table.c[name] for name in columns)).where(table.c.id.in_(ids))).all()
+
+
+@cache
+def _rows_by_ids_sql(table: str, columns: tuple[str, ...]) -> str:
+    return f"SELECT {', '.join(columns)} FROM {table} WHERE id = ANY(%s)"
