@@ -178,8 +178,10 @@ def run_demo(
             f"billing sandbox: {stats['calls']} calls, {charges} successful charges, "
             f"[bold]{stats['double_charges']} double charges[/bold], {stats['replays']} idempotent replays"
             + (
-                f", {stats['paid_elsewhere_requests']} retries refused because the invoice had just been"
-                " paid elsewhere (before its invoice.paid event arrived)"
+                f", {stats['paid_elsewhere_requests']} "
+                + ("retry" if stats["paid_elsewhere_requests"] == 1 else "retries")
+                + " refused because the invoice had just been paid elsewhere (before its invoice.paid"
+                " event arrived)"
                 if stats["paid_elsewhere_requests"]
                 else ""
             )
