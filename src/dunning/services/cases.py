@@ -183,7 +183,7 @@ def message_id_for(key: str) -> str:
 
 
 def notice_context(
-    rt: Runtime, case: CaseRow, customer: Customer, notice: Notice, policy: PlanPolicy, *, now: datetime
+    rt: Runtime, case: Case, customer: Customer, notice: Notice, policy: PlanPolicy, *, now: datetime
 ) -> NoticeContext:
     """The facts an email is written from."""
     facts = facts_of(case)

@@ -14,7 +14,7 @@ from dunning.domain import cases as policy_cases
 from dunning.domain.cases import TERMINAL
 from dunning.services.cases import apply_decision, facts_of, record
 from dunning.services.jobs import Dispatch
-from dunning.services.unit import CaseRow, NewCase, collecting, dispatch_of, unit_of
+from dunning.services.unit import NewCase, collecting, dispatch_of, unit_of
 from dunning.store.bulk import rows_by_ids
 from dunning.store.db import transaction
 from dunning.store.models import Case, Customer, Invoice, ProcessedEvent, Subscription
@@ -70,7 +70,7 @@ class _Batch:
     def __init__(self) -> None:
         self.processed: set[str] = set()
         self.invoice_status: dict[str, str] = {}  # invoices known before the batch
-        self.cases_by_invoice: dict[str, CaseRow | None] = {}  # prefetched invoices only
+        self.cases_by_invoice: dict[str, Case | None] = {}  # prefetched invoices only
         self.touched_invoices: set[str] = set()
         # Snapshots for opening cases; dropped by the barrier before any event that could change them.
         self.customers: dict[str, CustomerFacts] = {}
@@ -319,7 +319,7 @@ def _payment_failed(
     assert isinstance(event, c.InvoicePaymentFailed)
     inv = event.data.invoice
     batch = _batch(session)
-    existing: CaseRow | None
+    existing: Case | None
     if batch is not None and inv.id in batch.cases_by_invoice:
         invoice_status = batch.invoice_status.get(inv.id)
         existing = batch.cases_by_invoice[inv.id]
@@ -402,8 +402,8 @@ def _payment_failed(
         ),
     )
     if batch is not None:
-        batch.cases_by_invoice[inv.id] = case
-        batch.invoice_status[inv.id] = "open"
+        # The next event about this invoice, or any other kind of event, first runs a barrier:
+        # it writes this case and drops the prefetched facts about the invoice.
         batch.touched_invoices.add(inv.id)
     decision = policy_cases.open_case(
         policy,

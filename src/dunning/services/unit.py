@@ -183,9 +183,8 @@ class Unit:
             insert_rows(session, Invoice.__table__, self.invoices)
             self.invoices = []
         if self.cases:
-            columns = [c.key for c in Case.__table__.columns]
             insert_rows(
-                session, Case.__table__, [{k: getattr(case, k) for k in columns} for case in self.cases]
+                session, Case.__table__, [{k: getattr(case, k) for k in _CASE_COLUMNS} for case in self.cases]
             )
             self.cases = []
         outbox_ids: dict[str, int] = {}
