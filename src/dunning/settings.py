@@ -51,6 +51,9 @@ class Settings:
     clock: str  # "system" | "simulated"
     mail_from: str = "Billing <billing@example.com>"
     extra: dict[str, str] = field(default_factory=dict)
+    # Signs the short-lived token a customer link hands to the billing portal
+    # (docs/configuration.md); None: derived from ``link_secret``.
+    portal_secret: str | None = None
 
     @property
     def outbox_dir(self) -> Path:
@@ -69,6 +72,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     if clock not in ("system", "simulated"):
         raise ValueError(f"DUNNING_CLOCK: expected 'system' or 'simulated', got {clock!r}")
     policy = env.get("DUNNING_POLICY")
+    if env.get("DUNNING_PAYMENT_UPDATE_URL"):
+        _check_portal_url(env["DUNNING_PAYMENT_UPDATE_URL"])
     return Settings(
         home=home,
         database_url=env.get("DUNNING_DATABASE_URL") or f"sqlite:///{home / 'dunning.db'}",
@@ -85,4 +90,20 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         extra={
             k: v for k, v in {"payment_update_url": env.get("DUNNING_PAYMENT_UPDATE_URL", "")}.items() if v
         },
+        portal_secret=env.get("DUNNING_PORTAL_SECRET") or None,
     )
+
+
+def _check_portal_url(url: str) -> None:
+    """Refuse a ``DUNNING_PAYMENT_UPDATE_URL`` customers could not be redirected to."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(
+            "DUNNING_PAYMENT_UPDATE_URL: expected an absolute http(s) URL, "
+            "e.g. https://billing.example.com/portal?customer={customer_id}"
+        )

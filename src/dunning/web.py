@@ -14,7 +14,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from dunning.contract import MAX_EVENT_BYTES, InvalidEvent, parse_event
-from dunning.links import LinkError
+from dunning.link_page import customer_link_endpoint
 from dunning.signing import SIGNATURE_HEADER, SignatureError, verify
 
 if TYPE_CHECKING:
@@ -68,27 +68,7 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
             )
         return JSONResponse({"accepted": event.id}, status_code=202)
 
-    def link(request: Request) -> Response:
-        token = request.path_params["token"]
-        try:
-            claims = rt.links.verify(token, now=rt.clock.now())
-        except LinkError as exc:
-            status = 410 if exc.expired else 404
-            page = _page(
-                "Link no longer valid",
-                f"<p>{html.escape(str(exc))}.</p><p>Reply to the email you received and we will send a fresh link.</p>",
-            )
-            return HTMLResponse(page, status_code=status)
-        customer_id = claims.subject.split(":", 1)[0]
-        target = rt.settings.extra.get("payment_update_url")
-        if target:
-            return Response(status_code=303, headers={"Location": target.format(customer_id=customer_id)})
-        body = (
-            "<p>This is where your billing provider's secure page to update your card opens.</p>"
-            f"<p>Customer <code>{html.escape(customer_id)}</code>, link valid until "
-            f"{claims.expires_at:%Y-%m-%d %H:%M} UTC.</p>"
-        )
-        return HTMLResponse(_page("Update your payment method", body))
+    link = customer_link_endpoint(rt)
 
     def health(request: Request) -> Response:
         from sqlalchemy import text

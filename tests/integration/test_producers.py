@@ -1,7 +1,7 @@
 """The three ways in (contract §1), exactly as docs/producers.md tells producers to use them.
 
 * raw Redis: the message JSON built by hand and the MULTI/HSET/RPUSH/EXEC of the guide;
-* HTTP: signed ``POST /events`` and its refusals, customer links, ``/healthz``;
+* HTTP: signed ``POST /events`` and its refusals, ``/healthz`` (customer links: test_customer_links.py);
 * the Python client: local validation, nothing enqueued on a bad event.
 """
 
@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -345,30 +344,6 @@ def test_http_oversized_body_is_413(world: Any, http: TestClient, raw_redis: red
     at_limit = b" " * MAX_EVENT_BYTES
     assert post_signed(http, at_limit).status_code == 422
     _nothing_enqueued(world, raw_redis)
-
-
-def test_customer_links(world: Any, http: TestClient) -> None:
-    url = world.rt.links.url(
-        "update_payment_method", "cus_1:1", now=world.rt.clock.now(), ttl=timedelta(days=7)
-    )
-    path = urlsplit(url).path
-    assert path.startswith("/l/")
-
-    page = http.get(path)
-    assert page.status_code == 200
-    assert "Update your payment method" in page.text
-    assert "cus_1" in page.text
-
-    token = path.removeprefix("/l/")
-    body, sig = token.split(".", 1)
-    tampered = f"{body}.{sig[:-1]}{'A' if sig[-1] != 'A' else 'B'}"
-    assert http.get(f"/l/{tampered}").status_code == 404
-    assert http.get("/l/garbage").status_code == 404
-
-    world.rt.clock.advance(timedelta(days=7, seconds=1))
-    expired = http.get(path)
-    assert expired.status_code == 410
-    assert "expired" in expired.text
 
 
 def test_healthz(http: TestClient) -> None:

@@ -22,6 +22,18 @@ KINDS: tuple[str, ...] = (
     "subscription_ended",
 )
 
+#: What the button of each kind lets the customer do: a purpose of :mod:`dunning.links`.
+#: While the case is open, update the card; once it is over (paid, ended), the
+#: update-card link would only say "already resolved", so those emails open the account.
+ACTION_PURPOSES: dict[str, str] = {
+    "payment_failed": "update_payment_method",
+    "payment_reminder": "update_payment_method",
+    "final_notice": "update_payment_method",
+    "access_suspended": "update_payment_method",
+    "payment_recovered": "manage_account",
+    "subscription_ended": "manage_account",
+}
+
 #: ``decline_class`` values with their own wording in ``payment_failed``; any
 #: other value (or None) gets a neutral "we couldn't collect it" variant.
 DECLINE_CLASSES: tuple[str, ...] = ("soft", "hard", "expired", "no_payment_method", "action_required")

@@ -22,7 +22,8 @@ from dunning.domain.cases import (
 from dunning.domain.cases import final_notice_at as _final_at
 from dunning.domain.notices import deliver_at
 from dunning.domain.policy import PlanPolicy
-from dunning.mail.context import NoticeContext
+from dunning.links import case_subject
+from dunning.mail.context import ACTION_PURPOSES, NoticeContext
 from dunning.queues import JOBS_QUEUE, MAIL_QUEUE
 from dunning.services.jobs import Dispatch, cancel_case_jobs, cancel_scheduled_retries
 from dunning.services.unit import CaseRow, unit_of
@@ -208,8 +209,9 @@ def notice_context(
         downgrade_amount_minor=policy.downgrade_amount_minor,
         was_suspended=notice.variant == "was_suspended",
         action_url=rt.links.url(
-            "update_payment_method",
-            f"{customer.id}:{case.id}",
+            purpose=ACTION_PURPOSES[notice.kind.value],
+            customer=customer.id,
+            subject=case_subject(case.id),
             now=now,
             ttl=timedelta(days=rt.tuning.link_ttl_days),
         ),
