@@ -154,8 +154,8 @@ INCLUSIVE = [
         lambda f, p: f.startswith("_payment_failed"),
     ),
     ("apply_event (ProcessedEvent check)", lambda f, p: f == "apply_event"),
-    ("_prefetch (group commit: batch lookups)", lambda f, p: f == "_prefetch"),
-    ("_barrier (group commit: flush, deferred work)", lambda f, p: f == "_barrier"),
+    ("_prefetch (group commit: batch lookups)", lambda f, p: f in ("_prefetch", "prefetch")),
+    ("_barrier (group commit: flush, deferred work)", lambda f, p: f in ("_barrier", "barrier")),
     ("ingest_many other", lambda f, p: f == "ingest_many"),
     (
         "ingest other (session/transaction setup, pool pre-ping)",

@@ -46,7 +46,7 @@ EVENTS_QUEUE, INGEST_ACTOR = "billing_events", "ingest_event"
 def event_stream(n: int, customers: int, rng: random.Random) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """A realistic mix whose references always resolve (customers and subscriptions are seeded)."""
     now = datetime.now(UTC)
-    failed: list[tuple[str, int]] = []  # (invoice id, customer) for later "paid" events
+    failed: list[tuple[str, int, int]] = []  # (invoice id, customer, amount) for later "paid" events
     out: list[dict[str, Any]] = []
     mix: dict[str, int] = {}
     for i in range(n):
@@ -56,9 +56,9 @@ def event_stream(n: int, customers: int, rng: random.Random) -> tuple[list[dict[
             env = payment_failed_envelope(
                 "mem", i, c, pick_decline(rng), amount=rng.choice((900, 4900, 9900))
             )
-            failed.append((env["data"]["invoice"]["id"], c))
+            failed.append((env["data"]["invoice"]["id"], c, env["data"]["invoice"]["amount_minor"]))
         elif roll < 0.57:
-            inv, c = failed[rng.randrange(len(failed))]
+            inv, c, amount = failed[rng.randrange(len(failed))]
             env = {
                 "id": f"evt_mem_{i}",
                 "type": "invoice.paid",
@@ -67,7 +67,7 @@ def event_stream(n: int, customers: int, rng: random.Random) -> tuple[list[dict[
                     "invoice": {
                         "id": inv,
                         "subscription_id": f"sub_{c:07d}",
-                        "amount_minor": 4900,
+                        "amount_minor": amount,  # the invoice's own: another amount is refused
                         "currency": "EUR",
                     }
                 },

@@ -20,6 +20,7 @@ class Report:
     by_status: Counter[str] = field(default_factory=Counter)
     by_outcome: Counter[str] = field(default_factory=Counter)
     ever_suspended: int = 0
+    # Minor units actually paid on recovered cases, per currency (currencies with nothing paid are absent).
     recovered_minor: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     at_risk_minor: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     charges: Counter[str] = field(default_factory=Counter)
@@ -53,7 +54,10 @@ def build_report(rt: Runtime) -> Report:
                 report.by_outcome[outcome] += 1
             if suspended:
                 report.ever_suspended += 1
-            report.recovered_minor[currency] += recovered or 0
+            if status == "recovered" and recovered:
+                # What was paid (``invoice.paid`` as received, or the invoice our retry collected),
+                # not the case's amount; ingest refuses a payment in another currency than the case's.
+                report.recovered_minor[currency] += recovered
             if status in ("open", "suspended"):
                 report.at_risk_minor[currency] += amount
         for status, n in s.execute(select(ChargeAttempt.status, func.count()).group_by(ChargeAttempt.status)):

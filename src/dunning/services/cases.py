@@ -107,11 +107,14 @@ def apply_decision(
     now: datetime,
     outcome: str | None = None,
     customer: Recipient | None = None,
+    recovered_minor: int | None = None,
 ) -> Applied:
     """Persist a decision about ``case`` in the current transaction.
 
     ``customer``: the case's customer when the caller has it at hand (else it is looked up
-    if the decision sends a notice).
+    if the decision sends a notice). ``recovered_minor``: what was actually paid, in the
+    case's currency, when the decision recovers the case on a payment we were told about
+    (``invoice.paid``, checked against the invoice); our own charges collect the invoice's amount.
     """
     policy = rt.policy.for_plan(case.plan)
     before = CaseStatus(case.status)
@@ -122,7 +125,7 @@ def apply_decision(
         case.closed_at = now
         if after is CaseStatus.RECOVERED:
             case.outcome = outcome or "retry"
-            case.recovered_minor = case.amount_minor
+            case.recovered_minor = case.amount_minor if recovered_minor is None else recovered_minor
         else:
             case.outcome = OUTCOME_FOR_STATUS.get(after, after.value)
     for line in decision.timeline:
