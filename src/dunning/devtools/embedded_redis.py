@@ -263,7 +263,7 @@ def _write_config(paths: _Paths, address: _Address) -> None:
     else:
         listen = [f"port {address.port}", "bind 127.0.0.1", "protected-mode yes"]
     lines = [
-        "# Written by dunning.embedded_redis at every start; edits are overwritten.",
+        "# Written by dunning.devtools.embedded_redis at every start; edits are overwritten.",
         "daemonize yes",
         f"pidfile {_conf_value(paths.pidfile)}",
         f"logfile {_conf_value(paths.logfile)}",

@@ -23,10 +23,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import func, select
 
-from dunning.billing.sandbox import SandboxServer
 from dunning.client import Client
-from dunning.demo_scenario import DEMO_POLICY, Action, build_scenario
-from dunning.embedded_redis import RedisProcess
+from dunning.devtools.demo_scenario import DEMO_POLICY, Action, build_scenario
+from dunning.devtools.embedded_redis import RedisProcess
+from dunning.devtools.sandbox import SandboxServer
 from dunning.runtime import Runtime, Tuning, build_runtime
 from dunning.services.jobs import outstanding
 from dunning.settings import load_settings
