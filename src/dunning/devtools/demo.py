@@ -167,7 +167,7 @@ def run_demo(
             f"{days} simulated days from {start:%Y-%m-%d}; {processes} worker processes; data in {directory}"
         )
         _play(console, rt, client, sandbox, scenario.actions, start=start, days=days, procs=procs, logs=logs)
-        from dunning.mail.senders import FileSender
+        from dunning.mail.files import FileSender
         from dunning.ops import print_report
 
         index = FileSender(settings.outbox_dir).write_index() if settings.outbox_dir.exists() else None

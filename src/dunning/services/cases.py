@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
@@ -23,6 +22,7 @@ from dunning.domain.cases import final_notice_at as _final_at
 from dunning.domain.notices import deliver_at
 from dunning.domain.policy import PlanPolicy
 from dunning.mail.context import NoticeContext
+from dunning.mail.message import message_id_for
 from dunning.queues import JOBS_QUEUE, MAIL_QUEUE
 from dunning.services.jobs import Dispatch, cancel_case_jobs, cancel_scheduled_retries
 from dunning.services.unit import CaseRow, unit_of
@@ -174,12 +174,6 @@ def apply_decision(
         write_notice(rt, session, case, customer, notice, policy, now=now)
     unit.add_jobs(job_rows, now=now)
     return applied
-
-
-def message_id_for(key: str) -> str:
-    """A Message-ID derived from the notice key: a re-send is recognisably the same email."""
-    digest = hashlib.sha256(key.encode()).hexdigest()[:32]
-    return f"<notice.{digest}@dunning.invalid>"
 
 
 def notice_context(
