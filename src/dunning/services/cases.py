@@ -18,7 +18,6 @@ from dunning.domain.cases import (
     next_retry_at,
     suspend_at,
 )
-from dunning.domain.cases import final_notice_at as _final_at
 from dunning.domain.notices import deliver_at
 from dunning.domain.policy import PlanPolicy
 from dunning.mail.context import NoticeContext
@@ -274,11 +273,6 @@ def write_notice(
     )
     quiet = f" for {send_after:%Y-%m-%d %H:%M}Z (quiet hours)" if send_after > now else ""
     record(session, case.subscription_id, case.id, now, "email", f"{notice.kind.value} queued{quiet}")
-
-
-def final_notice_at(case: Case, policy: PlanPolicy) -> datetime:
-    """When the final notice of a case is due (for reports and tests)."""
-    return _final_at(facts_of(case), policy)
 
 
 def render_outbox(rt: Runtime, session: Session, outbox: Outbox, *, now: datetime) -> None:
