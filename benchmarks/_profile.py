@@ -182,7 +182,7 @@ EMAIL_BUCKETS = [
         "SMTP conversation (smtplib, body serialisation)",
         lambda f, p: "smtplib" in p or f in ("_transmit", "_send_once"),
     ),
-    ("SmtpSender.send other (tenacity, breaker)", lambda f, p: "mail/senders.py" in p),
+    ("SmtpSender.send other (tenacity, breaker)", lambda f, p: "mail/smtp.py" in p),
     ("job start transaction", lambda f, p: f == "start" and "services/jobs.py" in p),
     ("_send_email outbox/case load transaction", lambda f, p: f == "_send_email"),
     ("run_job other", lambda f, p: f == "run_job" and "runner.py" in p),

@@ -119,8 +119,8 @@ def prepare(st: Stack, m: int, rng: random.Random) -> dict[str, Any]:
     """M open cases, each with a rendered payment_failed outbox row and a claimed send_email job."""
     from sqlalchemy import insert, text
 
+    from dunning.mail.message import message_id_for
     from dunning.mail.render import Renderer
-    from dunning.services.cases import message_id_for
     from dunning.store.db import make_engine
     from dunning.store.models import Case, Customer, Job, Outbox
 

@@ -31,7 +31,7 @@ def redis_url(settings: Settings) -> str:
     """The configured broker URL, starting the embedded Redis if none is configured."""
     if settings.redis_url:
         return settings.redis_url
-    from dunning.embedded_redis import ensure_embedded_redis
+    from dunning.devtools.embedded_redis import ensure_embedded_redis
 
     return ensure_embedded_redis(settings.home)
 

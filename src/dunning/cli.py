@@ -198,7 +198,7 @@ def sandbox(
     import signal
     import threading
 
-    from dunning.billing.sandbox import SandboxServer
+    from dunning.devtools.sandbox import SandboxServer
     from dunning.settings import load_settings
 
     settings = load_settings()
@@ -350,7 +350,7 @@ def demo(
     ),
 ) -> None:
     """Run everything embedded on a simulated customer base and print a summary."""
-    from dunning.demo import run_demo
+    from dunning.devtools.demo import run_demo
 
     sys.exit(
         run_demo(

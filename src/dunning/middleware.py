@@ -10,7 +10,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import dramatiq
 import redis
 from dramatiq.common import compute_backoff
 from dramatiq.middleware import Middleware, Retries, SkipMessage
@@ -186,8 +185,3 @@ class PoisonGuard(Middleware):
             log.warning("could not clear in-flight marker of %s", message.message_id)
 
     after_skip_message = after_process_message
-
-
-def current_broker() -> dramatiq.Broker:
-    """The broker actors are bound to."""
-    return dramatiq.get_broker()

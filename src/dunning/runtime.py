@@ -17,8 +17,9 @@ from dunning.billing.port import BillingPort
 from dunning.domain.clock import Clock, SystemClock
 from dunning.domain.policy import Policy, load_policy
 from dunning.links import LinkSigner
+from dunning.mail import sender_from_url
 from dunning.mail.render import Renderer
-from dunning.mail.senders import Sender, sender_from_url
+from dunning.mail.sending import Sender
 from dunning.services.unit import install as install_unit
 from dunning.settings import Settings, load_settings
 from dunning.store.clock import DatabaseClock

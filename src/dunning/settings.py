@@ -13,10 +13,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
-def _home() -> Path:
-    return Path(os.environ.get("DUNNING_HOME", ".dunning")).resolve()
-
-
 def _link_secret(home: Path) -> str:
     """A per-install secret for customer links, created on first use."""
     path = home / "link-secret"

@@ -10,7 +10,7 @@ import pytest
 
 from dunning.billing.http_client import HttpBillingClient
 from dunning.billing.port import BillingRejected, BillingUnavailable, InvoiceState, PayOutcome, PayResult
-from dunning.billing.sandbox import SandboxServer
+from dunning.devtools.sandbox import SandboxServer
 from dunning.signing import SIGNATURE_HEADER, sign
 
 pytestmark = pytest.mark.integration

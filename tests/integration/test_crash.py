@@ -22,8 +22,8 @@ from sqlalchemy import func, select
 from tests.support.cluster import WorkerGroup
 from tests.support.harness import START
 
-from dunning.billing.sandbox import SandboxServer
 from dunning.client import Client
+from dunning.devtools.sandbox import SandboxServer
 from dunning.runtime import Tuning, build_runtime
 from dunning.scheduler import run_forever
 from dunning.services.jobs import outstanding

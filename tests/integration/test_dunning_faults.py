@@ -17,7 +17,7 @@ from sqlalchemy import select
 from tests.support.harness import SECRET, START, Harness
 
 from dunning.billing.http_client import HttpBillingClient
-from dunning.mail.senders import SmtpSender
+from dunning.mail.smtp import SmtpSender
 from dunning.services.dlq import list_parked, requeue
 from dunning.store.models import DeadLetter, ProcessedEvent
 

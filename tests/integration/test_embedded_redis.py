@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from dunning.embedded_redis import ensure_embedded_redis, find_redis_server, stop_embedded_redis
+from dunning.devtools.embedded_redis import ensure_embedded_redis, find_redis_server, stop_embedded_redis
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +20,7 @@ _CHILD = """
 import sys
 from pathlib import Path
 import redis
-from dunning.embedded_redis import ensure_embedded_redis
+from dunning.devtools.embedded_redis import ensure_embedded_redis
 url = ensure_embedded_redis(Path(sys.argv[1]))
 info = redis.Redis.from_url(url).info("server")
 print(url, info["run_id"], info["process_id"])

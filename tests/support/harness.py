@@ -20,8 +20,8 @@ import dramatiq
 from dramatiq.middleware import Middleware
 from sqlalchemy import func, select
 
-from dunning.billing.sandbox import SandboxServer
 from dunning.client import Client
+from dunning.devtools.sandbox import SandboxServer
 from dunning.runtime import Runtime, Tuning, build_runtime, set_runtime
 from dunning.services.jobs import outstanding
 from dunning.settings import load_settings

@@ -33,8 +33,8 @@ from dramatiq import Message
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
-from dunning.billing.sandbox import SandboxServer
 from dunning.client import Client
+from dunning.devtools.sandbox import SandboxServer
 from dunning.runtime import Runtime, Tuning, build_runtime
 from dunning.scheduler import run_forever
 from dunning.services.jobs import outstanding

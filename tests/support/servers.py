@@ -1,4 +1,4 @@
-"""Real servers for the test suite: PostgreSQL and SMTP (Redis is :class:`dunning.embedded_redis.RedisProcess`).
+"""Real servers for the test suite: PostgreSQL and SMTP (Redis is :class:`dunning.devtools.embedded_redis.RedisProcess`).
 
 Everything here starts genuine server software on 127.0.0.1 and free ports;
 there are no mocks. Each class is usable on its own (``with PostgresServer()
@@ -35,7 +35,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from psycopg import sql
 
-from dunning.embedded_redis import RedisProcess
+from dunning.devtools.embedded_redis import RedisProcess
 
 __all__ = [
     "PostgresServer",

@@ -435,7 +435,7 @@ def _serving(database_url: str, home: Path) -> Iterator[int]:
         thread.join(10)
         rt.close()
         # /healthz also pings the broker, which started the install's embedded Redis: stop it.
-        from dunning.embedded_redis import stop_embedded_redis
+        from dunning.devtools.embedded_redis import stop_embedded_redis
 
         stop_embedded_redis(home)
 
@@ -456,7 +456,7 @@ def test_serve_healthcheck_against_the_real_app(tmp_path: Path) -> None:
 
 
 def test_sandbox_healthcheck_against_the_real_sandbox() -> None:
-    from dunning.billing.sandbox import SandboxServer
+    from dunning.devtools.sandbox import SandboxServer
 
     server = SandboxServer(secret="s", host="127.0.0.1", port=0)
     url = server.start()

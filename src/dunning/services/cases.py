@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
@@ -19,11 +18,11 @@ from dunning.domain.cases import (
     next_retry_at,
     suspend_at,
 )
-from dunning.domain.cases import final_notice_at as _final_at
 from dunning.domain.notices import deliver_at
 from dunning.domain.policy import PlanPolicy
 from dunning.links import case_subject
 from dunning.mail.context import ACTION_PURPOSES, NoticeContext
+from dunning.mail.message import message_id_for
 from dunning.queues import JOBS_QUEUE, MAIL_QUEUE
 from dunning.services.jobs import Dispatch, cancel_case_jobs, cancel_scheduled_retries
 from dunning.services.unit import CaseRow, unit_of
@@ -180,12 +179,6 @@ def apply_decision(
     return applied
 
 
-def message_id_for(key: str) -> str:
-    """A Message-ID derived from the notice key: a re-send is recognisably the same email."""
-    digest = hashlib.sha256(key.encode()).hexdigest()[:32]
-    return f"<notice.{digest}@dunning.invalid>"
-
-
 def notice_context(
     rt: Runtime, case: Case, customer: Customer, notice: Notice, policy: PlanPolicy, *, now: datetime
 ) -> NoticeContext:
@@ -285,11 +278,6 @@ def write_notice(
     )
     quiet = f" for {send_after:%Y-%m-%d %H:%M}Z (quiet hours)" if send_after > now else ""
     record(session, case.subscription_id, case.id, now, "email", f"{notice.kind.value} queued{quiet}")
-
-
-def final_notice_at(case: Case, policy: PlanPolicy) -> datetime:
-    """When the final notice of a case is due (for reports and tests)."""
-    return _final_at(facts_of(case), policy)
 
 
 def render_outbox(rt: Runtime, session: Session, outbox: Outbox, *, now: datetime) -> None:

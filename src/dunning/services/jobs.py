@@ -8,13 +8,11 @@ it keeps killing its worker or keeps failing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from dunning.store.models import Job, Outbox
@@ -31,61 +29,6 @@ class Dispatch:
 def wall_now() -> datetime:
     """Wall-clock time, for leases (which are about processes, not customers)."""
     return datetime.now(UTC)
-
-
-def _insert(session: Session) -> Any:
-    name = session.get_bind().dialect.name
-    return (postgresql if name == "postgresql" else sqlite).insert
-
-
-def add_jobs(
-    session: Session, jobs: Iterable[dict[str, Any]], *, now: datetime, lease_s: float
-) -> list[Dispatch]:
-    """Insert jobs, ignoring keys that already exist (the same decision never schedules twice).
-
-    Jobs already due are inserted as claimed and returned for the caller to
-    enqueue after commit, instead of waiting for the scheduler's next poll.
-    """
-    rows = list(jobs)
-    if not rows:
-        return []
-    wall = wall_now()
-    due_rows: list[dict[str, Any]] = []
-    later_rows: list[dict[str, Any]] = []
-    for row in rows:
-        # Every row carries every column: a multi-row VALUES takes its columns from the first row.
-        base = {
-            "created_at": wall,
-            "claims": 0,
-            "runs": 0,
-            "crashes": 0,
-            "retry_at": None,
-            "case_id": None,
-            "outbox_id": None,
-            "payload": None,
-            **row,
-        }
-        if base["due_at"] <= now:
-            base.update(status="claimed", claims=1, lease_until=wall + timedelta(seconds=lease_s))
-            due_rows.append(base)
-        else:
-            base.update(status="pending", lease_until=None)
-            later_rows.append(base)
-    insert = _insert(session)
-    if later_rows:
-        session.execute(insert(Job).values(later_rows).on_conflict_do_nothing(index_elements=["key"]))
-    dispatch: list[Dispatch] = []
-    for row in due_rows:
-        stmt = (
-            insert(Job)
-            .values(row)
-            .on_conflict_do_nothing(index_elements=["key"])
-            .returning(Job.id, Job.queue)
-        )
-        got = session.execute(stmt).first()
-        if got is not None:
-            dispatch.append(Dispatch(got.queue, got.id))
-    return dispatch
 
 
 def cancel_case_jobs(session: Session, case_id: int, kinds: Sequence[str]) -> int:

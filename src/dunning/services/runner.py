@@ -15,8 +15,9 @@ from sqlalchemy import select, update
 
 from dunning.billing.port import BillingRejected, BillingUnavailable, InvoiceState, PayOutcome, PayResult
 from dunning.domain import cases as policy_cases
+from dunning.mail.message import build_message
 from dunning.mail.render import RenderedEmail
-from dunning.mail.senders import AmbiguousSendError, PermanentSendError, TransientSendError, build_message
+from dunning.mail.sending import AmbiguousSendError, PermanentSendError, TransientSendError
 from dunning.services.cases import apply_decision, facts_of, record, render_outbox
 from dunning.services.jobs import Dispatch, finish, retry_later, start
 from dunning.services.unit import collecting

@@ -23,10 +23,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import func, select
 
-from dunning.billing.sandbox import SandboxServer
 from dunning.client import Client
-from dunning.demo_scenario import DEMO_POLICY, Action, build_scenario
-from dunning.embedded_redis import RedisProcess
+from dunning.devtools.demo_scenario import DEMO_POLICY, Action, build_scenario
+from dunning.devtools.embedded_redis import RedisProcess
+from dunning.devtools.sandbox import SandboxServer
 from dunning.runtime import Runtime, Tuning, build_runtime
 from dunning.services.jobs import outstanding
 from dunning.settings import load_settings
@@ -167,7 +167,7 @@ def run_demo(
             f"{days} simulated days from {start:%Y-%m-%d}; {processes} worker processes; data in {directory}"
         )
         _play(console, rt, client, sandbox, scenario.actions, start=start, days=days, procs=procs, logs=logs)
-        from dunning.mail.senders import FileSender
+        from dunning.mail.files import FileSender
         from dunning.ops import print_report
 
         index = FileSender(settings.outbox_dir).write_index() if settings.outbox_dir.exists() else None
