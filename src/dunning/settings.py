@@ -51,6 +51,8 @@ class Settings:
     clock: str  # "system" | "simulated"
     mail_from: str = "Billing <billing@example.com>"
     extra: dict[str, str] = field(default_factory=dict)
+    #: Bearer token for the ops page and ``/metrics``; None: loopback clients only (dunning.opsauth).
+    ops_token: str | None = None
 
     @property
     def outbox_dir(self) -> Path:
@@ -85,4 +87,25 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         extra={
             k: v for k, v in {"payment_update_url": env.get("DUNNING_PAYMENT_UPDATE_URL", "")}.items() if v
         },
+        ops_token=_ops_token(env.get("DUNNING_OPS_TOKEN", "")),
     )
+
+
+#: Shortest ops token accepted: it guards revenue figures, so it must not be guessable.
+MIN_OPS_TOKEN = 16
+
+
+def _ops_token(value: str) -> str | None:
+    """``DUNNING_OPS_TOKEN``: unset or empty means none; otherwise printable ASCII, at least 16 characters."""
+    if not value:
+        return None
+    if not all(33 <= ord(ch) <= 126 for ch in value):
+        raise ValueError(
+            "DUNNING_OPS_TOKEN: use printable ASCII without spaces (e.g. `openssl rand -hex 32`)"
+        )
+    if len(value) < MIN_OPS_TOKEN:
+        raise ValueError(
+            f"DUNNING_OPS_TOKEN: {len(value)} characters is too short; use at least {MIN_OPS_TOKEN} "
+            "(e.g. `openssl rand -hex 32`)"
+        )
+    return value
