@@ -2,12 +2,14 @@
 
 Real ``dunning worker`` and ``dunning scheduler`` processes on PostgreSQL, Redis,
 an SMTP server and the sandbox billing API. Events fail in every way we can
-provoke: refused as invalid (a bad field; a message of the wrong shape), retried
-because the customer they name is unknown, failing on a database error whose
-text quotes the SQL parameters, a charge the billing API refuses, and emails the
-mail server refuses (for now, then for good). Everything the processes wrote is
-then searched for the test customers' emails and names: none may appear, while
-the ids of what failed must (so that the search is not vacuous).
+provoke: refused as invalid (a bad field; a message of the wrong shape), skipped
+as a poison message (its deliveries kept killing the worker), failing on a
+database error whose text quotes the SQL (with parameters, unless hidden),
+retried because the customer they name is unknown, a charge the billing API
+refuses, and emails the mail server refuses (for now, then for good).
+Everything the processes wrote is then searched for the test customers' emails
+and names: none may appear, while the ids of what failed must (so that the
+search is not vacuous).
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ BARBARA = ("cus_dberr", "Barbara Liskowitz", "barbara.liskowitz@example.org")
 GRACE = ("cus_billing", "Grace Hopperfield", "grace.hopperfield@example.org")
 LINUS = ("cus_mail", "Linus Torvaldsen", "linus.torvaldsen@example.org")
 KEN = ("cus_ghost", "Ken Thompsonby", "ken.thompsonby@example.org")
-PEOPLE = (ADA, EDSGER, BARBARA, GRACE, LINUS, KEN)
+MARGARET = ("cus_poison", "Margaret Hamiltonova", "margaret.hamiltonova@example.org")
+PEOPLE = (ADA, EDSGER, BARBARA, GRACE, LINUS, KEN, MARGARET)
 
 
 def _envelope(type_: str, data: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
@@ -188,6 +191,19 @@ def test_worker_logs_name_no_customer_whatever_fails(
         shape = enqueue(_customer(EDSGER), note=f"{EDSGER[1]} <{EDSGER[2]}>")
         _wait("invalid events parked", lambda: parked(invalid) and parked(shape))
 
+        # 1b. A message whose last three deliveries died with their worker (the crash counter
+        # PoisonGuard keeps in Redis says so): skipped and parked on its fourth start.
+        poison = Message(
+            queue_name="billing_events",
+            actor_name="ingest_event",
+            args=(_customer(MARGARET),),
+            kwargs={},
+            options={},
+        )
+        broker.client.set(f"dunning:inflight:{poison.message_id}", 3)
+        broker.enqueue(poison)
+        _wait("the poison message parked", lambda: parked(poison.message_id))
+
         # 2. A database error on a customer row: retried, then applied once the trigger is gone.
         barbara = _customer(BARBARA)
         dberr = enqueue(barbara)
@@ -294,7 +310,8 @@ def test_worker_logs_name_no_customer_whatever_fails(
 
     # Not vacuous: the failures were logged, by id.
     assert "Failed to process message" in logs
-    for message_id in (invalid, shape, dberr, ghost):
+    assert "was skipped" in logs
+    for message_id in (invalid, shape, poison.message_id, dberr, ghost):
         assert message_id in logs, f"message {message_id} is not named in the logs"
     assert "MissingReference" in logs and "InvalidEvent" in logs
     assert f"job {dead_job.id} parked" in logs
