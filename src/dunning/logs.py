@@ -24,6 +24,8 @@ does the same as a :class:`logging.Filter` for a logging set up by hand.
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 import traceback
 from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta
@@ -92,10 +94,13 @@ def describe_exception(exc: BaseException) -> str:
     name = (
         cls.__qualname__ if cls.__module__ in ("builtins", None) else f"{cls.__module__}.{cls.__qualname__}"
     )
-    if not exception_text_is_safe(exc):
-        return f"{name}: <redacted>"
-    text = str(exc)
-    return f"{name}: {text}" if text else name
+    try:
+        text = str(exc)
+    except Exception:  # a broken __str__ must not take the log line with it
+        text = "?"
+    if not text:
+        return name
+    return f"{name}: {text}" if exception_text_is_safe(exc) else f"{name}: <redacted>"
 
 
 def safe_value(value: Any) -> Any:
@@ -183,8 +188,10 @@ def install() -> None:
     """Redact every log record this process creates, whatever logger or handler is involved.
 
     Done with the log record factory, not a handler filter: Dramatiq adds its own
-    handlers in each worker process after this runs. Idempotent; processes forked
-    later (Dramatiq's workers) inherit it.
+    handlers in each worker process after this runs. Tracebacks of uncaught
+    exceptions (``sys.excepthook``, ``threading.excepthook``), which go to stderr
+    with the logs, are redacted the same way. Idempotent; processes forked later
+    (Dramatiq's workers) inherit it.
     """
     current = logging.getLogRecordFactory()
     if getattr(current, _MARK, False):
@@ -195,6 +202,22 @@ def install() -> None:
 
     setattr(factory, _MARK, True)
     logging.setLogRecordFactory(factory)
+    sys.excepthook = _uncaught
+    threading.excepthook = _uncaught_in_thread
+
+
+def _uncaught(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    if exc.__traceback__ is None:
+        exc = exc.with_traceback(tb)
+    print(redacted_traceback(exc), file=sys.stderr, flush=True)
+
+
+def _uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    name = args.thread.name if args.thread is not None else threading.get_ident()
+    print(f"Exception in thread {name}:", file=sys.stderr)
+    _uncaught(args.exc_type, args.exc_value, args.exc_traceback)
 
 
 def installed() -> bool:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import logging
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 
 import httpx
@@ -12,7 +15,7 @@ from dramatiq import Message
 from dramatiq.broker import MessageProxy
 
 from dunning.contract import InvalidEvent
-from dunning.logs import RedactingFilter, install, installed, redact_record, safe_value
+from dunning.logs import RedactingFilter, describe_exception, install, installed, redact_record, safe_value
 
 EMAIL = "ada.lovelace@example.org"
 NAME = "Ada Lovelace"
@@ -41,7 +44,7 @@ def _text(record: logging.LogRecord) -> str:
 @pytest.fixture
 def captured() -> Iterator[tuple[logging.Logger, io.StringIO]]:
     """A logger writing to a string, with this process's record factory restored afterwards."""
-    factory = logging.getLogRecordFactory()
+    factory, hooks = logging.getLogRecordFactory(), (sys.excepthook, threading.excepthook)
     logging.setLogRecordFactory(logging.LogRecord)  # as if nothing had installed redaction yet
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
@@ -54,6 +57,7 @@ def captured() -> Iterator[tuple[logging.Logger, io.StringIO]]:
     finally:
         logger.removeHandler(handler)
         logging.setLogRecordFactory(factory)
+        sys.excepthook, threading.excepthook = hooks
 
 
 def test_dramatiq_messages_appear_as_actor_and_id() -> None:
@@ -95,6 +99,8 @@ def test_exception_arguments_keep_only_safe_text() -> None:
     assert _text(_record("failed: %s", theirs)) == "failed: <ValueError: redacted>"
     assert _text(_record(theirs)) == "<ValueError: redacted>"  # logger.error(exc)
     assert safe_value(ConnectionRefusedError(111, "Connection refused")) == "[Errno 111] Connection refused"
+    assert describe_exception(KeyboardInterrupt()) == "KeyboardInterrupt"  # nothing to hide
+    assert describe_exception(KeyError(EMAIL)) == "KeyError: <redacted>"
 
 
 def test_tracebacks_keep_frames_and_types_but_not_unsafe_texts() -> None:
@@ -154,3 +160,22 @@ def test_filter_redacts_records_reaching_a_handler(captured: tuple[logging.Logge
     logger.handlers[0].addFilter(RedactingFilter())
     logger.warning("Message %s was skipped.", _message())
     assert stream.getvalue() == "Message ingest_event[mid-123] was skipped.\n"
+
+
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_uncaught_exceptions_print_redacted_tracebacks(where: str) -> None:
+    """What a crash prints to stderr (next to the logs) carries frames and types, not the text."""
+    code = (
+        "import threading\n"
+        "from dunning.logs import install\n"
+        "install()\n"
+        "def crash():\n"
+        f"    raise ValueError({EMAIL!r})\n"
+        + ("crash()\n" if where == "main" else "t = threading.Thread(target=crash); t.start(); t.join()\n")
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert EMAIL not in result.stderr
+    assert "ValueError: <redacted>" in result.stderr and ", in crash" in result.stderr
+    assert result.returncode == (1 if where == "main" else 0)
+    if where == "thread":
+        assert result.stderr.startswith("Exception in thread Thread-1")
