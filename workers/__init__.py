@@ -5,6 +5,10 @@ the broker from the environment and declares every actor.
 """
 
 from dunning.broker import broker
+from dunning.logs import install
 from workers import ingest, jobs
+
+# Logs name messages by id, never by content (dunning.logs), also under `dramatiq workers`.
+install()
 
 __all__ = ["broker", "ingest", "jobs"]

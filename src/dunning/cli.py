@@ -366,6 +366,10 @@ def demo(
 
 def main() -> None:
     """Console-script entry point."""
+    from dunning.logs import install
+
+    # Before any command logs anything; Dramatiq's worker processes, forked later, inherit it.
+    install()
     app()
 
 

@@ -50,6 +50,8 @@ class Settings:
     # Signs the short-lived token a customer link hands to the billing portal
     # (docs/configuration.md); None: derived from ``link_secret``.
     portal_secret: str | None = None
+    #: Bearer token for the ops page and ``/metrics``; None: loopback clients only (dunning.opsauth).
+    ops_token: str | None = None
 
     @property
     def outbox_dir(self) -> Path:
@@ -87,7 +89,28 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             k: v for k, v in {"payment_update_url": env.get("DUNNING_PAYMENT_UPDATE_URL", "")}.items() if v
         },
         portal_secret=env.get("DUNNING_PORTAL_SECRET") or None,
+        ops_token=_ops_token(env.get("DUNNING_OPS_TOKEN", "")),
     )
+
+
+#: Shortest ops token accepted: it guards revenue figures, so it must not be guessable.
+MIN_OPS_TOKEN = 16
+
+
+def _ops_token(value: str) -> str | None:
+    """``DUNNING_OPS_TOKEN``: unset or empty means none; otherwise printable ASCII, at least 16 characters."""
+    if not value:
+        return None
+    if not all(33 <= ord(ch) <= 126 for ch in value):
+        raise ValueError(
+            "DUNNING_OPS_TOKEN: use printable ASCII without spaces (e.g. `openssl rand -hex 32`)"
+        )
+    if len(value) < MIN_OPS_TOKEN:
+        raise ValueError(
+            f"DUNNING_OPS_TOKEN: {len(value)} characters is too short; use at least {MIN_OPS_TOKEN} "
+            "(e.g. `openssl rand -hex 32`)"
+        )
+    return value
 
 
 def _check_portal_url(url: str) -> None:

@@ -70,7 +70,30 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
 
     link = customer_link_endpoint(rt)
 
+    def ops_denied(request: Request) -> Response | None:
+        """None if the request may read ops data (``/``, ``/metrics``), else the 401 to send (dunning.opsauth)."""
+        from dunning.opsauth import Access, challenge, ops_access
+
+        access = ops_access(
+            token=rt.settings.ops_token,
+            client_host=request.client.host if request.client else None,
+            authorization=request.headers.get("authorization"),
+        )
+        if access is Access.ALLOWED:
+            return None
+        if access is Access.INVALID:
+            reason = "wrong bearer token"
+        elif rt.settings.ops_token:
+            reason = "send Authorization: Bearer <DUNNING_OPS_TOKEN>"
+        else:
+            reason = "served to loopback clients only while DUNNING_OPS_TOKEN is not set"
+        return PlainTextResponse(
+            f"unauthorized: {reason}\n", status_code=401, headers={"WWW-Authenticate": challenge(access)}
+        )
+
     def health(request: Request) -> Response:
+        # Open to anyone (load balancers, container healthchecks): it says "ok" or which dependency
+        # is down, by exception type only, and nothing about the business.
         from sqlalchemy import text
 
         try:
@@ -89,6 +112,8 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
 
         from dunning.metrics import registry_for
 
+        if (denied := ops_denied(request)) is not None:
+            return denied
         return Response(
             generate_latest(registry_for(rt, _client().broker.client)), media_type=CONTENT_TYPE_LATEST
         )  # type: ignore[attr-defined]
@@ -98,6 +123,8 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
         from dunning.ops import queue_snapshot
         from dunning.report import build_report
 
+        if (denied := ops_denied(request)) is not None:
+            return denied
         snap = queue_snapshot(rt, redis_url(rt.settings))
         rep = build_report(rt)
         rows = "".join(

@@ -386,7 +386,8 @@ def test_metrics_endpoint_reports_cases_queues_and_dead_letters(world) -> None:
         {"id": "evt_bad", "type": "invoice.payment_failed", "occurred_at": "2026-11-02T10:00:00Z", "data": {}}
     )
     h.settle()
-    client = TestClient(create_app(h.rt, broker=h.broker))
+    # A loopback client: with no DUNNING_OPS_TOKEN, /metrics is served to those only.
+    client = TestClient(create_app(h.rt, broker=h.broker), client=("127.0.0.1", 50000))
     body = client.get("/metrics").text
     assert 'dunning_cases{status="open"} 1.0' in body
     assert "dunning_dead_letters 1.0" in body

@@ -3,7 +3,8 @@
 No Docker engine is needed: the compose file is parsed with PyYAML, every
 ``dunning ...`` command in it is parsed by the real CLI (and its ``--help`` is
 read), its environment is fed to the real ``load_settings``, and its HTTP
-healthchecks are run against real servers on the loopback. Only
+healthchecks are run against real servers on the loopback. Secrets must have no
+default and published ports must stay on the loopback unless told otherwise. Only
 ``docker compose config -q`` needs the Docker CLI's compose plugin; that one
 check is skipped, with the reason, where the plugin is missing.
 """
@@ -37,6 +38,7 @@ from dunning.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "compose.yaml"
+ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 CONFIG_DOC = ROOT / "docs" / "configuration.md"
@@ -54,7 +56,22 @@ REQUIRED_ENV = {
     "DUNNING_INGEST_SECRET",
     "DUNNING_LINK_SECRET",
     "DUNNING_PUBLIC_URL",
+    "DUNNING_OPS_TOKEN",
 }
+#: Secrets: compose must refuse to start without each (``${VAR:?reason}``), never fall back to a default.
+SECRETS = {
+    "DUNNING_INGEST_SECRET",
+    "DUNNING_LINK_SECRET",
+    "DUNNING_BILLING_SECRET",
+    "DUNNING_OPS_TOKEN",
+    "POSTGRES_PASSWORD",
+}
+#: What an operator's `.env` gives the tests' interpolation (each secret set, as compose requires).
+ENV = {name: f"{name.lower().replace('_', '-')}-0123456789abcdef" for name in SECRETS} | {
+    "POSTGRES_PASSWORD": "0123456789abcdef0123"
+}
+#: Services published only on the loopback, whatever DUNNING_BIND says: they have no authentication.
+LOOPBACK_ONLY = {"redis", "mailpit", "sandbox"}
 RESTART_POLICIES = {"no", "always", "unless-stopped", "on-failure"}
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 INTERPOLATION = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}")
@@ -96,11 +113,12 @@ def interpolate(value: str, env: dict[str, str] | None = None) -> str:
     return INTERPOLATION.sub(sub, value)
 
 
-def _environment(service: dict[str, Any]) -> dict[str, str]:
-    env = service.get("environment") or {}
-    if isinstance(env, list):
-        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
-    return {str(k): interpolate(str(v)) for k, v in env.items()}
+def _environment(service: dict[str, Any], env: dict[str, str] = ENV) -> dict[str, str]:
+    """A service's environment as its container sees it, with ``env`` as the operator's variables."""
+    raw = service.get("environment") or {}
+    if isinstance(raw, list):
+        raw = dict(item.split("=", 1) if "=" in item else (item, "") for item in raw)
+    return {str(k): interpolate(str(v), env) for k, v in raw.items()}
 
 
 def _command(service: dict[str, Any]) -> list[str]:
@@ -344,7 +362,7 @@ def test_the_dependency_graph_has_no_cycle_and_names_real_services() -> None:
 
 
 def test_dunning_services_share_the_anchor_environment() -> None:
-    anchor = {k: interpolate(str(v)) for k, v in _compose()["x-dunning-env"].items()}
+    anchor = {k: interpolate(str(v), ENV) for k, v in _compose()["x-dunning-env"].items()}
     for name in DUNNING_SERVICES:
         assert _environment(_services()[name]) == anchor, name
 
@@ -373,6 +391,7 @@ def test_load_settings_reads_the_compose_environment() -> None:
     assert settings.ingest_secret == env["DUNNING_INGEST_SECRET"]
     assert settings.link_secret == env["DUNNING_LINK_SECRET"]
     assert settings.public_url == env["DUNNING_PUBLIC_URL"]
+    assert settings.ops_token == env["DUNNING_OPS_TOKEN"] == ENV["DUNNING_OPS_TOKEN"]
     Tuning.from_env(env)  # no malformed DUNNING_TUNING_* value
 
     # Each URL points at a service of this file, on the port that service listens on.
@@ -404,6 +423,98 @@ def test_interpolation_keeps_overrides_from_the_environment() -> None:
         "DUNNING_LINK_SECRET",
     ):
         assert interpolate(str(raw[var]), {var: "from-env"}) == "from-env", var
+
+
+# ---------------------------------------------------------------------------
+# Secrets and published ports
+
+
+def _references(text: str) -> list[re.Match[str]]:
+    return [m for m in INTERPOLATION.finditer(text) if m["name"]]
+
+
+def test_no_secret_has_a_default() -> None:
+    """Every use of a secret is ``${VAR:?reason}``: unset or empty, compose refuses to start."""
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    uses = [m for m in _references(text) if m["name"] in SECRETS]
+    assert {m["name"] for m in uses} == SECRETS, "a secret the stack needs is not used in compose.yaml"
+    for m in uses:
+        assert m["op"] == ":?", (
+            f"{m.group(0)}: a secret must be required (${{{m['name']}:?...}}), not defaulted"
+        )
+        assert ".env.example" in (m["arg"] or ""), f"{m.group(0)}: say where to set it"
+    # And no secret-looking variable is set to a literal value, in any service.
+    for name, service in _services().items():
+        raw = service.get("environment") or {}
+        for var, value in raw.items():
+            if re.search(r"SECRET|PASSWORD|TOKEN", var):
+                refs = _references(str(value))
+                assert refs and all(r["op"] == ":?" for r in refs), f"{name}: {var}={value!r} has a default"
+
+
+@pytest.mark.parametrize("secret", sorted(SECRETS))
+def test_compose_refuses_to_start_without_each_secret(secret: str) -> None:
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    interpolate(text, ENV)  # with every secret set, the whole file interpolates
+    for missing in ({k: v for k, v in ENV.items() if k != secret}, {**ENV, secret: ""}):
+        with pytest.raises(AssertionError, match=rf"\${{{secret}}} is required: set {secret} in \.env"):
+            interpolate(text, missing)
+
+
+def _published(service: dict[str, Any], env: dict[str, str]) -> list[tuple[str, str]]:
+    """(host IP, host port) of each published port, after interpolation; host IP "" if none is given."""
+    out = []
+    for port in service.get("ports") or []:
+        if isinstance(port, dict):  # long syntax
+            out.append((interpolate(str(port.get("host_ip", "")), env), str(port.get("published", ""))))
+            continue
+        parts = interpolate(str(port), env).split("/", 1)[0].rsplit(":", 2)
+        host_ip = parts[0] if len(parts) == 3 else ""
+        out.append((host_ip, parts[-2] if len(parts) >= 2 else parts[-1]))
+    return out
+
+
+def test_every_published_port_is_bound_to_the_loopback_by_default() -> None:
+    published = {name: _published(service, ENV) for name, service in _services().items()}
+    assert published["serve"] == [("127.0.0.1", "8000")]
+    assert {name for name, ports in published.items() if ports} == LOOPBACK_ONLY | {"serve"}
+    for name, ports in published.items():
+        for host_ip, host_port in ports:
+            # No host IP means every interface: Docker then publishes past the host's firewall.
+            assert host_ip == "127.0.0.1", (
+                f"{name}: port {host_port} published on {host_ip or 'all interfaces'}"
+            )
+
+
+def test_only_serve_follows_dunning_bind() -> None:
+    """DUNNING_BIND publishes `serve` elsewhere; the unauthenticated services stay on the loopback."""
+    env = {**ENV, "DUNNING_BIND": "0.0.0.0"}
+    assert _published(_services()["serve"], env) == [("0.0.0.0", "8000")]
+    for name in LOOPBACK_ONLY:
+        assert all(ip == "127.0.0.1" for ip, _ in _published(_services()[name], env)), name
+
+
+def _env_example() -> dict[str, str]:
+    """The variables .env.example names, set (``NAME=value``) or shown commented out (value "")."""
+    pairs: dict[str, str] = {}
+    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        match = re.fullmatch(r"(?P<comment>#\s*)?(?P<name>[A-Z][A-Z0-9_]*)=(?P<value>.*)", line.strip())
+        if match:
+            pairs[match["name"]] = "" if match["comment"] else match["value"]
+    return pairs
+
+
+def test_env_example_lists_every_variable_compose_requires_and_ships_no_secret() -> None:
+    example = _env_example()
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    required = {m["name"] for m in _references(text) if m["op"] in (":?", "?")}
+    assert required == SECRETS
+    assert required <= set(example), f".env.example does not list {sorted(required - set(example))}"
+    for name in SECRETS:
+        assert example[name] == "", f".env.example ships a value for {name}"
+    # Everything it names is a variable of compose.yaml (a typo would silently do nothing).
+    used = {m["name"] for m in _references(text)}
+    assert set(example) <= used, sorted(set(example) - used)
 
 
 # ---------------------------------------------------------------------------
