@@ -120,6 +120,18 @@ def safe_value(value: Any) -> Any:
     return _Shown(f"<{type(value).__name__}{size}>")
 
 
+def access_path(path: str) -> str:
+    """A request path as the access log may print it: no customer-link token, no query string.
+
+    A link token is a bearer credential for its customer's page for weeks, and
+    a query string may carry anything; the route is what ops need to read.
+    """
+    path = path.split("?", 1)[0]
+    if path.startswith("/l/"):
+        return "/l/<token>" + ("/" + path.split("/", 3)[3] if path.count("/") > 2 else "")
+    return path
+
+
 def redacted_traceback(exc: BaseException) -> str:
     """The traceback of ``exc`` and its chain as Python prints it, with exception texts redacted."""
     chain: list[tuple[BaseException, str | None]] = []
@@ -170,6 +182,8 @@ def redact_record(record: logging.LogRecord) -> logging.LogRecord:
             record.args = (safe_value(args),)
     elif args:
         record.args = tuple(safe_value(a) for a in args)
+        if record.name == "uvicorn.access" and len(record.args) == 5:
+            record.args = (*record.args[:2], access_path(str(record.args[2])), *record.args[3:])
     if record.exc_info and record.exc_info[1] is not None:
         record.exc_text = redacted_traceback(record.exc_info[1])
         record.exc_info = None

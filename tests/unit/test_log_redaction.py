@@ -179,3 +179,33 @@ def test_uncaught_exceptions_print_redacted_tracebacks(where: str) -> None:
     assert result.returncode == (1 if where == "main" else 0)
     if where == "thread":
         assert result.stderr.startswith("Exception in thread Thread-1")
+
+
+def test_access_log_hides_link_tokens_and_query_strings() -> None:
+    """uvicorn's access log would print every customer link's token (a credential for weeks)."""
+    import logging
+
+    from dunning.logs import redact_record
+
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", "/l/eyJwIjoidXBkYXRlIn0.c2lnbmF0dXJl?utm=1", "1.1", 303),
+        None,
+    )
+    text = redact_record(record).getMessage()
+    assert "eyJwIjoidXBkYXRlIn0" not in text and "utm" not in text
+    assert '"GET /l/<token> HTTP/1.1" 303' in text
+    other = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "POST", "/events", "1.1", 202),
+        None,
+    )
+    assert '"POST /events HTTP/1.1" 202' in redact_record(other).getMessage()
