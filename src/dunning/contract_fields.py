@@ -12,7 +12,15 @@ from typing import Annotated, Any
 
 from babel.numbers import list_currencies
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field, GetCoreSchemaHandler, Strict
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BeforeValidator,
+    Field,
+    GetCoreSchemaHandler,
+    Strict,
+    WithJsonSchema,
+)
 from pydantic_core import PydanticCustomError, core_schema
 
 # -- currencies ---------------------------------------------------------------------------------
@@ -55,7 +63,11 @@ Currency = Annotated[str, _CurrencyCode]
 
 # -- date-times ---------------------------------------------------------------------------------
 
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+#: RFC 3339 ``date-time`` (section 5.6), with its offset required.
+RFC3339_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+_RFC3339 = re.compile(RFC3339_PATTERN)
 
 
 def _rfc3339(value: Any) -> Any:
@@ -70,7 +82,12 @@ def _rfc3339(value: Any) -> Any:
     return value
 
 
-Timestamp = Annotated[AwareDatetime, Strict(False), BeforeValidator(_rfc3339)]
+Timestamp = Annotated[
+    AwareDatetime,
+    Strict(False),
+    BeforeValidator(_rfc3339),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": RFC3339_PATTERN}),
+]
 
 # -- email addresses ----------------------------------------------------------------------------
 
