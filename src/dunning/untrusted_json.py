@@ -117,7 +117,8 @@ def loads(data: bytes | bytearray | str, *, max_depth: int = DECODE_MAX_DEPTH) -
         raise Refused(too_deep(max_depth), depth=True) from None
     except Exception as exc:  # anything else json may raise on input we did not foresee
         raise Refused(f"not decodable ({type(exc).__name__})") from None
-    if _depth_over(value, max_depth):
+    # Fewer brackets than the limit cannot nest deeper than it (the usual case: no walk needed).
+    if text.count("[") + text.count("{") > max_depth and _depth_over(value, max_depth):
         raise Refused(too_deep(max_depth), depth=True)
     return value
 

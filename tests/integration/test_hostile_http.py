@@ -211,3 +211,9 @@ def test_post_events_never_answers_5xx(
         payload = answer.json()
         assert set(payload) == {"error", "field", "reason"} and payload["reason"], payload
         assert "could not be validated" not in payload["reason"], payload
+
+
+def test_a_content_length_of_thousands_of_digits_is_413_not_500(app_client: TestClient) -> None:
+    body = json.dumps(VALID[0]).encode()
+    answer = app_client.post("/events", content=body, headers={"content-length": "9" * 5000})
+    assert answer.status_code == 413, (answer.status_code, answer.text[:300])
