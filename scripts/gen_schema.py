@@ -4,7 +4,9 @@
     uv run python scripts/gen_schema.py --check  # exit 1 if the committed file is out of date
 
 ``tests/unit/test_schema_published.py`` fails whenever the committed file and
-the pydantic models disagree, so run this after changing ``contract.py``.
+the pydantic models disagree, so run this after changing ``contract.py`` or
+``contract_fields.py``, and after upgrading Babel (the currency enum is Babel's
+ISO-4217 list).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from typing import Any
 
 import dramatiq
 
-from dunning.contract import Event, InvalidEvent, parse_event
+from dunning.contract import Event, InvalidEvent, parse_message_args
 from dunning.dispatch import send_jobs
 from dunning.groupcommit import GroupCommit
 from dunning.queues import EVENTS_QUEUE, INGEST_ACTOR
@@ -37,11 +37,7 @@ def ingest_event(*args: Any, **kwargs: Any) -> None:
     validation (parked at once, naming the problem) rather than by Python's
     call machinery (a TypeError that Dramatiq would retry for minutes).
     """
-    if len(args) != 1 or kwargs:
-        raise InvalidEvent(
-            "args", "expected exactly one positional argument, the event envelope, and no kwargs"
-        )
-    event = parse_event(args[0])
+    event = parse_message_args(args, kwargs)
     outcome, dispatch = _group.submit(event)
     send_jobs(dramatiq.get_broker(), dispatch)
     log.debug("event %s (%s): %s", event.id, event.type, outcome)

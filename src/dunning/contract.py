@@ -4,25 +4,35 @@ The Python client, the HTTP ingest endpoint and the ``ingest_event`` actor all
 call :func:`parse_event`, so a producer gets the same verdict whichever path it
 uses. Errors name the field and the reason but never echo the offending value:
 the value may be customer data and error texts end up in logs and dead letters.
+
+Validation is as strict as the published schema (``docs/events.schema.json``,
+generated from these models): no coercion anywhere (``true``, ``"4900"`` and
+``4900.0`` are not integers, ``1`` is not a boolean, a date-time is an RFC 3339
+string), currencies from the ISO-4217 list Babel ships, one plain email address
+per customer. Before the models see anything, :mod:`dunning.untrusted_json`
+refuses what is too deep, too large or not JSON at all, so :func:`parse_event`
+raises :class:`InvalidEvent` and nothing else, whatever it is given.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import zoneinfo
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Field,
-    TypeAdapter,
-    ValidationError,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from dunning.contract_fields import CURRENCIES as CURRENCIES
+from dunning.contract_fields import Currency, Email, Timestamp
+from dunning.untrusted_json import MAX_DEPTH as MAX_DEPTH
+from dunning.untrusted_json import MAX_INT_DIGITS as MAX_INT_DIGITS
+from dunning.untrusted_json import Refused, check_tree, loads, too_deep
+
+log = logging.getLogger(__name__)
 
 #: Largest accepted envelope, in bytes of JSON. Real events are a few hundred bytes.
 MAX_EVENT_BYTES = 64 * 1024
@@ -31,13 +41,12 @@ QUEUE = "billing_events"
 ACTOR = "ingest_event"
 
 Id = Annotated[str, Field(min_length=1, max_length=255)]
-Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO-4217 code, upper case")]
 Minor = Annotated[int, Field(ge=0, le=10**12, description="amount in minor units (cents)")]
 
 
 class _Model(BaseModel):
-    # Tolerant reader: producers may add fields without breaking us.
-    model_config = ConfigDict(extra="ignore", frozen=True, strict=False)
+    # Tolerant reader: producers may add fields without breaking us. Strict: no coercion of types.
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
 
     @field_validator("*")
     @classmethod
@@ -58,7 +67,7 @@ class PaymentMethod(_Model):
 
 class Customer(_Model):
     id: Id
-    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=320)
+    email: Email
     name: str | None = Field(default=None, max_length=200)
     locale: str | None = Field(default=None, pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$")
     timezone: str | None = Field(default=None, max_length=64)
@@ -70,14 +79,14 @@ class Customer(_Model):
             return value
         try:
             zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
             raise ValueError("unknown IANA time zone") from None
         return value
 
 
 class TemporaryUpgrade(_Model):
     plan: Id
-    ends_at: AwareDatetime
+    ends_at: Timestamp
     revert_to: Id
 
 
@@ -90,8 +99,8 @@ class Subscription(_Model):
     currency: Currency
     interval: Literal["day", "week", "month", "year"]
     interval_count: int = Field(default=1, ge=1, le=36)
-    trial_end: AwareDatetime | None = None
-    current_period_end: AwareDatetime
+    trial_end: Timestamp | None = None
+    current_period_end: Timestamp
     cancel_at_period_end: bool = False
     payment_method: PaymentMethod | None = None
     temporary_upgrade: TemporaryUpgrade | None = None
@@ -142,7 +151,7 @@ class SubscriptionCanceledData(_Model):
 
 class _Envelope(_Model):
     id: Id
-    occurred_at: AwareDatetime
+    occurred_at: Timestamp
 
 
 class CustomerUpserted(_Envelope):
@@ -222,32 +231,88 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return "".join(parts) or "(envelope)"
 
 
+#: A key shown as is in an error path; any other key is shown as ``<key>`` (keys are the producer's text).
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: ``dead_letters.field`` holds 255 characters.
+_MAX_FIELD = 255
+
+
+def _path(path: tuple[str | int, ...]) -> str:
+    """A walker's path as a dotted field, without repeating keys that are not plain names."""
+    parts: list[str] = []
+    for item in path:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + (item if _PLAIN_KEY.fullmatch(item) else "<key>"))
+    text = "".join(parts) or "(envelope)"
+    return text if len(text) <= _MAX_FIELD else text[: _MAX_FIELD - 1] + "…"
+
+
 def parse_event(raw: Any) -> Event:
     """Validate an envelope (dict, JSON text or bytes) and return the typed event.
 
-    Raises :class:`InvalidEvent` naming the first wrong field.
+    Raises :class:`InvalidEvent` naming the first wrong field, and nothing else
+    whatever ``raw`` is: the consumer relies on it to park, never loop or crash.
     """
+    try:
+        return _parse(raw)
+    except InvalidEvent:
+        raise
+    except Exception as exc:
+        # A gap in the checks above, not the producer's fault alone: refused (never retried in a
+        # loop) and logged, type only, so that it gets fixed.
+        log.error("event validation failed unexpectedly: %s", type(exc).__name__)
+        raise InvalidEvent("(envelope)", f"could not be validated ({type(exc).__name__})") from None
+
+
+def parse_message_args(args: Any, kwargs: Any) -> Event:
+    """The event of an ``ingest_event`` message: exactly one positional argument, the envelope, no kwargs.
+
+    What the actor runs (the queue path); like :func:`parse_event`, raises
+    :class:`InvalidEvent` and nothing else.
+    """
+    if not isinstance(args, list | tuple) or len(args) != 1 or kwargs:
+        raise InvalidEvent(
+            "args", "expected exactly one positional argument, the event envelope, and no kwargs"
+        )
+    return parse_event(args[0])
+
+
+def _too_big(size: int, event_id: str | None = None) -> InvalidEvent:
+    return InvalidEvent(
+        "(envelope)", f"event is {size} bytes, over the {MAX_EVENT_BYTES}-byte limit", event_id=event_id
+    )
+
+
+def _parse(raw: Any) -> Event:
     if isinstance(raw, str | bytes | bytearray):
-        size = len(raw)
+        size = len(raw.encode("utf-8", "surrogatepass")) if isinstance(raw, str) else len(raw)
         if size > MAX_EVENT_BYTES:
-            raise InvalidEvent("(envelope)", f"event is {size} bytes, over the {MAX_EVENT_BYTES}-byte limit")
+            raise _too_big(size)
         try:
-            raw = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidEvent("(envelope)", f"not valid JSON ({type(exc).__name__})") from None
+            raw = loads(raw)
+        except Refused as exc:
+            reason = f"not valid JSON ({exc.reason})" if exc.syntax else exc.reason
+            if exc.depth:  # deeper than the decoder goes, so deeper than an envelope may be
+                reason = too_deep(MAX_DEPTH)
+            raise InvalidEvent("(envelope)", reason) from None
     if not isinstance(raw, dict):
-        raise InvalidEvent("(envelope)", f"expected a JSON object, got {type(raw).__name__}")
+        kind = "null" if raw is None else type(raw).__name__
+        raise InvalidEvent("(envelope)", f"expected a JSON object, got {kind}")
     event_id = raw.get("id") if isinstance(raw.get("id"), str) else None
     try:
+        check_tree(raw)
+    except Refused as exc:
+        raise InvalidEvent(_path(exc.path), exc.reason, event_id=event_id) from None
+    try:
         size = len(orjson.dumps(raw))
-    except TypeError:  # a value orjson does not take (an int over 64 bits, a non-string key)
-        size = len(json.dumps(raw, separators=(",", ":"), ensure_ascii=False, default=str).encode())
+    except TypeError:  # an integer over 64 bits (checked above: at most 20 digits)
+        size = len(json.dumps(raw, separators=(",", ":"), ensure_ascii=False).encode())
     if size > MAX_EVENT_BYTES:
-        raise InvalidEvent(
-            "(envelope)", f"event is {size} bytes, over the {MAX_EVENT_BYTES}-byte limit", event_id=event_id
-        )
+        raise _too_big(size, event_id)
     kind = raw.get("type")
-    if kind not in EVENT_TYPES:
+    if not isinstance(kind, str) or kind not in EVENT_TYPES:
         raise InvalidEvent(
             "type", f"unknown event type; expected one of {', '.join(EVENT_TYPES)}", event_id=event_id
         )

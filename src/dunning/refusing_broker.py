@@ -1,19 +1,22 @@
 """Dramatiq's Redis broker with one change, in its consumer: bytes that are not a message are refused.
 
-Bytes on a queue that are not a Dramatiq message (not UTF-8, not JSON, not a
-message object, or a message field of the wrong type) are refused in the
-consumer, before any middleware could see them. Dramatiq's own consumer
-raises on them, dropping the good messages it fetched in the same batch until
-the worker restarts, and the bytes come back after every restart. Ours parks
-them in ``dead_letters`` (``dunning dlq``), acknowledges them, and carries on
-with the rest of the batch.
+Bytes on a queue that are not a Dramatiq message we can run (not UTF-8, not
+JSON, nested too deep, a number too long, not a message object, a message
+field or option of the wrong type) are refused in the consumer, before any
+middleware could see them. Dramatiq's own consumer raises on them, whatever
+the exception (``ValueError`` for an integer of 5,000 digits,
+``RecursionError`` for deep nesting), dropping the good messages it fetched
+in the same batch until the worker restarts, and the bytes come back after
+every restart. Ours parks them in ``dead_letters`` (``dunning dlq``) with
+their bytes and the reason, acknowledges them, and carries on with the rest
+of the batch. :func:`decode_message` raises :class:`NotAMessage` and nothing
+else, whatever the bytes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -25,9 +28,10 @@ from dramatiq import Message
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import compute_backoff
-from dramatiq.errors import ConnectionClosed, DecodeError
+from dramatiq.errors import ConnectionClosed
 
 from dunning.services.dlq import NOT_A_MESSAGE
+from dunning.untrusted_json import Refused, loads
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,15 @@ class NotAMessage(Exception):
 _FIELDS = {f.name: f for f in dataclasses.fields(Message)}
 _REQUIRED = [name for name, f in _FIELDS.items() if f.default is f.default_factory is dataclasses.MISSING]
 _JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+
+#: Largest message a consumer decodes: an event envelope is at most 64 KiB, the wrapper a few hundred bytes.
+MAX_MESSAGE_BYTES = 1024 * 1024
+#: Longest ``message_id`` / ``queue_name`` / ``actor_name`` (they are stored in ``dead_letters``).
+_MAX_NAME = {"message_id": 64, "queue_name": 80, "actor_name": 80}
+#: Options that Dramatiq and our middleware read as numbers (a string there breaks a middleware).
+_NUMERIC_OPTIONS = ("retries", "max_retries", "min_backoff", "max_backoff", "time_limit", "max_age")
+#: Options that only make sense as Python objects (exception classes, a callable): never from JSON.
+_CODE_OPTIONS = ("throws", "retry_when")
 
 
 def escape_bytes(data: bytes, limit: int | None = None) -> str:
@@ -69,23 +82,18 @@ def escape_bytes(data: bytes, limit: int | None = None) -> str:
 
 
 def _names(keys: list[str]) -> str:
-    shown = ", ".join(repr(escape_bytes(str(k).encode(), 40)) for k in keys[:5])
+    shown = ", ".join(repr(escape_bytes(str(k).encode("utf-8", "surrogatepass"), 40)) for k in keys[:5])
     return shown + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
 
 
-def why_not_a_message(data: bytes) -> str:
-    """Why bytes that Dramatiq could not decode are not a message, without repeating their content."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return f"invalid UTF-8 at byte {exc.start}"
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return f"invalid JSON at byte {len(text[: exc.pos].encode())}"
+def _kind(value: Any) -> str:
+    return "null" if value is None else _JSON_KINDS.get(type(value), type(value).__name__)
+
+
+def _wrapper_problem(value: Any) -> str | None:
+    """What in a decoded JSON value keeps it from being a message the worker can run and acknowledge."""
     if not isinstance(value, dict):
-        kind = "null" if value is None else _JSON_KINDS.get(type(value), type(value).__name__)
-        return f"JSON {kind}, not a message object"
+        return f"JSON {_kind(value)}, not a message object"
     missing = [k for k in _REQUIRED if k not in value]
     unknown = [k for k in value if k not in _FIELDS]
     parts = []
@@ -93,36 +101,78 @@ def why_not_a_message(data: bytes) -> str:
         parts.append(f"missing key(s) {_names(missing)}")
     if unknown:
         parts.append(f"unknown key(s) {_names(unknown)}")
-    if not parts and not isinstance(value.get("args"), list):
-        parts.append("args is not a list")
-    return "; ".join(parts) or "not decodable by Dramatiq"
-
-
-def _shape_problem(message: Message[Any]) -> str | None:
-    """What in a decoded message would break the consumer, the routing or the acknowledgement."""
-    for name in ("queue_name", "actor_name", "message_id"):
-        if not isinstance(getattr(message, name), str):
+    if parts:
+        return "; ".join(parts)
+    if not isinstance(value["args"], list):
+        return "args is not a list"
+    for name, longest in _MAX_NAME.items():
+        text = value.get(name)
+        if name == "message_id" and name not in value:
+            continue  # Dramatiq makes one up
+        if not isinstance(text, str):
             return f"{name} is not a string"
-    if not isinstance(message.kwargs, dict):
+        if not text or len(text) > longest or not text.isprintable():
+            return f"{name} is not 1 to {longest} printable characters"
+    if not isinstance(value["kwargs"], dict):
         return "kwargs is not an object"
-    if not isinstance(message.options, dict):
+    options = value["options"]
+    if not isinstance(options, dict):
         return "options is not an object"
-    stamp = message.message_timestamp
+    stamp = value.get("message_timestamp", 0)
     if not isinstance(stamp, int) or isinstance(stamp, bool):
         return "message_timestamp is not an integer"
+    return _options_problem(options)
+
+
+def _options_problem(options: dict[str, Any]) -> str | None:
+    redis_id = options.get("redis_message_id")
+    if not isinstance(redis_id, str) or not redis_id:
+        # Acknowledged by this id: without it the message would come back after every restart.
+        return "options.redis_message_id is missing or not a string"
+    for name in _NUMERIC_OPTIONS:
+        number = options.get(name)
+        if number is not None and (not isinstance(number, int) or isinstance(number, bool)):
+            return f"options.{name} is not an integer"
+    for name in _CODE_OPTIONS:
+        if name in options:
+            return f"options.{name} cannot be set in a message"
     return None
 
 
 def decode_message(data: bytes) -> Message[Any]:
-    """Dramatiq's ``Message.decode``, plus the field types the worker relies on; NotAMessage if not."""
+    """The message in ``data``; :class:`NotAMessage` (and nothing else) if it is not one we can run.
+
+    Replaces Dramatiq's ``Message.decode`` (which raises whatever the JSON decoder
+    raised) for Dramatiq's default JSON encoding. Refused: over
+    :data:`MAX_MESSAGE_BYTES`, invalid UTF-8 or JSON, nesting deeper than
+    :data:`~dunning.untrusted_json.DECODE_MAX_DEPTH`, numbers longer than
+    :data:`~dunning.untrusted_json.DECODE_MAX_NUMBER_CHARS`, a wrapper of the
+    wrong shape, option values that would break a middleware. The reason never
+    repeats the bytes.
+    """
     try:
-        message = Message.decode(data)
-    except DecodeError:
-        raise NotAMessage(why_not_a_message(data)) from None
-    problem = _shape_problem(message)
+        decoded = _decode(data)
+    except Exception as exc:  # a gap in the checks: still refused, never a crashed consumer
+        log.error("decoding a message failed unexpectedly: %s", type(exc).__name__)
+        raise NotAMessage(f"not decodable ({type(exc).__name__})") from None
+    if isinstance(decoded, str):
+        raise NotAMessage(decoded)
+    return decoded
+
+
+def _decode(data: bytes) -> Message[Any] | str:
+    """The message, or why there is none."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        return f"{len(data)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit of a message"
+    try:
+        fields = loads(data)
+    except Refused as exc:
+        return exc.reason
+    problem = _wrapper_problem(fields)
     if problem is not None:
-        raise NotAMessage(problem)
-    return message
+        return problem
+    fields["args"] = tuple(fields["args"])
+    return Message(**fields)
 
 
 def _column_id(redis_id: bytes) -> str:

@@ -38,7 +38,8 @@ def _parse(header: str) -> tuple[int, list[str]]:
         if not sep or not value:
             raise SignatureError("malformed header")
         if key == "t":
-            if timestamp is not None or not value.isascii() or not value.isdigit():
+            # At most 20 digits: int() of thousands of digits raises ValueError (a 500, not a 401).
+            if timestamp is not None or not value.isascii() or not value.isdigit() or len(value) > 20:
                 raise SignatureError("malformed header")
             timestamp = int(value)
         elif key == "v1":
