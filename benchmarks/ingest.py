@@ -278,9 +278,9 @@ def breakdown(st: Stack, client: redis.Redis, customers: int, n: int, rng: rando
 
     from dunning.contract import parse_event
     from dunning.dispatch import send_jobs
+    from dunning.engine.ingest import ingest
     from dunning.middleware import PoisonGuard
     from dunning.runtime import get_runtime
-    from dunning.services.ingest import ingest
 
     broker = workers.broker
     rt = get_runtime()
@@ -453,7 +453,7 @@ def breakdown(st: Stack, client: redis.Redis, customers: int, n: int, rng: rando
 
     # Group commit (when the product has it): the actor hands the events its threads hold at
     # once to ``ingest_many``, one transaction for all. Cost per event by batch size, one thread.
-    import dunning.services.ingest as service
+    import dunning.engine.ingest as service
 
     many = getattr(service, "ingest_many", None)
     if many is not None:

@@ -9,10 +9,10 @@ import dramatiq
 
 from dunning.contract import Event, InvalidEvent, parse_message_args
 from dunning.dispatch import send_jobs
-from dunning.groupcommit import GroupCommit
+from dunning.engine.groupcommit import GroupCommit
+from dunning.engine.ingest import Outcome, ingest_many
 from dunning.queues import EVENTS_QUEUE, INGEST_ACTOR
 from dunning.runtime import get_runtime
-from dunning.services.ingest import Outcome, ingest_many
 
 log = logging.getLogger(__name__)
 

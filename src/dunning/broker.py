@@ -38,7 +38,7 @@ def redis_url(settings: Settings) -> str:
 
 def _park_in_database(row: dict[str, Any]) -> None:
     from dunning.runtime import get_runtime
-    from dunning.services.dlq import park
+    from dunning.store.dead_letters import park
 
     park(get_runtime(), row)
 

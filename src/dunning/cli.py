@@ -181,7 +181,7 @@ def serve(
     """HTTP ingest (POST /events), customer links (/l/...), ops page (/) and /healthz."""
     import uvicorn
 
-    from dunning.web import create_app
+    from dunning.http.app import create_app
 
     rt = _runtime()
     _require_schema(rt)
@@ -242,7 +242,7 @@ def queues() -> None:
 @dlq_app.command("list")
 def dlq_list(all_: Annotated[bool, typer.Option("--all", help="Include requeued ones.")] = False) -> None:
     """List refused messages (m<id>) and parked jobs (j<id>) with their reasons."""
-    from dunning.services.dlq import list_parked
+    from dunning.store.dead_letters import list_parked
 
     rt = _runtime()
     _require_schema(rt)
@@ -263,7 +263,7 @@ def dlq_list(all_: Annotated[bool, typer.Option("--all", help="Include requeued 
 @dlq_app.command("show")
 def dlq_show(ref: Annotated[str, typer.Argument(help="m<id> or j<id> from `dlq list`.")]) -> None:
     """Show one dead letter with its payload."""
-    from dunning.services.dlq import get_parked
+    from dunning.store.dead_letters import get_parked
 
     rt = _runtime()
     _require_schema(rt)
@@ -285,7 +285,7 @@ def dlq_requeue(refs: Annotated[list[str], typer.Argument(help="m<id>/j<id>, or 
     """Send dead letters back for another try (after fixing the cause)."""
     from dramatiq import Message
 
-    from dunning.services.dlq import CannotRequeue, list_parked, requeue
+    from dunning.store.dead_letters import CannotRequeue, list_parked, requeue
 
     rt = _runtime()
     _require_schema(rt)
@@ -319,7 +319,7 @@ def dlq_purge(
     all_: Annotated[bool, typer.Option("--all", help="Purge every dead letter.")] = False,
 ) -> None:
     """Delete dead letters for good."""
-    from dunning.services.dlq import purge
+    from dunning.store.dead_letters import purge
 
     if not ref and not all_:
         fail("give a REF or --all")

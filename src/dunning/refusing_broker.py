@@ -30,8 +30,8 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import compute_backoff
 from dramatiq.errors import ConnectionClosed
 
-from dunning.services.dlq import NOT_A_MESSAGE
-from dunning.untrusted_json import Refused, loads
+from dunning.contract.untrusted_json import Refused, loads
+from dunning.store.dead_letters import NOT_A_MESSAGE
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +145,8 @@ def decode_message(data: bytes) -> Message[Any]:
     Replaces Dramatiq's ``Message.decode`` (which raises whatever the JSON decoder
     raised) for Dramatiq's default JSON encoding. Refused: over
     :data:`MAX_MESSAGE_BYTES`, invalid UTF-8 or JSON, nesting deeper than
-    :data:`~dunning.untrusted_json.DECODE_MAX_DEPTH`, numbers longer than
-    :data:`~dunning.untrusted_json.DECODE_MAX_NUMBER_CHARS`, a wrapper of the
+    :data:`~dunning.contract.untrusted_json.DECODE_MAX_DEPTH`, numbers longer than
+    :data:`~dunning.contract.untrusted_json.DECODE_MAX_NUMBER_CHARS`, a wrapper of the
     wrong shape, option values that would break a middleware. The reason never
     repeats the bytes.
     """

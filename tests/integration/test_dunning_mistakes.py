@@ -21,8 +21,8 @@ from sqlalchemy import func, select, update
 from tests.support.harness import START, Harness, harness
 
 from dunning.contract import parse_event
+from dunning.engine.ingest import ingest
 from dunning.scheduler import tick
-from dunning.services.ingest import ingest
 from dunning.services.jobs import claim_due
 from dunning.services.runner import run_job
 from dunning.store.db import transaction

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from dunning.contract import parse_event
-from dunning.services.ingest import MissingReference, ingest_many
+from dunning.engine.ingest import MissingReference, ingest_many
 from dunning.store.models import Case, Job, Outbox, ProcessedEvent
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from dunning.domain.cases import (
+from dunning.domain.policy import DEFAULT_POLICY, PlanPolicy, policy_from_dict
+from dunning.workflows.failed_payments.declines import DeclineClass, classify_decline
+from dunning.workflows.failed_payments.policy import (
     TERMINAL,
     BillingAction,
     CaseFacts,
@@ -37,8 +39,6 @@ from dunning.domain.cases import (
     open_case,
     recover,
 )
-from dunning.domain.declines import DeclineClass, classify_decline
-from dunning.domain.policy import DEFAULT_POLICY, PlanPolicy, policy_from_dict
 
 KEY = "7"
 T0 = datetime(2026, 3, 28, 18, 45, tzinfo=UTC)

@@ -526,8 +526,8 @@ def _serving(database_url: str, home: Path) -> Iterator[int]:
     """The real ``dunning serve`` app under uvicorn on a free loopback port; yields the port."""
     import uvicorn
 
+    from dunning.http.app import create_app
     from dunning.runtime import build_runtime
-    from dunning.web import create_app
 
     rt = build_runtime(load_settings({"DUNNING_HOME": str(home), "DUNNING_DATABASE_URL": database_url}))
     server = uvicorn.Server(

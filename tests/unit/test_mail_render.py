@@ -20,8 +20,9 @@ from babel.messages.extract import extract_from_dir
 from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.pofile import read_po
 
-from dunning.mail import KINDS, NoticeContext, Renderer, describe_reason, find_templates_dir, format_money
-from dunning.mail.reasons import GENERIC_REASON, REASONS
+from dunning.mail import Renderer, find_templates_dir, format_money
+from dunning.workflows.failed_payments.notices import KINDS, NoticeContext
+from dunning.workflows.failed_payments.reasons import GENERIC_REASON, REASONS, describe_reason
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "templates"

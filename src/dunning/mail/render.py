@@ -33,9 +33,8 @@ from babel.numbers import format_currency, get_currency_precision
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound, select_autoescape
 
 import dunning
-
-from .context import DECLINE_CLASSES, END_ACTIONS, KINDS, NoticeContext
-from .reasons import N_, describe_reason
+from dunning.workflows.failed_payments.notices import DECLINE_CLASSES, END_ACTIONS, KINDS, NoticeContext
+from dunning.workflows.failed_payments.reasons import N_, describe_reason
 
 SOURCE_LANGUAGE = "en"
 _TEXT_WIDTH = 76

@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select, update
 
 from dunning.billing.port import BillingRejected, BillingUnavailable, InvoiceState, PayOutcome, PayResult
-from dunning.domain import cases as policy_cases
 from dunning.mail.message import build_message
 from dunning.mail.render import RenderedEmail
 from dunning.mail.sending import AmbiguousSendError, PermanentSendError, TransientSendError
-from dunning.services.cases import apply_decision, facts_of, record, render_outbox
 from dunning.services.jobs import Dispatch, finish, retry_later, start
-from dunning.services.unit import collecting
 from dunning.store.db import transaction
 from dunning.store.models import Case, ChargeAttempt, Job, Outbox, Subscription
+from dunning.store.unit import collecting
+from dunning.workflows.failed_payments import policy as policy_cases
+from dunning.workflows.failed_payments.cases import apply_decision, facts_of, record, render_outbox
 
 if TYPE_CHECKING:
     from dunning.runtime import Runtime

@@ -22,7 +22,7 @@ KINDS: tuple[str, ...] = (
     "subscription_ended",
 )
 
-#: What the button of each kind lets the customer do: a purpose of :mod:`dunning.links`.
+#: What the button of each kind lets the customer do: a purpose of :mod:`dunning.engine.links`.
 #: While the case is open, update the card; once it is over (paid, ended), the
 #: update-card link would only say "already resolved", so those emails open the account.
 ACTION_PURPOSES: dict[str, str] = {

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 
-from dunning.domain.declines import DeclineClass, classify_decline
 from dunning.domain.policy import PlanPolicy
+from dunning.workflows.failed_payments.declines import DeclineClass, classify_decline
 
 
 class CaseStatus(StrEnum):

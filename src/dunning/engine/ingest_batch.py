@@ -2,9 +2,9 @@
 
 What the batch's ``invoice.payment_failed`` events need is loaded up front in a
 few statements (and their invoice and case rows locked); the event handlers
-(:mod:`dunning.services.ingest`) read it from here instead of asking the
+(:mod:`dunning.engine.ingest`) read it from here instead of asking the
 database once per event, including the stored facts every event is checked
-against (:mod:`dunning.domain.consistency`).
+against (:mod:`dunning.workflows.failed_payments.consistency`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from dunning import contract as c
-from dunning.services.unit import unit_of
 from dunning.store.bulk import rows_by_ids
 from dunning.store.models import Case, Customer, Invoice, ProcessedEvent, Subscription
+from dunning.store.unit import unit_of
 
 
 class CustomerFacts(NamedTuple):

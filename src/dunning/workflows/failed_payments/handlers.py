@@ -1,9 +1,9 @@
 """The handler of each billing event type: facts into the store, cases opened, updated or closed.
 
 Each handler runs in the caller's transaction (one event, or a group commit:
-:mod:`dunning.services.ingest_batch`). Before it writes anything, a handler
+:mod:`dunning.engine.ingest_batch`). Before it writes anything, a handler
 checks the event against the facts already stored
-(:mod:`dunning.domain.consistency`) and refuses one that contradicts them.
+(:mod:`dunning.workflows.failed_payments.consistency`) and refuses one that contradicts them.
 """
 
 from __future__ import annotations
@@ -16,14 +16,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dunning import contract as c
-from dunning.domain import cases as policy_cases
-from dunning.domain.cases import TERMINAL
-from dunning.domain.consistency import Conflict, invoice_conflict, owner_conflict, subscription_conflict
-from dunning.services.cases import apply_decision, facts_of, record
-from dunning.services.ingest_batch import InvoiceFacts, batch_of
+from dunning.engine.ingest_batch import InvoiceFacts, batch_of
 from dunning.services.jobs import Dispatch
-from dunning.services.unit import NewCase, unit_of
 from dunning.store.models import Case, Customer, Invoice, Subscription
+from dunning.store.unit import NewCase, unit_of
+from dunning.workflows.failed_payments import policy as policy_cases
+from dunning.workflows.failed_payments.cases import apply_decision, facts_of, record
+from dunning.workflows.failed_payments.consistency import (
+    Conflict,
+    invoice_conflict,
+    owner_conflict,
+    subscription_conflict,
+)
+from dunning.workflows.failed_payments.policy import TERMINAL
 
 if TYPE_CHECKING:
     from dunning.runtime import Runtime

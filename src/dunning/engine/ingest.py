@@ -8,12 +8,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dunning import contract as c
-from dunning.services.event_handlers import HANDLERS, InconsistentEvent, MissingReference
-from dunning.services.ingest_batch import Batch, barrier, batch_of, prefetch
+from dunning.engine.ingest_batch import Batch, barrier, batch_of, prefetch
 from dunning.services.jobs import Dispatch
-from dunning.services.unit import collecting, dispatch_of, unit_of
 from dunning.store.db import transaction
 from dunning.store.models import ProcessedEvent
+from dunning.store.unit import collecting, dispatch_of, unit_of
+from dunning.workflows.failed_payments.handlers import HANDLERS, InconsistentEvent, MissingReference
 
 if TYPE_CHECKING:
     from dunning.runtime import Runtime

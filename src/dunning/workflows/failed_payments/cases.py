@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.orm import Session
 
-from dunning.domain.cases import (
+from dunning.domain.notices import deliver_at
+from dunning.domain.policy import PlanPolicy
+from dunning.engine.links import case_subject
+from dunning.mail.message import message_id_for
+from dunning.queues import JOBS_QUEUE, MAIL_QUEUE
+from dunning.services.jobs import Dispatch, cancel_case_jobs, cancel_scheduled_retries
+from dunning.store.models import Case, Customer, Outbox
+from dunning.store.unit import CaseRow, unit_of
+from dunning.workflows.failed_payments.notices import ACTION_PURPOSES, NoticeContext
+from dunning.workflows.failed_payments.policy import (
     CaseFacts,
     CaseStatus,
     Decision,
@@ -18,15 +27,6 @@ from dunning.domain.cases import (
     next_retry_at,
     suspend_at,
 )
-from dunning.domain.notices import deliver_at
-from dunning.domain.policy import PlanPolicy
-from dunning.links import case_subject
-from dunning.mail.context import ACTION_PURPOSES, NoticeContext
-from dunning.mail.message import message_id_for
-from dunning.queues import JOBS_QUEUE, MAIL_QUEUE
-from dunning.services.jobs import Dispatch, cancel_case_jobs, cancel_scheduled_retries
-from dunning.services.unit import CaseRow, unit_of
-from dunning.store.models import Case, Customer, Outbox
 
 if TYPE_CHECKING:
     from dunning.runtime import Runtime

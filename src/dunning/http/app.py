@@ -14,7 +14,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from dunning.contract import MAX_EVENT_BYTES, InvalidEvent, parse_event
-from dunning.link_page import customer_link_endpoint
+from dunning.http.links import customer_link_endpoint
 from dunning.signing import SIGNATURE_HEADER, SignatureError, verify
 
 if TYPE_CHECKING:
@@ -71,8 +71,8 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
     link = customer_link_endpoint(rt)
 
     def ops_denied(request: Request) -> Response | None:
-        """None if the request may read ops data (``/``, ``/metrics``), else the 401 to send (dunning.opsauth)."""
-        from dunning.opsauth import Access, challenge, ops_access
+        """None if the request may read ops data (``/``, ``/metrics``), else the 401 to send (dunning.http.auth)."""
+        from dunning.http.auth import Access, challenge, ops_access
 
         access = ops_access(
             token=rt.settings.ops_token,

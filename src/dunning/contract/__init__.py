@@ -9,7 +9,7 @@ Validation is as strict as the published schema (``docs/events.schema.json``,
 generated from these models): no coercion anywhere (``true``, ``"4900"`` and
 ``4900.0`` are not integers, ``1`` is not a boolean, a date-time is an RFC 3339
 string), currencies from the ISO-4217 list Babel ships, one plain email address
-per customer. Before the models see anything, :mod:`dunning.untrusted_json`
+per customer. Before the models see anything, :mod:`dunning.contract.untrusted_json`
 refuses what is too deep, too large or not JSON at all, so :func:`parse_event`
 raises :class:`InvalidEvent` and nothing else, whatever it is given.
 """
@@ -26,11 +26,11 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from dunning.contract_fields import CURRENCIES as CURRENCIES
-from dunning.contract_fields import Currency, Email, Timestamp
-from dunning.untrusted_json import MAX_DEPTH as MAX_DEPTH
-from dunning.untrusted_json import MAX_INT_DIGITS as MAX_INT_DIGITS
-from dunning.untrusted_json import Refused, check_tree, loads, too_deep
+from dunning.contract.fields import CURRENCIES as CURRENCIES
+from dunning.contract.fields import Currency, Email, Timestamp
+from dunning.contract.untrusted_json import MAX_DEPTH as MAX_DEPTH
+from dunning.contract.untrusted_json import MAX_INT_DIGITS as MAX_INT_DIGITS
+from dunning.contract.untrusted_json import Refused, check_tree, loads, too_deep
 
 log = logging.getLogger(__name__)
 

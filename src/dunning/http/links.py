@@ -26,8 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from dunning.domain.cases import TERMINAL, CaseStatus
-from dunning.links import (
+from dunning.engine.links import (
     MANAGE_ACCOUNT,
     UPDATE_PAYMENT_METHOD,
     LinkClaims,
@@ -38,11 +37,12 @@ from dunning.links import (
     portal_token,
 )
 from dunning.store.models import Case
+from dunning.workflows.failed_payments.policy import TERMINAL, CaseStatus
 
 if TYPE_CHECKING:
     from dunning.runtime import Runtime
 
-log = logging.getLogger("dunning.links")
+log = logging.getLogger("dunning.engine.links")
 
 #: On every answer: the token is in the URL, so keep it out of caches, search engines and Referer headers.
 _HEADERS = {
