@@ -254,7 +254,7 @@ def _paid_event(event_id: str, invoice: str, sub: str, amount: int, currency: st
 
 def test_in_a_group_commit_only_the_inconsistent_events_are_refused(world) -> None:
     """The checks read what the batch prefetched; a refusal does not sink its neighbours."""
-    from dunning.engine.ingest import InconsistentEvent
+    from dunning.workflows.failed_payments.handlers import InconsistentEvent
 
     h = world
     for i in (1, 2, 3, 9):

@@ -8,17 +8,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dunning import contract as c
-from dunning.engine.ingest_batch import Batch, barrier, batch_of, prefetch
+from dunning.contract import InvalidEvent
+from dunning.engine.batch import Batch, barrier, batch_of
+from dunning.engine.registry import batch_parts, event_handlers
 from dunning.services.jobs import Dispatch
 from dunning.store.db import transaction
 from dunning.store.models import ProcessedEvent
 from dunning.store.unit import collecting, dispatch_of, unit_of
-from dunning.workflows.failed_payments.handlers import HANDLERS, InconsistentEvent, MissingReference
 
 if TYPE_CHECKING:
     from dunning.runtime import Runtime
 
-__all__ = ["InconsistentEvent", "MissingReference", "Outcome", "apply_event", "ingest", "ingest_many"]
+__all__ = ["Outcome", "apply_event", "ingest", "ingest_many"]
 
 
 def ingest(rt: Runtime, event: c.Event) -> tuple[str, list[Dispatch]]:
@@ -52,10 +53,10 @@ def ingest_many(rt: Runtime, events: list[c.Event]) -> list[Outcome | Exception]
             return [exc]
     sink: list[Dispatch] = []
     try:
-        outcomes: list[str | InconsistentEvent] = []
+        outcomes: list[str | InvalidEvent] = []
         with collecting(rt.sessions, sink) as session:
-            batch = session.info["batch"] = Batch()
-            prefetch(session, events, batch)
+            batch = session.info["batch"] = Batch(batch_parts())
+            batch.prefetch(session, events)
             seen: set[str] = set()
             for event in events:
                 if event.id in seen:
@@ -63,8 +64,9 @@ def ingest_many(rt: Runtime, events: list[c.Event]) -> list[Outcome | Exception]
                     continue
                 try:
                     outcome, _ = apply_event(rt, session, event)
-                except InconsistentEvent as exc:
-                    # Raised before the event wrote anything: the others commit, this one is parked.
+                except InvalidEvent as exc:
+                    # A refusal (e.g. the event contradicts stored facts) is raised before the
+                    # event wrote anything: the others commit, this one is parked.
                     outcomes.append(exc)
                     continue
                 seen.add(event.id)
@@ -97,7 +99,7 @@ def apply_event(rt: Runtime, session: Session, event: c.Event) -> tuple[str, lis
     """
     batch = batch_of(session)
     if batch is not None:
-        if not isinstance(event, c.InvoicePaymentFailed) or event.data.invoice.id in batch.touched_invoices:
+        if not batch.batchable(event):
             barrier(session)
         if event.id in batch.processed:
             return "duplicate", []
@@ -106,8 +108,13 @@ def apply_event(rt: Runtime, session: Session, event: c.Event) -> tuple[str, lis
     now = rt.clock.now()
     # Recorded after the handler: an event it refuses (InconsistentEvent) leaves no trace,
     # so a requeue once the facts are fixed is applied rather than skipped as a duplicate.
-    result = HANDLERS[event.type](rt, session, event, now)
+    handlers = event_handlers(event.type)
+    if not handlers:
+        raise InvalidEvent("type", f"no workflow reacts to {event.type!r}", event_id=event.id)
+    outcome, dispatch = handlers[0](rt, session, event, now)
+    for handler in handlers[1:]:
+        dispatch = dispatch + handler(rt, session, event, now)[1]
     unit_of(session).add_processed_event(
         {"id": event.id, "type": event.type, "occurred_at": event.occurred_at, "processed_at": now}
     )
-    return result
+    return outcome, dispatch

@@ -1,7 +1,7 @@
 """The handler of each billing event type: facts into the store, cases opened, updated or closed.
 
 Each handler runs in the caller's transaction (one event, or a group commit:
-:mod:`dunning.engine.ingest_batch`). Before it writes anything, a handler
+:mod:`dunning.engine.batch`). Before it writes anything, a handler
 checks the event against the facts already stored
 (:mod:`dunning.workflows.failed_payments.consistency`) and refuses one that contradicts them.
 """
@@ -16,11 +16,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dunning import contract as c
-from dunning.engine.ingest_batch import InvoiceFacts, batch_of
 from dunning.services.jobs import Dispatch
 from dunning.store.models import Case, Customer, Invoice, Subscription
 from dunning.store.unit import NewCase, unit_of
 from dunning.workflows.failed_payments import policy as policy_cases
+from dunning.workflows.failed_payments.batch import InvoiceFacts, payments_batch
 from dunning.workflows.failed_payments.cases import apply_decision, facts_of, record
 from dunning.workflows.failed_payments.consistency import (
     Conflict,
@@ -157,7 +157,7 @@ def _payment_failed(
 ) -> tuple[str, list[Dispatch]]:
     assert isinstance(event, c.InvoicePaymentFailed)
     inv = event.data.invoice
-    batch = batch_of(session)
+    batch = payments_batch(session)
     known: Invoice | InvoiceFacts | None
     existing: Case | None
     if batch is not None and inv.id in batch.cases_by_invoice:

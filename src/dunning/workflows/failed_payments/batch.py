@@ -1,8 +1,8 @@
-"""The group commit's shared state: what a batch of events prefetches, and the barrier.
+"""The failed-payment workflow's part of a group commit: what a batch of failures prefetches.
 
 What the batch's ``invoice.payment_failed`` events need is loaded up front in a
 few statements (and their invoice and case rows locked); the event handlers
-(:mod:`dunning.engine.ingest`) read it from here instead of asking the
+(:mod:`dunning.workflows.failed_payments.handlers`) read it from here instead of asking the
 database once per event, including the stored facts every event is checked
 against (:mod:`dunning.workflows.failed_payments.consistency`).
 """
@@ -15,9 +15,13 @@ from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from dunning import contract as c
+from dunning.engine.batch import batch_of
 from dunning.store.bulk import rows_by_ids
-from dunning.store.models import Case, Customer, Invoice, ProcessedEvent, Subscription
+from dunning.store.models import Case, Customer, Invoice, Subscription
 from dunning.store.unit import unit_of
+
+#: The name this workflow registers under (the key of its part of a batch).
+WORKFLOW_NAME = "failed_payments"
 
 
 class CustomerFacts(NamedTuple):
@@ -50,8 +54,8 @@ class InvoiceFacts(NamedTuple):
     currency: str
 
 
-class Batch:
-    """A group commit in progress (``session.info["batch"]``).
+class PaymentsBatch:
+    """The failed-payment workflow's part of a group commit (:mod:`dunning.engine.batch`).
 
     New cases get ids allocated in one statement and are written with the
     transaction's other rows at commit. Any other event, or a second event
@@ -61,7 +65,6 @@ class Batch:
     """
 
     def __init__(self) -> None:
-        self.processed: set[str] = set()
         self.invoices: dict[str, InvoiceFacts] = {}  # invoices known before the batch
         self.cases_by_invoice: dict[str, Case | None] = {}  # prefetched invoices only
         self.touched_invoices: set[str] = set()
@@ -70,27 +73,31 @@ class Batch:
         self.subscriptions: dict[str, SubscriptionFacts] = {}
         self.held: list[Any] = []
 
+    def batchable(self, event: c.Event) -> bool:
+        """Failures of invoices not touched yet in this batch need no barrier: they only open cases."""
+        return (
+            isinstance(event, c.InvoicePaymentFailed) and event.data.invoice.id not in self.touched_invoices
+        )
 
-def batch_of(session: Session) -> Batch | None:
-    """The batch the session's transaction belongs to, if it is a group commit."""
-    return session.info.get("batch")
+    def forget(self) -> None:
+        """Drop what the barrier's writes may have changed."""
+        for invoice_id in self.touched_invoices:
+            self.cases_by_invoice.pop(invoice_id, None)
+            self.invoices.pop(invoice_id, None)
+        self.touched_invoices.clear()
+        self.customers.clear()
+        self.subscriptions.clear()
+
+    def prefetch(self, session: Session, events: list[c.Event]) -> None:
+        """Load (and lock) what the batch's failures will read, in a fixed number of statements."""
+        _prefetch(session, events, self)
 
 
-def barrier(session: Session) -> None:
-    """Write what the batch buffered and forget what it may have changed."""
+def payments_batch(session: Session) -> PaymentsBatch | None:
+    """This workflow's part of the session's group commit, if it is one."""
     batch = batch_of(session)
-    if batch is None:
-        return
-    unit = unit_of(session)
-    if unit.buffered():
-        unit.flush(session)
-        unit.new_cases.clear()  # their jobs are stored now: cancelling them is an UPDATE
-    for invoice_id in batch.touched_invoices:
-        batch.cases_by_invoice.pop(invoice_id, None)
-        batch.invoices.pop(invoice_id, None)
-    batch.touched_invoices.clear()
-    batch.customers.clear()
-    batch.subscriptions.clear()
+    part = batch.parts.get(WORKFLOW_NAME) if batch is not None else None
+    return part if isinstance(part, PaymentsBatch) else None
 
 
 # Every case has its invoice row (both are written when the case opens), so locking the
@@ -124,16 +131,12 @@ def _lock_invoices(session: Session, invoice_ids: list[str]) -> list[Row[Any]]:
     ).all()
 
 
-def prefetch(session: Session, events: list[c.Event], batch: Batch) -> None:
-    """Load (and lock) what the batch's events will read, in a fixed number of statements."""
+def _prefetch(session: Session, events: list[c.Event], batch: PaymentsBatch) -> None:
     invoices: dict[str, tuple[str, str]] = {}
     for e in events:
         if isinstance(e, c.InvoicePaymentFailed):
             inv = e.data.invoice
             invoices[inv.id] = (inv.customer_id, inv.subscription_id)
-    batch.processed = {
-        r[0] for r in rows_by_ids(session, ProcessedEvent.__table__, ("id",), sorted({e.id for e in events}))
-    }
     if not invoices:
         return
     rows = _lock_invoices(session, sorted(invoices))
