@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -120,6 +119,7 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
 
     def ops(request: Request) -> Response:
         from dunning.broker import redis_url
+        from dunning.http.pages import render
         from dunning.ops import queue_snapshot
         from dunning.report import build_report
 
@@ -127,20 +127,17 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
             return denied
         snap = queue_snapshot(rt, redis_url(rt.settings))
         rep = build_report(rt)
-        rows = "".join(
-            f"<tr><td>{q.name}</td><td>{q.ready}</td><td>{q.delayed}</td><td>{q.dead}</td></tr>"
-            for q in snap.queues
+        page = render(
+            "ops.html",
+            title="Dunning: operations",
+            noindex=True,
+            now=f"{snap.now:%Y-%m-%d %H:%M}",
+            dead_letters=snap.dead_letters,
+            queues=snap.queues,
+            jobs=list(snap.jobs.items()),
+            cases=sorted(rep.by_status.items()),
         )
-        jobs = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in snap.jobs.items())
-        cases = "".join(
-            f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in sorted(rep.by_status.items())
-        )
-        body = (
-            f"<p>Business time {snap.now:%Y-%m-%d %H:%M} UTC. Dead letters to review: {snap.dead_letters}.</p>"
-            f"<h2>Queues</h2><table><tr><th>queue</th><th>ready</th><th>delayed</th><th>dead</th></tr>{rows}</table>"
-            f"<h2>Jobs</h2><table>{jobs}</table><h2>Cases</h2><table>{cases}</table>"
-        )
-        return HTMLResponse(_page("Dunning: operations", body))
+        return HTMLResponse(page)
 
     return Starlette(
         routes=[
@@ -165,19 +162,6 @@ async def _read_capped(request: Request, limit: int) -> bytes | None:
         if len(body) > limit:
             return None
     return bytes(body)
-
-
-def _page(title: str, body: str) -> str:
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>"
-        + html.escape(title)
-        + "</title><style>body{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem}"
-        "td,th{padding:.2rem .8rem;text-align:left;border-bottom:1px solid #ddd}</style></head><body><h1>"
-        + html.escape(title)
-        + "</h1>"
-        + body
-        + "</body></html>"
-    )
 
 
 __all__: list[Any] = ["create_app"]

@@ -15,7 +15,6 @@ it checks the token, reads the case, and answers with a page or a redirect.
 
 from __future__ import annotations
 
-import html
 import logging
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from dunning.engine.links import (
     portal_redirect_url,
     portal_token,
 )
+from dunning.http.pages import render
 from dunning.store.models import Case
 from dunning.workflows.failed_payments.policy import TERMINAL, CaseStatus
 
@@ -89,7 +89,7 @@ def customer_link_endpoint(rt: Runtime) -> Callable[[Request], Response]:
         if row is None or row.customer_id != claims.customer:
             return _refused("this link is not valid", status=404)
         if claims.purpose == UPDATE_PAYMENT_METHOD and row.status in TERMINAL:
-            return _page("Already resolved", f"<p>{html.escape(_RESOLVED[CaseStatus(row.status)])}</p>")
+            return _page("Already resolved", [_RESOLVED[CaseStatus(row.status)]])
         return _open(rt, claims)
 
     return link
@@ -108,9 +108,9 @@ def _open(rt: Runtime, claims: LinkClaims) -> Response:
     title, what = _PLACEHOLDERS[claims.purpose]
     return _page(
         title,
-        f"<p>This is where your billing provider's secure page {what} opens.</p>"
-        f"<p>Customer <code>{_printable(claims.customer)}</code>, link valid until "
-        f"{claims.expires_at:%Y-%m-%d %H:%M} UTC.</p>",
+        [f"This is where your billing provider's secure page {what} opens."],
+        customer=_printable(claims.customer),
+        expires_at=f"{claims.expires_at:%Y-%m-%d %H:%M}",
     )
 
 
@@ -122,14 +122,13 @@ _PLACEHOLDERS = {
 
 def _printable(text: str) -> str:
     # A lone surrogate (possible in an id from JSON) cannot be encoded as UTF-8: show it escaped.
-    return html.escape(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _refused(reason: str, *, status: int) -> Response:
     return _page(
         "Link no longer valid",
-        f"<p>{html.escape(reason.capitalize())}.</p>"
-        "<p>Reply to the email you received and we will send a fresh link.</p>",
+        [f"{reason.capitalize()}.", "Reply to the email you received and we will send a fresh link."],
         status=status,
     )
 
@@ -138,16 +137,20 @@ def _unavailable(exc: Exception) -> Response:
     log.warning("customer link: database unavailable (%s)", type(exc).__name__)
     return _page(
         "Please try again in a moment",
-        "<p>We could not check this link just now. Nothing was changed; please try again in a few minutes.</p>",
+        ["We could not check this link just now. Nothing was changed; please try again in a few minutes."],
         status=503,
     )
 
 
-def _page(title: str, body: str, *, status: int = 200) -> Response:
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><meta name='robots' content='noindex'>"
-        f"<title>{html.escape(title)}</title><style>body{{font-family:system-ui,sans-serif;"
-        f"max-width:46rem;margin:2rem auto;padding:0 1rem}}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>{body}</body></html>"
+def _page(
+    title: str, paragraphs: list[str], *, status: int = 200, customer: str | None = None, expires_at: str = ""
+) -> Response:
+    page = render(
+        "message.html",
+        title=title,
+        noindex=True,
+        paragraphs=paragraphs,
+        customer=customer,
+        expires_at=expires_at,
     )
     return HTMLResponse(page, status_code=status, headers=_HEADERS)
