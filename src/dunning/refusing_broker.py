@@ -30,7 +30,7 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import compute_backoff
 from dramatiq.errors import ConnectionClosed
 
-from dunning.contract.untrusted_json import Refused, loads
+from dunning.contract.untrusted_json import JsonRefused, loads
 from dunning.store.dead_letters import NOT_A_MESSAGE
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def _decode(data: bytes) -> Message[Any] | str:
         return f"{len(data)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit of a message"
     try:
         fields = loads(data)
-    except Refused as exc:
+    except JsonRefused as exc:
         return exc.reason
     problem = _wrapper_problem(fields)
     if problem is not None:

@@ -30,7 +30,8 @@ from dunning.contract.fields import CURRENCIES as CURRENCIES
 from dunning.contract.fields import Currency, Email, Timestamp
 from dunning.contract.untrusted_json import MAX_DEPTH as MAX_DEPTH
 from dunning.contract.untrusted_json import MAX_INT_DIGITS as MAX_INT_DIGITS
-from dunning.contract.untrusted_json import Refused, check_tree, loads, too_deep
+from dunning.contract.untrusted_json import JsonRefused, check_tree, loads, too_deep
+from dunning.errors import Refused
 
 log = logging.getLogger(__name__)
 
@@ -206,17 +207,17 @@ EVENT_TYPES: tuple[str, ...] = (
 _adapter: TypeAdapter[Event] = TypeAdapter(Event)
 
 
-class InvalidEvent(Exception):
+class InvalidEvent(Refused):
     """An event we refuse: ``field`` is a dotted path, ``reason`` says why.
 
     Never retried: the same bytes would fail the same way.
     """
 
+    field: str
+
     def __init__(self, field: str, reason: str, *, event_id: str | None = None) -> None:
-        self.field = field
-        self.reason = reason
+        super().__init__(field, reason)
         self.event_id = event_id
-        super().__init__(f"{field}: {reason}")
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -292,7 +293,7 @@ def _parse(raw: Any) -> Event:
             raise _too_big(size)
         try:
             raw = loads(raw)
-        except Refused as exc:
+        except JsonRefused as exc:
             reason = f"not valid JSON ({exc.reason})" if exc.syntax else exc.reason
             if exc.depth:  # deeper than the decoder goes, so deeper than an envelope may be
                 reason = too_deep(MAX_DEPTH)
@@ -303,7 +304,7 @@ def _parse(raw: Any) -> Event:
     event_id = raw.get("id") if isinstance(raw.get("id"), str) else None
     try:
         check_tree(raw)
-    except Refused as exc:
+    except JsonRefused as exc:
         raise InvalidEvent(_path(exc.path), exc.reason, event_id=event_id) from None
     try:
         size = len(orjson.dumps(raw))

@@ -1,9 +1,9 @@
-"""JSON from strangers: every failure is a :class:`Refused` with a reason, never whatever Python raises.
+"""JSON from strangers: every failure is a :class:`JsonRefused` with a reason, never whatever Python raises.
 
 Python's ``json.loads`` raises ``JSONDecodeError`` on bad syntax, but a plain
 ``ValueError`` on an integer of more than 4,300 digits and ``RecursionError`` on
 nesting about 1,000 levels deep; code that catches only the first crashes on
-the others. :func:`loads` turns every failure into :class:`Refused` and keeps
+the others. :func:`loads` turns every failure into :class:`JsonRefused` and keeps
 what it returns small enough for the rest of the worker to handle safely
 (``json.dumps`` of a parked message, the database, logging). :func:`check_tree`
 applies the stricter limits of an event envelope to a decoded value and says
@@ -34,7 +34,7 @@ _INT_BOUND = 10**MAX_INT_DIGITS
 Path = tuple[str | int, ...]
 
 
-class Refused(ValueError):
+class JsonRefused(ValueError):
     """Bytes or a value refused: ``reason`` says why, ``path`` where (empty: the whole document).
 
     ``syntax`` is True when the input is not JSON at all (as opposed to JSON over a limit),
@@ -63,32 +63,32 @@ def _too_large(digits: int | None = None) -> str:
 def _parse_int(text: str) -> int:
     digits = len(text.lstrip("-"))
     if digits > DECODE_MAX_NUMBER_CHARS:
-        raise Refused(_too_large(digits))
+        raise JsonRefused(_too_large(digits))
     return int(text)
 
 
 def _parse_float(text: str) -> float:
     if len(text) > DECODE_MAX_NUMBER_CHARS:
-        raise Refused(f"number too long: {len(text)} characters (at most {DECODE_MAX_NUMBER_CHARS})")
+        raise JsonRefused(f"number too long: {len(text)} characters (at most {DECODE_MAX_NUMBER_CHARS})")
     return float(text)
 
 
 def _parse_constant(name: str) -> Any:
-    raise Refused(f"{name} is not a JSON number", syntax=True)
+    raise JsonRefused(f"{name} is not a JSON number", syntax=True)
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
         # Parsers disagree on which copy wins: the producer and we could read two different events.
-        raise Refused("an object has the same key twice")
+        raise JsonRefused("an object has the same key twice")
     return obj
 
 
 def loads(data: bytes | bytearray | str, *, max_depth: int = DECODE_MAX_DEPTH) -> Any:
-    """Decode UTF-8 JSON text; :class:`Refused` (and nothing else) if it is not JSON we can take.
+    """Decode UTF-8 JSON text; :class:`JsonRefused` (and nothing else) if it is not JSON we can take.
 
-    Refused: invalid UTF-8, invalid JSON (including ``NaN``/``Infinity``), an
+    JsonRefused: invalid UTF-8, invalid JSON (including ``NaN``/``Infinity``), an
     object with a repeated key, a number literal over
     :data:`DECODE_MAX_NUMBER_CHARS` characters, nesting over ``max_depth``.
     """
@@ -96,7 +96,7 @@ def loads(data: bytes | bytearray | str, *, max_depth: int = DECODE_MAX_DEPTH) -
         try:
             text = bytes(data).decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise Refused(f"invalid UTF-8 at byte {exc.start}", syntax=True) from None
+            raise JsonRefused(f"invalid UTF-8 at byte {exc.start}", syntax=True) from None
     else:
         text = data
     try:
@@ -107,19 +107,19 @@ def loads(data: bytes | bytearray | str, *, max_depth: int = DECODE_MAX_DEPTH) -
             parse_constant=_parse_constant,
             object_pairs_hook=_object,
         )
-    except Refused:
+    except JsonRefused:
         raise
     except json.JSONDecodeError as exc:
         at = len(text[: exc.pos].encode("utf-8", "surrogatepass"))
-        raise Refused(f"invalid JSON at byte {at}", syntax=True) from None
+        raise JsonRefused(f"invalid JSON at byte {at}", syntax=True) from None
     except RecursionError:
         # json's C scanner gives up near the interpreter's recursion limit, far above ``max_depth``.
-        raise Refused(too_deep(max_depth), depth=True) from None
+        raise JsonRefused(too_deep(max_depth), depth=True) from None
     except Exception as exc:  # anything else json may raise on input we did not foresee
-        raise Refused(f"not decodable ({type(exc).__name__})") from None
+        raise JsonRefused(f"not decodable ({type(exc).__name__})") from None
     # Fewer brackets than the limit cannot nest deeper than it (the usual case: no walk needed).
     if text.count("[") + text.count("{") > max_depth and _depth_over(value, max_depth):
-        raise Refused(too_deep(max_depth), depth=True)
+        raise JsonRefused(too_deep(max_depth), depth=True)
     return value
 
 
@@ -141,7 +141,7 @@ def _depth_over(value: Any, limit: int) -> bool:
 
 
 def check_tree(value: Any, *, max_depth: int = MAX_DEPTH) -> None:
-    """Check a decoded value against the envelope's limits; :class:`Refused` naming the first offence.
+    """Check a decoded value against the envelope's limits; :class:`JsonRefused` naming the first offence.
 
     Only JSON values (dict with string keys, list or tuple, str, int, float,
     bool, None); nesting at most ``max_depth``; integers of at most
@@ -157,18 +157,18 @@ def check_tree(value: Any, *, max_depth: int = MAX_DEPTH) -> None:
             continue
         elif isinstance(node, int):
             if not -_INT_BOUND < node < _INT_BOUND:
-                raise Refused(_too_large(), path)
+                raise JsonRefused(_too_large(), path)
         elif isinstance(node, float):
             if not math.isfinite(node):
-                raise Refused("not a finite number", path)
+                raise JsonRefused("not a finite number", path)
         elif isinstance(node, dict | list | tuple):
             if len(path) + 1 > max_depth:
-                raise Refused(too_deep(max_depth), path, depth=True)
+                raise JsonRefused(too_deep(max_depth), path, depth=True)
             if isinstance(node, dict):
                 items: list[tuple[str | int, Any]] = []
                 for key, child in node.items():
                     if not isinstance(key, str):
-                        raise Refused(f"an object key is a {type(key).__name__}, not a string", path)
+                        raise JsonRefused(f"an object key is a {type(key).__name__}, not a string", path)
                     _check_text(key, path)
                     items.append((key, child))
             else:
@@ -176,7 +176,7 @@ def check_tree(value: Any, *, max_depth: int = MAX_DEPTH) -> None:
             # Reversed: the stack pops the first child first, so the first offence in document order wins.
             stack.extend((child, (*path, key)) for key, child in reversed(items))
         else:
-            raise Refused(f"a {type(node).__name__} is not a JSON value", path)
+            raise JsonRefused(f"a {type(node).__name__} is not a JSON value", path)
 
 
 def _check_text(text: str, path: Path) -> None:
@@ -185,4 +185,4 @@ def _check_text(text: str, path: Path) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise Refused("not valid Unicode (a lone surrogate)", path) from None
+        raise JsonRefused("not valid Unicode (a lone surrogate)", path) from None

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
+from dunning.errors import DunningError
+
 #: Link purposes. While a case is open its emails link to the page where the card is
 #: updated; once it is over (recovered, subscription ended) they link to the account
 #: (resubscribe, switch back), which must not be an update-card link that still "works".
@@ -52,7 +54,7 @@ _MAX_CASE_ID = 2**31 - 1
 _MAX_EPOCH = 253_402_300_799
 
 
-class LinkError(Exception):
+class LinkError(DunningError):
     """A link we refuse; ``expired`` tells the page what to say."""
 
     def __init__(self, reason: str, *, expired: bool = False) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dunning import contract as c
+from dunning.errors import DunningError
 from dunning.services.jobs import Dispatch
 from dunning.store.models import Case, Customer, Invoice, Subscription
 from dunning.store.unit import NewCase, unit_of
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from dunning.runtime import Runtime
 
 
-class MissingReference(Exception):
+class MissingReference(DunningError):
     """The event refers to something we have not heard of yet (events can arrive out of order).
 
     Retried with backoff; parked with this reason if it never resolves.
