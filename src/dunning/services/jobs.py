@@ -3,7 +3,9 @@
 Life of a job: ``pending`` (due at ``due_at``, business time) -> ``claimed``
 (the scheduler enqueued it; lease on wall time) -> ``done`` / ``canceled``, or
 back to ``pending`` after a handled failure, or ``dead`` (parked for ops) when
-it keeps killing its worker or keeps failing.
+it keeps killing its worker or keeps failing. A run that dies is released as
+soon as its worker's heartbeat stops (:mod:`dunning.services.workers`); the
+leases here are the backstop.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from dunning.services.recovery import Run, after_death
 from dunning.store.models import Job, Outbox
 
 
@@ -26,6 +29,7 @@ class Dispatch:
 
     queue: str
     job_id: int
+    alone: bool = False  # the job may only run alone in its worker process (``Job.alone``)
 
 
 def wall_now() -> datetime:
@@ -122,6 +126,10 @@ def cancel_scheduled_retries(session: Session, case_id: int, *, keep: Sequence[s
 class ClaimResult:
     dispatch: list[Dispatch]
     parked: int
+    #: Leases that ran out: on a run that started (its worker died or hung) or on a delivery that
+    #: never started (lost, or stuck in a backlog). With heartbeats, both are rare.
+    expired_started: int = 0
+    expired_unstarted: int = 0
 
 
 #: Cap of the re-enqueue lease, in doublings of the queue lease (300 s -> at most 40 min).
@@ -139,6 +147,78 @@ def requeue_lease_s(queue_lease_s: float, unstarted: int) -> float:
     delivery doubles the next lease, up to ``2 ** MAX_LEASE_DOUBLINGS`` times.
     """
     return queue_lease_s * 2 ** max(0, min(unstarted - 1, MAX_LEASE_DOUBLINGS))
+
+
+#: The columns a run's release reads.
+RUN_COLUMNS = (Job.id, Job.worker_id, Job.claims, Job.runs, Job.alone, Job.crashes, Job.outbox_id)
+
+
+def run_of(row: Any) -> Run:
+    """A :class:`Run` from a row selected with :data:`RUN_COLUMNS`."""
+    return Run(row.id, row.worker_id, row.claims, row.runs, bool(row.alone), row.crashes)
+
+
+def release_dead_run(
+    session: Session,
+    run: Run,
+    *,
+    outbox_id: int | None,
+    max_crashes: int,
+    queue_lease_s: float,
+    cause: str,
+) -> Dispatch | bool:
+    """End a started run that died: the job is sent again (alone from now on) or parked.
+
+    Returns the message to send, True if the job was parked, False if the row
+    moved on meanwhile (the run finished after all, or another scheduler
+    released it): the update only applies to the run as it was read.
+    """
+    wall = wall_now()
+    verdict = after_death(ran_alone=run.alone, crashes=run.crashes, max_crashes=max_crashes)
+    same_run = (
+        Job.id == run.job_id,
+        Job.status == "claimed",
+        Job.claims == run.claims,
+        Job.runs == run.runs,  # a run that started meanwhile is not the one that died
+    )
+    if verdict.park:
+        moved = session.execute(
+            update(Job)
+            .where(*same_run)
+            .values(
+                status="dead",
+                crashes=verdict.crashes,
+                finished_at=wall,
+                last_error=f"parked: {verdict.crashes} runs died without finishing while running alone"
+                f" ({cause}): a job that kills or hangs its worker",
+            )
+        ).rowcount
+        if moved and outbox_id is not None:
+            # Its email may have been handed to the mail server by one of those runs (the row
+            # says "sending"): say so, as the next run would have, instead of leaving it "sending".
+            session.execute(
+                update(Outbox)
+                .where(Outbox.id == outbox_id, Outbox.status == "sending")
+                .values(
+                    status="unknown",
+                    last_error="parked: its sending job died repeatedly after handing it to the mail"
+                    " server; check the server's log, then `dunning dlq requeue` to resend or purge",
+                )
+            )
+        return bool(moved)
+    got = session.execute(
+        update(Job)
+        .where(*same_run)
+        .values(
+            claims=Job.claims + 1,
+            crashes=verdict.crashes,
+            alone=verdict.alone,
+            worker_id=None,
+            lease_until=wall + timedelta(seconds=queue_lease_s),
+        )
+        .returning(Job.id, Job.queue, Job.alone)
+    ).first()
+    return False if got is None else Dispatch(got.queue, got.id, got.alone)
 
 
 def claim_due(
@@ -176,74 +256,78 @@ def claim_due(
         rows = session.execute(
             update(Job)
             .where(Job.id.in_(due_ids), Job.status == "pending")
-            .values(status="claimed", claims=Job.claims + 1, lease_until=lease)
-            .returning(Job.id, Job.queue)
+            .values(status="claimed", claims=Job.claims + 1, lease_until=lease, worker_id=None)
+            .returning(Job.id, Job.queue, Job.alone)
         ).all()
-        dispatch.extend(Dispatch(r.queue, r.id) for r in rows)
+        dispatch.extend(Dispatch(r.queue, r.id, r.alone) for r in rows)
     # Claimed but neither started nor finished in time: the message or its worker was lost.
     expired = session.execute(
-        select(Job.id, Job.runs, Job.claims, Job.crashes, Job.outbox_id)
+        select(*RUN_COLUMNS)
         .where(Job.status == "claimed", Job.lease_until < wall)
         .order_by(Job.lease_until)
         .limit(batch)
         .with_for_update(skip_locked=True)
     ).all()
-    parked = 0
+    parked = started = unstarted = 0
     for row in expired:
-        # runs == claims: the last delivery started and never finished: its worker died.
-        crashed = row.runs >= row.claims
-        crashes = row.crashes + (1 if crashed else 0)
-        if crashes >= max_crashes:
-            session.execute(
-                update(Job)
-                .where(Job.id == row.id)
-                .values(
-                    status="dead",
-                    crashes=crashes,
-                    finished_at=wall,
-                    last_error=f"parked: {crashes} runs died without finishing (worker killed or hung)",
-                )
+        run = run_of(row)
+        if run.started:
+            # A run started and never finished: its worker died or hung, and no heartbeat told
+            # us (a worker without heartbeats, or a run stuck in a live worker).
+            started += 1
+            released = release_dead_run(
+                session,
+                run,
+                outbox_id=row.outbox_id,
+                max_crashes=max_crashes,
+                queue_lease_s=queue_lease_s,
+                cause="run lease expired",
             )
-            if row.outbox_id is not None:
-                # Its email may have been handed to the mail server by one of those runs (the row
-                # says "sending"): say so, as the next run would have, instead of leaving it "sending".
-                session.execute(
-                    update(Outbox)
-                    .where(Outbox.id == row.outbox_id, Outbox.status == "sending")
-                    .values(
-                        status="unknown",
-                        last_error="parked: its sending job died repeatedly after handing it to the mail"
-                        " server; check the server's log, then `dunning dlq requeue` to resend or purge",
-                    )
-                )
-            parked += 1
+            if isinstance(released, Dispatch):
+                dispatch.append(released)
+            elif released:
+                parked += 1
             continue
+        unstarted += 1
         got = session.execute(
             update(Job)
             .where(Job.id == row.id)
             .values(
                 claims=Job.claims + 1,
-                crashes=crashes,
                 lease_until=wall + timedelta(seconds=requeue_lease_s(queue_lease_s, row.claims - row.runs)),
             )
-            .returning(Job.id, Job.queue)
+            .returning(Job.id, Job.queue, Job.alone)
         ).first()
         if got is not None:
-            dispatch.append(Dispatch(got.queue, got.id))
-    return ClaimResult(dispatch, parked)
+            dispatch.append(Dispatch(got.queue, got.id, got.alone))
+    return ClaimResult(dispatch, parked, started, unstarted)
 
 
-def start(session: Session, job_id: int, *, run_lease_s: float) -> Job | None:
+def start(
+    session: Session,
+    job_id: int,
+    *,
+    run_lease_s: float,
+    worker_id: str | None = None,
+    alone: bool = False,
+) -> Job | None:
     """Take the right to run a claimed job; None if it is done, running elsewhere, or stale.
 
     One run per claim: a redelivered copy of a message whose run already
-    started finds ``runs == claims`` and does nothing.
+    started finds ``runs == claims`` and does nothing. A job marked ``alone``
+    starts only in a run that is alone in its process (``alone=True``): an
+    older copy of its message, sent before the mark, finds nothing to do.
+    ``worker_id`` is recorded so that the scheduler can release the run as
+    soon as that worker's heartbeat stops.
     """
     wall = wall_now()
+    conditions = [Job.id == job_id, Job.status == "claimed", Job.runs < Job.claims]
+    if not alone:
+        conditions.append(Job.alone.is_(False))
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "claimed", Job.runs < Job.claims)
-        .values(runs=Job.runs + 1, lease_until=wall + timedelta(seconds=run_lease_s))
+        .where(*conditions)
+        .values(runs=Job.runs + 1, lease_until=wall + timedelta(seconds=run_lease_s), worker_id=worker_id)
     )
     if not result.rowcount:
         return None
