@@ -24,6 +24,7 @@ from uuid import uuid4
 from dramatiq.middleware import Middleware
 
 from dunning.queues import EVENTS_QUEUE
+from dunning.services.jobs import local_worker, set_local_worker
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +87,11 @@ class RunLock:
 
 RUN_LOCK = RunLock()
 _local = threading.local()
-_worker_id: str | None = None
 
 
 def current_worker_id() -> str | None:
     """This process's worker id (its ``workers`` row), None outside a worker."""
-    return _worker_id
+    return local_worker()
 
 
 def running_alone() -> bool:
@@ -108,32 +108,41 @@ class Heartbeat(Middleware):
     """Registers the worker process and beats for it until it has stopped cleanly."""
 
     def __init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._beating: dict[int, tuple[threading.Event, threading.Thread | None]] = {}
 
     def before_worker_boot(self, broker: Any, worker: Any) -> None:
-        global _worker_id
-        # Its own id per process: ``dunning worker`` builds the broker before Dramatiq forks the
-        # pool, so every process of the pool would otherwise share the parent's id, and with it
-        # one set of fetched messages (which the scheduler must be able to give back per process).
-        broker.broker_id = str(uuid4())
-        _worker_id = broker.broker_id
-        self._stop = threading.Event()
-        self._beat(broker, _worker_id, first=True)
+        with self._lock:
+            if not self._beating:
+                # Its own id per process: ``dunning worker`` builds the broker before Dramatiq
+                # forks the pool, so every process of the pool would otherwise share the parent's
+                # id, and with it one set of fetched messages (which the scheduler must be able to
+                # give back per process). Not while another worker of this process runs on it
+                # (tests do that): its fetched messages are recorded under the current id.
+                broker.broker_id = str(uuid4())
+            self._beating[id(worker)] = (threading.Event(), None)
+        self._beat(broker, broker.broker_id, first=True)
+        set_local_worker(broker.broker_id)  # once its row exists: runs and jobs it creates name it
 
     def after_worker_boot(self, broker: Any, worker: Any) -> None:
-        worker_id = broker.broker_id
-        thread = threading.Thread(
-            target=self._run, args=(broker, worker_id), name="dunning-heartbeat", daemon=True
-        )
-        self._thread = thread
+        with self._lock:
+            stop, _ = self._beating[id(worker)]
+            thread = threading.Thread(
+                target=self._run, args=(broker, broker.broker_id, stop), name="dunning-heartbeat", daemon=True
+            )
+            self._beating[id(worker)] = (stop, thread)
         thread.start()
 
     def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
         # Every run has finished and every prefetched message was given back: nothing to recover.
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        with self._lock:
+            stop, thread = self._beating.pop(id(worker), (None, None))
+            if not self._beating:
+                set_local_worker(None)
+        if stop is not None:
+            stop.set()
+        if thread is not None:
+            thread.join(5)
         worker_id = broker.broker_id
         try:
             from dunning.runtime import get_runtime
@@ -145,11 +154,11 @@ class Heartbeat(Middleware):
         except Exception:
             log.warning("worker %s: could not remove its heartbeat row", worker_id, exc_info=True)
 
-    def _run(self, broker: Any, worker_id: str) -> None:
+    def _run(self, broker: Any, worker_id: str, stop: threading.Event) -> None:
         from dunning.runtime import get_runtime
 
         interval = get_runtime().tuning.heartbeat_s
-        while not self._stop.wait(interval):
+        while not stop.wait(interval):
             self._beat(broker, worker_id)
 
     def _beat(self, broker: Any, worker_id: str, *, first: bool = False) -> None:

@@ -95,6 +95,8 @@ def test_the_runs_of_a_dead_worker_are_sent_again_at_once_to_run_alone(
                 _job("late copy", "dead", runs=1, claims=2),
                 _job("slow", "alive"),
                 _job("waiting", None, runs=0, claims=1),  # sent, not started yet
+                # Created already due by the dead worker, which was to send it after its commit.
+                _job("unsent", "dead", runs=0, claims=1),
                 _job(
                     "killer",
                     "dead",
@@ -108,15 +110,15 @@ def test_the_runs_of_a_dead_worker_are_sent_again_at_once_to_run_alone(
             ]
         )
     result = tick(rt, broker)
-    assert (result.workers_recovered, result.runs_released, result.parked) == (1, 2, 1)
+    assert (result.workers_recovered, result.runs_released, result.parked) == (1, 3, 1)
     # Nothing waited for a lease: every lease in the table is still two minutes away.
     assert (result.expired_started, result.expired_unstarted) == (0, 0)
     with rt.sessions() as s:
         jobs = {j.key: j for j in s.execute(select(Job)).scalars()}
         workers = [w.id for w in s.execute(select(Worker)).scalars()]
         email = s.execute(select(Outbox)).scalar_one()
-    bystander, late, slow, waiting, killer = (
-        jobs[k] for k in ("bystander", "late copy", "slow", "waiting", "killer")
+    bystander, late, slow, waiting, unsent, killer = (
+        jobs[k] for k in ("bystander", "late copy", "slow", "waiting", "unsent", "killer")
     )
     # The run beside others is not counted: it is sent again, to run alone.
     assert (bystander.status, bystander.claims, bystander.runs, bystander.crashes, bystander.alone) == (
@@ -127,6 +129,8 @@ def test_the_runs_of_a_dead_worker_are_sent_again_at_once_to_run_alone(
         True,
     )
     assert (late.claims, late.runs, late.crashes, late.alone, late.worker_id) == (3, 1, 0, True, None)
+    # Sent in its creator's stead, as it was (it never ran: nothing to suspect).
+    assert (unsent.claims, unsent.runs, unsent.alone, unsent.worker_id) == (2, 0, False, None)
     # A slow run of a live worker, and a delivery that never started, are left as they were.
     assert (slow.claims, slow.runs, slow.alone) == (1, 1, False)
     assert (waiting.claims, waiting.runs, waiting.alone) == (1, 0, False)
@@ -137,7 +141,7 @@ def test_the_runs_of_a_dead_worker_are_sent_again_at_once_to_run_alone(
     assert workers == ["alive"]
     # On Redis: one message for each, marked to run alone.
     sent = sorted((m["args"], m["options"].get("dunning_alone")) for m in _queued(broker, "dunning"))
-    assert sent == sorted([([bystander.id], True), ([late.id], True)])
+    assert sent == sorted([([bystander.id], True), ([late.id], True), ([unsent.id], None)])
     # Only a run alone in its process may start it now; an older copy of its message finds nothing to do.
     with transaction(rt.sessions) as s:
         assert start(s, bystander.id, run_lease_s=120, worker_id="w2") is None
@@ -222,3 +226,43 @@ def test_messages_a_dead_worker_fetched_go_back_and_only_an_alone_runs_death_cou
     assert client.keys("dramatiq:__acks__.gone.*") == []
     assert client.exists("dunning:alone:gone") == 0
     assert client.zscore("dramatiq:__heartbeats__", "gone") is None
+
+
+@pytest.mark.slow
+def test_a_worker_busy_longer_than_the_dead_threshold_is_not_taken_for_dead(
+    pg_url: str, redis_server: Any, smtp: Any, tmp_path: Path, dunning_broker: Any
+) -> None:
+    """A real worker whose only thread waits 3.5 s on the billing API, judged dead after 1.5 s of silence."""
+    from tests.support.scenario import Scenario
+
+    broker, _ = dunning_broker
+    env = {
+        "DUNNING_TUNING_HEARTBEAT_S": "0.3",
+        "DUNNING_TUNING_WORKER_DEAD_AFTER_S": "1.5",
+        "DUNNING_TUNING_RUN_LEASE_S": "120",  # no lease may end the run either
+    }
+    with Scenario(
+        db_url=pg_url,
+        redis_url=redis_server.url,
+        smtp=smtp,
+        broker=broker,
+        home=tmp_path,
+        cases=1,  # case 0 pays on its first retry, on day 1
+        env=env,
+        processes=1,
+        threads=1,
+    ) as sc:
+        sc.setup_customers()
+        sc.send_failures()
+        sc.settle()
+        # From now on every billing call takes 3.5 s: the day-1 retry keeps the only thread busy.
+        sc.sandbox.state.set_faults(latency_ms=3500)
+        sc.walk(until_day=1)
+        totals = sc.scheduler_totals
+        [retry] = sc.jobs(kind="retry", status="done")
+        f = sc.verify()
+    assert not f.problems, f.problems
+    # One run, never released, never marked: the worker beat all along.
+    assert (retry.claims, retry.runs, retry.crashes, retry.alone) == (1, 1, 0, False)
+    assert (totals.workers_recovered, totals.runs_released) == (0, 0)
+    assert len([c for c in sc.sandbox.state.calls() if c.path.endswith("/pay")]) == 1

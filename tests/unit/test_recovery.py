@@ -7,7 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from dunning.liveness import RunLock
-from dunning.services.recovery import Beat, Run, after_death, dead_workers, stranded_runs
+from dunning.services.recovery import Beat, Run, after_death, dead_workers, stranded_runs, unsent
 
 NOW = datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
 
@@ -39,12 +39,24 @@ def test_only_started_unfinished_runs_of_dead_workers_are_released() -> None:
         # A delivery was sent again while an older copy was on its way, and the older one started:
         # runs < claims, yet a run of the dead worker's is in progress.
         run(7, "dead", claims=3, runs=2),
+        run(8, "dead", runs=0),  # created already due by the dead worker: not a run (see below)
     ]
     released = stranded_runs(runs, beats, now=NOW, dead_after_s=10)
     assert [r.job_id for r in released] == [1, 6, 7]
     # The same runs, judged a few seconds later, once the slow worker has gone quiet too.
     later = stranded_runs(runs, beats, now=NOW + timedelta(seconds=8), dead_after_s=10)
     assert [r.job_id for r in later] == [1, 2, 6, 7]
+
+
+def test_jobs_a_dead_worker_created_already_due_are_sent_in_its_stead() -> None:
+    runs = [
+        run(1, "dead", runs=0),  # its creator was to send its message after commit
+        run(2, "alive", runs=0),  # its creator lives: it sends it (or has)
+        run(3, None, runs=0),  # sent by the scheduler: the lease covers it
+        run(4, "dead"),  # a run, not a send
+    ]
+    assert [r.job_id for r in unsent(runs, {"dead"})] == [1]
+    assert [r.job_id for r in runs if r.started] == [4]
 
 
 def test_a_death_beside_other_work_only_marks_the_work_to_run_alone() -> None:

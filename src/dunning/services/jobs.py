@@ -32,6 +32,20 @@ class Dispatch:
     alone: bool = False  # the job may only run alone in its worker process (``Job.alone``)
 
 
+_local_worker: str | None = None
+
+
+def local_worker() -> str | None:
+    """The id of the worker process this is (its ``workers`` row), None outside a worker."""
+    return _local_worker
+
+
+def set_local_worker(worker_id: str | None) -> None:
+    """Set by the worker's ``Heartbeat`` middleware at boot (and cleared at shutdown)."""
+    global _local_worker
+    _local_worker = worker_id
+
+
 def wall_now() -> datetime:
     """Wall-clock time, for leases (which are about processes, not customers)."""
     return datetime.now(UTC)
@@ -67,10 +81,18 @@ def add_jobs(
             "case_id": None,
             "outbox_id": None,
             "payload": None,
+            "worker_id": None,
             **row,
         }
         if base["due_at"] <= now:
-            base.update(status="claimed", claims=1, lease_until=wall + timedelta(seconds=lease_s))
+            # This process sends its message after commit; if it dies first, the scheduler
+            # sends it when the heartbeat stops (the lease is the backstop).
+            base.update(
+                status="claimed",
+                claims=1,
+                lease_until=wall + timedelta(seconds=lease_s),
+                worker_id=local_worker(),
+            )
             due_rows.append(base)
         else:
             base.update(status="pending", lease_until=None)
@@ -221,6 +243,32 @@ def release_dead_run(
     return False if got is None else Dispatch(got.queue, got.id, got.alone)
 
 
+def resend_unsent(session: Session, run: Run, *, queue_lease_s: float) -> Dispatch | None:
+    """Send a job whose creator died before (perhaps) sending it; None if it moved on meanwhile.
+
+    If the creator did send it, the first copy to start wins and the job's
+    ``finish`` makes the other a no-op; every effect has an idempotency key
+    for the rare overlap.
+    """
+    got = session.execute(
+        update(Job)
+        .where(
+            Job.id == run.job_id,
+            Job.status == "claimed",
+            Job.claims == run.claims,
+            Job.runs == 0,
+            Job.worker_id == run.worker_id,
+        )
+        .values(
+            claims=Job.claims + 1,
+            worker_id=None,
+            lease_until=wall_now() + timedelta(seconds=queue_lease_s),
+        )
+        .returning(Job.id, Job.queue, Job.alone)
+    ).first()
+    return None if got is None else Dispatch(got.queue, got.id, got.alone)
+
+
 def claim_due(
     session: Session,
     *,
@@ -294,6 +342,7 @@ def claim_due(
             .where(Job.id == row.id)
             .values(
                 claims=Job.claims + 1,
+                worker_id=None,
                 lease_until=wall + timedelta(seconds=requeue_lease_s(queue_lease_s, row.claims - row.runs)),
             )
             .returning(Job.id, Job.queue, Job.alone)

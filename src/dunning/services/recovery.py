@@ -26,7 +26,10 @@ class Run:
     """What the job table says about a job that is claimed (sent to the workers)."""
 
     job_id: int
-    worker_id: str | None  # the worker running it; None if no run started since it was last sent
+    #: The worker answerable for the current claim: the one running it (recorded when a run
+    #: starts), or, for a job created already due (``runs == 0``), the one whose transaction
+    #: created it and that sends its message after commit. None when the scheduler sent it.
+    worker_id: str | None
     claims: int  # deliveries sent
     runs: int  # deliveries that started
     alone: bool  # only an alone run may start it
@@ -41,7 +44,12 @@ class Run:
         an older copy is still on its way, and that copy may be the one that starts. Without
         a worker id (a run outside any registered worker) ``runs >= claims`` is all we know.
         """
-        return self.worker_id is not None or self.runs >= self.claims
+        return self.runs >= self.claims or (self.worker_id is not None and self.runs > 0)
+
+    @property
+    def unsent(self) -> bool:
+        """Created already due by a worker that was to send its message after commit, never started."""
+        return self.worker_id is not None and self.runs == 0
 
 
 def dead_workers(beats: Iterable[Beat], *, now: datetime, dead_after_s: float) -> list[str]:
@@ -58,6 +66,11 @@ def dead_workers(beats: Iterable[Beat], *, now: datetime, dead_after_s: float) -
 def stranded(runs: Iterable[Run], dead: Collection[str]) -> list[Run]:
     """The started, unfinished runs of dead workers: to release now rather than at their lease."""
     return [r for r in runs if r.started and r.worker_id is not None and r.worker_id in dead]
+
+
+def unsent(runs: Iterable[Run], dead: Collection[str]) -> list[Run]:
+    """Jobs a dead worker created already due and may have died before sending: to send now."""
+    return [r for r in runs if r.unsent and r.worker_id in dead]
 
 
 def stranded_runs(

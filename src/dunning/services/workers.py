@@ -18,8 +18,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from dunning.services.jobs import RUN_COLUMNS, Dispatch, release_dead_run, run_of, wall_now
-from dunning.services.recovery import Beat, dead_workers, stranded
+from dunning.services.jobs import RUN_COLUMNS, Dispatch, release_dead_run, resend_unsent, run_of, wall_now
+from dunning.services.recovery import Beat, dead_workers, stranded, unsent
 from dunning.store.models import Job, Worker
 
 
@@ -52,12 +52,16 @@ class Released:
 
     dispatch: list[Dispatch] = field(default_factory=list)
     parked: int = 0
+    unsent: int = 0  # jobs the dead workers had created already due, sent in their stead
 
 
 def release_runs_of(
     session: Session, dead: Sequence[str], *, max_crashes: int, queue_lease_s: float
 ) -> Released:
     """Send again (or park, by the crash rule) every started, unfinished run of the ``dead`` workers.
+
+    Also sends the jobs they had created already due, whose messages they were
+    to send after their commit and may not have.
 
     The rows are read without a lock and each is updated only if its run is
     still the one that was read, so a run that finishes meanwhile, or a second
@@ -70,7 +74,13 @@ def release_runs_of(
         select(*RUN_COLUMNS).where(Job.status == "claimed", Job.worker_id.in_(list(dead)))
     ).all()
     outbox = {r.id: r.outbox_id for r in rows}
-    for run in stranded([run_of(r) for r in rows], set(dead)):
+    runs = [run_of(r) for r in rows]
+    for run in unsent(runs, set(dead)):
+        again = resend_unsent(session, run, queue_lease_s=queue_lease_s)
+        if again is not None:
+            out.dispatch.append(again)
+            out.unsent += 1
+    for run in stranded(runs, set(dead)):
         released = release_dead_run(
             session,
             run,
