@@ -19,8 +19,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from dunning.services.recovery import Run, after_death
-from dunning.store.models import Job, Outbox
+from dunning.store.models import Job
 
 
 @dataclass(frozen=True)
@@ -171,104 +170,6 @@ def requeue_lease_s(queue_lease_s: float, unstarted: int) -> float:
     return queue_lease_s * 2 ** max(0, min(unstarted - 1, MAX_LEASE_DOUBLINGS))
 
 
-#: The columns a run's release reads.
-RUN_COLUMNS = (Job.id, Job.worker_id, Job.claims, Job.runs, Job.alone, Job.crashes, Job.outbox_id)
-
-
-def run_of(row: Any) -> Run:
-    """A :class:`Run` from a row selected with :data:`RUN_COLUMNS`."""
-    return Run(row.id, row.worker_id, row.claims, row.runs, bool(row.alone), row.crashes)
-
-
-def release_dead_run(
-    session: Session,
-    run: Run,
-    *,
-    outbox_id: int | None,
-    max_crashes: int,
-    queue_lease_s: float,
-    cause: str,
-) -> Dispatch | bool:
-    """End a started run that died: the job is sent again (alone from now on) or parked.
-
-    Returns the message to send, True if the job was parked, False if the row
-    moved on meanwhile (the run finished after all, or another scheduler
-    released it): the update only applies to the run as it was read.
-    """
-    wall = wall_now()
-    verdict = after_death(ran_alone=run.alone, crashes=run.crashes, max_crashes=max_crashes)
-    same_run = (
-        Job.id == run.job_id,
-        Job.status == "claimed",
-        Job.claims == run.claims,
-        Job.runs == run.runs,  # a run that started meanwhile is not the one that died
-    )
-    if verdict.park:
-        moved = session.execute(
-            update(Job)
-            .where(*same_run)
-            .values(
-                status="dead",
-                crashes=verdict.crashes,
-                finished_at=wall,
-                last_error=f"parked: {verdict.crashes} runs died without finishing while running alone"
-                f" ({cause}): a job that kills or hangs its worker",
-            )
-        ).rowcount
-        if moved and outbox_id is not None:
-            # Its email may have been handed to the mail server by one of those runs (the row
-            # says "sending"): say so, as the next run would have, instead of leaving it "sending".
-            session.execute(
-                update(Outbox)
-                .where(Outbox.id == outbox_id, Outbox.status == "sending")
-                .values(
-                    status="unknown",
-                    last_error="parked: its sending job died repeatedly after handing it to the mail"
-                    " server; check the server's log, then `dunning dlq requeue` to resend or purge",
-                )
-            )
-        return bool(moved)
-    got = session.execute(
-        update(Job)
-        .where(*same_run)
-        .values(
-            claims=Job.claims + 1,
-            crashes=verdict.crashes,
-            alone=verdict.alone,
-            worker_id=None,
-            lease_until=wall + timedelta(seconds=queue_lease_s),
-        )
-        .returning(Job.id, Job.queue, Job.alone)
-    ).first()
-    return False if got is None else Dispatch(got.queue, got.id, got.alone)
-
-
-def resend_unsent(session: Session, run: Run, *, queue_lease_s: float) -> Dispatch | None:
-    """Send a job whose creator died before (perhaps) sending it; None if it moved on meanwhile.
-
-    If the creator did send it, the first copy to start wins and the job's
-    ``finish`` makes the other a no-op; every effect has an idempotency key
-    for the rare overlap.
-    """
-    got = session.execute(
-        update(Job)
-        .where(
-            Job.id == run.job_id,
-            Job.status == "claimed",
-            Job.claims == run.claims,
-            Job.runs == 0,
-            Job.worker_id == run.worker_id,
-        )
-        .values(
-            claims=Job.claims + 1,
-            worker_id=None,
-            lease_until=wall_now() + timedelta(seconds=queue_lease_s),
-        )
-        .returning(Job.id, Job.queue, Job.alone)
-    ).first()
-    return None if got is None else Dispatch(got.queue, got.id, got.alone)
-
-
 def claim_due(
     session: Session,
     *,
@@ -309,6 +210,8 @@ def claim_due(
         ).all()
         dispatch.extend(Dispatch(r.queue, r.id, r.alone) for r in rows)
     # Claimed but neither started nor finished in time: the message or its worker was lost.
+    from dunning.services.workers import RUN_COLUMNS, run_of
+
     expired = session.execute(
         select(*RUN_COLUMNS)
         .where(Job.status == "claimed", Job.lease_until < wall)
@@ -322,6 +225,8 @@ def claim_due(
         if run.started:
             # A run started and never finished: its worker died or hung, and no heartbeat told
             # us (a worker without heartbeats, or a run stuck in a live worker).
+            from dunning.services.workers import release_dead_run  # which imports this module
+
             started += 1
             released = release_dead_run(
                 session,

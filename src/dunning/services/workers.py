@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from dunning.services.jobs import RUN_COLUMNS, Dispatch, release_dead_run, resend_unsent, run_of, wall_now
-from dunning.services.recovery import Beat, dead_workers, stranded, unsent
-from dunning.store.models import Job, Worker
+from dunning.services.jobs import Dispatch, wall_now
+from dunning.services.recovery import Beat, Run, after_death, dead_workers, stranded, unsent
+from dunning.store.models import Job, Outbox, Worker
 
 
 def beat(session: Session, worker_id: str, *, host: str, pid: int, at: datetime | None = None) -> None:
@@ -44,6 +45,104 @@ def find_dead(session: Session, *, dead_after_s: float, now: datetime | None = N
     """Workers whose heartbeat stopped ``dead_after_s`` ago or more."""
     beats = [Beat(r.id, r.heartbeat_at) for r in session.execute(select(Worker.id, Worker.heartbeat_at))]
     return dead_workers(beats, now=now or wall_now(), dead_after_s=dead_after_s)
+
+
+#: The columns a run's release reads.
+RUN_COLUMNS = (Job.id, Job.worker_id, Job.claims, Job.runs, Job.alone, Job.crashes, Job.outbox_id)
+
+
+def run_of(row: Any) -> Run:
+    """A :class:`Run` from a row selected with :data:`RUN_COLUMNS`."""
+    return Run(row.id, row.worker_id, row.claims, row.runs, bool(row.alone), row.crashes)
+
+
+def release_dead_run(
+    session: Session,
+    run: Run,
+    *,
+    outbox_id: int | None,
+    max_crashes: int,
+    queue_lease_s: float,
+    cause: str,
+) -> Dispatch | bool:
+    """End a started run that died: the job is sent again (alone from now on) or parked.
+
+    Returns the message to send, True if the job was parked, False if the row
+    moved on meanwhile (the run finished after all, or another scheduler
+    released it): the update only applies to the run as it was read.
+    """
+    wall = wall_now()
+    verdict = after_death(ran_alone=run.alone, crashes=run.crashes, max_crashes=max_crashes)
+    same_run = (
+        Job.id == run.job_id,
+        Job.status == "claimed",
+        Job.claims == run.claims,
+        Job.runs == run.runs,  # a run that started meanwhile is not the one that died
+    )
+    if verdict.park:
+        moved = session.execute(
+            update(Job)
+            .where(*same_run)
+            .values(
+                status="dead",
+                crashes=verdict.crashes,
+                finished_at=wall,
+                last_error=f"parked: {verdict.crashes} runs died without finishing while running alone"
+                f" ({cause}): a job that kills or hangs its worker",
+            )
+        ).rowcount
+        if moved and outbox_id is not None:
+            # Its email may have been handed to the mail server by one of those runs (the row
+            # says "sending"): say so, as the next run would have, instead of leaving it "sending".
+            session.execute(
+                update(Outbox)
+                .where(Outbox.id == outbox_id, Outbox.status == "sending")
+                .values(
+                    status="unknown",
+                    last_error="parked: its sending job died repeatedly after handing it to the mail"
+                    " server; check the server's log, then `dunning dlq requeue` to resend or purge",
+                )
+            )
+        return bool(moved)
+    got = session.execute(
+        update(Job)
+        .where(*same_run)
+        .values(
+            claims=Job.claims + 1,
+            crashes=verdict.crashes,
+            alone=verdict.alone,
+            worker_id=None,
+            lease_until=wall + timedelta(seconds=queue_lease_s),
+        )
+        .returning(Job.id, Job.queue, Job.alone)
+    ).first()
+    return False if got is None else Dispatch(got.queue, got.id, got.alone)
+
+
+def resend_unsent(session: Session, run: Run, *, queue_lease_s: float) -> Dispatch | None:
+    """Send a job whose creator died before (perhaps) sending it; None if it moved on meanwhile.
+
+    If the creator did send it, the first copy to start wins and the job's
+    ``finish`` makes the other a no-op; every effect has an idempotency key
+    for the rare overlap.
+    """
+    got = session.execute(
+        update(Job)
+        .where(
+            Job.id == run.job_id,
+            Job.status == "claimed",
+            Job.claims == run.claims,
+            Job.runs == 0,
+            Job.worker_id == run.worker_id,
+        )
+        .values(
+            claims=Job.claims + 1,
+            worker_id=None,
+            lease_until=wall_now() + timedelta(seconds=queue_lease_s),
+        )
+        .returning(Job.id, Job.queue, Job.alone)
+    ).first()
+    return None if got is None else Dispatch(got.queue, got.id, got.alone)
 
 
 @dataclass
