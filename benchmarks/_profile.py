@@ -163,7 +163,7 @@ INCLUSIVE = [
     ),
     ("GroupCommit hand-off (locks, events)", lambda f, p: "groupcommit.py" in p),
     ("send_jobs (Redis enqueue of the send job)", lambda f, p: f == "send_jobs"),
-    ("PoisonGuard (Redis INCR/EXPIRE + DEL)", lambda f, p: "dunning/middleware.py" in p),
+    ("our middleware (RunAlone lock, dead letters, retries)", lambda f, p: "dunning/middleware.py" in p),
     ("other middleware", lambda f, p: "dramatiq/middleware" in p),
     (
         "Dramatiq consumer (fetch, decode, ack)",
