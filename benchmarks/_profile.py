@@ -139,7 +139,7 @@ INCLUSIVE = [
     ("Renderer.render (Jinja2 + Babel + css-inline)", lambda f, p: f == "Renderer.render"),
     ("parse_event (pydantic validation)", lambda f, p: f == "parse_event"),
     (
-        "session commit (incl. the buffered executemany writes of services/unit.py)",
+        "session commit (incl. the buffered executemany writes of store/unit.py)",
         lambda f, p: (
             f in ("Session.commit", "SessionTransaction.commit", "Connection.commit", "Transaction.commit")
             or ("commit" in f and "sqlalchemy generated" in p)
@@ -163,7 +163,7 @@ INCLUSIVE = [
     ),
     ("GroupCommit hand-off (locks, events)", lambda f, p: "groupcommit.py" in p),
     ("send_jobs (Redis enqueue of the send job)", lambda f, p: f == "send_jobs"),
-    ("PoisonGuard (Redis INCR/EXPIRE + DEL)", lambda f, p: "dunning/middleware.py" in p),
+    ("our middleware (RunAlone lock, dead letters, retries)", lambda f, p: "dunning/middleware.py" in p),
     ("other middleware", lambda f, p: "dramatiq/middleware" in p),
     (
         "Dramatiq consumer (fetch, decode, ack)",

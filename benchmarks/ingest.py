@@ -279,12 +279,12 @@ def breakdown(st: Stack, client: redis.Redis, customers: int, n: int, rng: rando
     from dunning.contract import parse_event
     from dunning.dispatch import send_jobs
     from dunning.engine.ingest import ingest
-    from dunning.middleware import PoisonGuard
+    from dunning.middleware import RunAlone
     from dunning.runtime import get_runtime
 
     broker = workers.broker
     rt = get_runtime()
-    guard = next(m for m in broker.middleware if isinstance(m, PoisonGuard))
+    guard = next(m for m in broker.middleware if isinstance(m, RunAlone))
 
     acc: dict[str, float] = collections.defaultdict(float)
     stmt_time: dict[str, float] = collections.defaultdict(float)
@@ -346,7 +346,7 @@ def breakdown(st: Stack, client: redis.Redis, customers: int, n: int, rng: rando
         t5 = time.perf_counter()
         assert outcome == "case_opened", outcome
         if state["on"]:
-            acc["poison_guard"] += (t1 - t0) + (t5 - t4)
+            acc["run_alone"] += (t1 - t0) + (t5 - t4)
             acc["parse_event"] += t2 - t1
             acc["ingest"] += t3 - t2
             acc["ingest_cpu"] += c1 - c0
@@ -387,7 +387,7 @@ def breakdown(st: Stack, client: redis.Redis, customers: int, n: int, rng: rando
     sql_total = sum(stmt_time.values())
     ms = {
         "total": per(acc["total"]),
-        "poison_guard_redis": per(acc["poison_guard"]),
+        "run_alone_middleware": per(acc["run_alone"]),
         "parse_event": per(acc["parse_event"]),
         "ingest": per(acc["ingest"]),
         "ingest.sql_execute": per(sql_total),

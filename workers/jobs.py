@@ -11,6 +11,7 @@ import dramatiq
 
 from dunning.contract import InvalidEvent
 from dunning.dispatch import send_jobs
+from dunning.liveness import current_worker_id, running_alone
 from dunning.queues import JOBS_ACTOR, JOBS_QUEUE, MAIL_ACTOR, MAIL_QUEUE
 from dunning.runtime import get_runtime
 from dunning.services.runner import run_job as run
@@ -29,12 +30,16 @@ def _job_id(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
 @dramatiq.actor(queue_name=JOBS_QUEUE, actor_name=JOBS_ACTOR, throws=(InvalidEvent,), max_retries=5)
 def run_job(*args: Any, **kwargs: Any) -> None:
     """Run one due job (retry, notice, suspension, end, billing call)."""
-    _, dispatch = run(get_runtime(), _job_id(args, kwargs))
+    _, dispatch = run(
+        get_runtime(), _job_id(args, kwargs), worker_id=current_worker_id(), alone=running_alone()
+    )
     send_jobs(dramatiq.get_broker(), dispatch)
 
 
 @dramatiq.actor(queue_name=MAIL_QUEUE, actor_name=MAIL_ACTOR, throws=(InvalidEvent,), max_retries=5)
 def deliver_email(*args: Any, **kwargs: Any) -> None:
     """Deliver one outbox email."""
-    _, dispatch = run(get_runtime(), _job_id(args, kwargs))
+    _, dispatch = run(
+        get_runtime(), _job_id(args, kwargs), worker_id=current_worker_id(), alone=running_alone()
+    )
     send_jobs(dramatiq.get_broker(), dispatch)

@@ -17,7 +17,8 @@ import dramatiq
 import redis
 from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, ShutdownNotifications, TimeLimit
 
-from dunning.middleware import DeadLetters, PoisonGuard, RedactingRetries
+from dunning.liveness import Heartbeat
+from dunning.middleware import DeadLetters, RedactingRetries, RunAlone
 from dunning.refusing_broker import DunningRedisBroker
 from dunning.settings import Settings, load_settings
 
@@ -43,20 +44,32 @@ def _park_in_database(row: dict[str, Any]) -> None:
     park(get_runtime(), row)
 
 
+#: Dramatiq's ``heartbeat_timeout`` by default. The scheduler gives back a dead worker's messages
+#: after ``Tuning.worker_dead_after_s`` (10 s); Dramatiq's own pass is the backstop when no
+#: scheduler runs, and must come later so that the scheduler's (which also marks suspect billing
+#: events to run alone) acts first. Each worker refreshes this heartbeat from its own thread, so
+#: a live worker with busy or slow actors is never taken for dead.
+HEARTBEAT_TIMEOUT_MS = 30_000
+
+
 def build_broker(url: str, *, heartbeat_timeout_ms: int | None = None) -> DunningRedisBroker:
     """A Redis broker with the middleware set we rely on.
 
-    ``heartbeat_timeout_ms`` (env ``DUNNING_BROKER_HEARTBEAT_MS``, Dramatiq's default
-    60 s) is how long a silent worker's unacknowledged messages wait before another
-    worker takes them back; crash drills shorten it.
+    ``heartbeat_timeout_ms`` (env ``DUNNING_BROKER_HEARTBEAT_MS``, default
+    :data:`HEARTBEAT_TIMEOUT_MS`) is how long a silent worker's unacknowledged
+    messages wait before Dramatiq's own maintenance gives them to another worker.
     """
     import os
 
     if heartbeat_timeout_ms is None:
-        heartbeat_timeout_ms = int(os.environ.get("DUNNING_BROKER_HEARTBEAT_MS", "60000"))
+        heartbeat_timeout_ms = int(os.environ.get("DUNNING_BROKER_HEARTBEAT_MS", str(HEARTBEAT_TIMEOUT_MS)))
     client = redis.Redis.from_url(url)
     dead = DeadLetters(_park_in_database)
     middleware = [
+        # First: a run that must be alone waits for the others before any other hook (its time
+        # limit included) starts.
+        RunAlone(),
+        Heartbeat(),
         AgeLimit(),
         TimeLimit(time_limit=TIME_LIMIT_MS),
         ShutdownNotifications(),
@@ -64,9 +77,8 @@ def build_broker(url: str, *, heartbeat_timeout_ms: int | None = None) -> Dunnin
         Pipelines(),
         dead,  # before Retries: its after-hook runs once Retries has ruled
         RedactingRetries(max_retries=20, min_backoff=1_000, max_backoff=300_000),
-        PoisonGuard(client, dead, max_crashes=int(os.environ.get("DUNNING_TUNING_MAX_CRASHES", "3"))),
     ]
-    # Per million broker commands, how many also requeue messages of dead workers (Dramatiq: 1000).
+    # Per million broker commands, how many also run Dramatiq's maintenance (Dramatiq: 1000).
     maintenance = int(os.environ.get("DUNNING_BROKER_MAINTENANCE_CHANCE", "1000"))
     return DunningRedisBroker(
         park=_park_in_database,

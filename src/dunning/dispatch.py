@@ -9,6 +9,7 @@ import dramatiq
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
+from dunning.liveness import ALONE_OPTION
 from dunning.queues import ACTOR_FOR_QUEUE
 from dunning.services.jobs import Dispatch
 
@@ -27,7 +28,8 @@ def send_jobs(broker: dramatiq.Broker, items: Iterable[Dispatch]) -> int:
             actor_name=ACTOR_FOR_QUEUE[item.queue],
             args=(item.job_id,),
             kwargs={},
-            options={},
+            # A job that was in flight when a worker died runs alone (``RunAlone`` middleware).
+            options={ALONE_OPTION: True} if item.alone else {},
         )
         for item in items
     ]

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import redis
 from dramatiq.common import compute_backoff
-from dramatiq.middleware import Middleware, Retries, SkipMessage
+from dramatiq.middleware import Middleware, Retries
 from dramatiq.middleware.retries import DEFAULT_MAX_BACKOFF
+
+from dunning.liveness import ALONE_OPTION, RUN_LOCK, alone_marker, running_alone, set_running_alone
+from dunning.queues import EVENTS_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -141,47 +144,58 @@ class DeadLetters(Middleware):
             log.exception("could not park message %s in the database", message.message_id)
 
 
-class PoisonGuard(Middleware):
-    """Stops a message that keeps killing its worker.
+class RunAlone(Middleware):
+    """Runs a message marked ``alone`` by itself in its worker process; ordinary messages share.
 
-    SIGKILL bypasses Dramatiq's retry counter, so such a message would be
-    redelivered forever. We count starts that never reached an end in Redis,
-    next to the message itself (a key per message, with a TTL), and park the
-    message once the count reaches ``max_crashes``.
+    Work that was in flight when a worker died is marked to run alone next time
+    (the scheduler does it: :mod:`dunning.services.workers` for jobs,
+    :mod:`dunning.reclaim` for messages without a job row). Alone, a run that
+    dies with its process is the cause of that death, and only such deaths are
+    counted toward parking it as poison. Must come first in the middleware
+    list: the wait for the lock happens before any other hook, so it does not
+    count against the time limit.
+
+    For messages without a job row, the message run alone is named in Redis
+    (:func:`dunning.liveness.alone_marker`) for the scheduler to count if the
+    process dies; jobs record the run on their row instead.
     """
 
-    def __init__(self, client: redis.Redis, dead_letters: DeadLetters, *, max_crashes: int = 3) -> None:
-        self.client = client
-        self.dead_letters = dead_letters
-        self.max_crashes = max_crashes
-
-    @staticmethod
-    def _key(message: Any) -> str:
-        return f"dunning:inflight:{message.message_id}"
+    def __init__(self) -> None:
+        self._held = threading.local()  # what this thread's current message took: the lock, or nothing
 
     def before_process_message(self, broker: Any, message: Any) -> None:
-        key = self._key(message)
-        pipe = self.client.pipeline()
-        pipe.incr(key)
-        pipe.expire(key, 7 * 24 * 3600)
-        started, _ = pipe.execute()
-        if int(started) > self.max_crashes:
-            self.client.delete(key)
-            message.fail()
-            self.dead_letters._park(
-                message,
-                None,
-                f"parked: {int(started) - 1} deliveries died without finishing (worker killed?)",
-                "PoisonMessage",
-            )
-            raise SkipMessage("poison message")
+        if message.options.get(ALONE_OPTION):
+            RUN_LOCK.acquire_exclusive()
+            set_running_alone(True)
+            if message.queue_name == EVENTS_QUEUE:
+                try:
+                    broker.client.set(
+                        alone_marker(broker.broker_id),
+                        f"{message.queue_name} {message.options.get('redis_message_id')}",
+                        ex=24 * 3600,
+                    )
+                except Exception:
+                    log.warning("could not name alone run of %s", message.message_id)
+        else:
+            RUN_LOCK.acquire_shared()
+            set_running_alone(False)
+        self._held.lock = "alone" if running_alone() else "shared"
 
     def after_process_message(
         self, broker: Any, message: Any, *, result: Any = None, exception: Any = None
     ) -> None:
-        try:
-            self.client.delete(self._key(message))
-        except redis.RedisError:
-            log.warning("could not clear in-flight marker of %s", message.message_id)
+        # Also called when an earlier before-hook failed: release only what this message took.
+        held = getattr(self._held, "lock", None)
+        self._held.lock = None
+        if held == "shared":
+            RUN_LOCK.release_shared()
+        elif held == "alone":
+            set_running_alone(False)
+            if message.queue_name == EVENTS_QUEUE:
+                try:
+                    broker.client.delete(alone_marker(broker.broker_id))
+                except Exception:
+                    log.warning("could not clear alone run of %s", message.message_id)
+            RUN_LOCK.release_exclusive()
 
     after_skip_message = after_process_message

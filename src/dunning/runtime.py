@@ -32,9 +32,11 @@ DEFAULT_SANDBOX_URL = "http://127.0.0.1:8765"
 class Tuning:
     """Knobs for leases and backoff; tests and fault drills shorten them."""
 
-    queue_lease_s: float = 300.0  # a claimed job not started by then is enqueued again
-    run_lease_s: float = 120.0  # must exceed the actors' time limit
-    max_crashes: int = 3  # runs that killed their worker before the job is parked
+    queue_lease_s: float = 300.0  # backstop: a claimed job not started by then is enqueued again
+    run_lease_s: float = 120.0  # backstop: must exceed the actors' time limit
+    max_crashes: int = 3  # runs that died alone in their worker before the job or message is parked
+    heartbeat_s: float = 2.0  # how often each worker process records that it is alive
+    worker_dead_after_s: float = 10.0  # a worker silent this long is dead: its work is sent again
     max_runs: int = 12  # handled failures (billing or SMTP down) before the job is parked
     backoff_base_s: float = 5.0
     backoff_max_s: float = 600.0

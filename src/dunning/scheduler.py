@@ -1,8 +1,15 @@
-"""The scheduler: claims due jobs from the database and enqueues them.
+"""The scheduler: claims due jobs from the database and enqueues them, and recovers dead workers.
 
 Several schedulers may run at once on PostgreSQL (``FOR UPDATE SKIP LOCKED``);
 there is no lock to release, so a scheduler that dies leaves nothing behind
 but leases that expire.
+
+Crash recovery: on each pass (at most every half second) the scheduler looks
+for worker processes whose heartbeat stopped ``Tuning.worker_dead_after_s``
+ago, sends their unfinished runs again (:mod:`dunning.services.workers`) and
+puts the messages they had fetched back on their queues
+(:mod:`dunning.reclaim`). The leases are the backstop for what no heartbeat
+tells (a worker that never registered, a run that hangs in a live worker).
 """
 
 from __future__ import annotations
@@ -10,9 +17,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import dramatiq
+from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.exc import DBAPIError
 
 from dunning.dispatch import send_jobs
@@ -22,15 +30,34 @@ from dunning.store.db import transaction
 
 log = logging.getLogger(__name__)
 
+#: Seconds between two looks at the heartbeats (the passes themselves may be more frequent).
+RECOVERY_EVERY_S = 0.5
+
 
 @dataclass
 class TickResult:
     enqueued: int
     parked: int
+    #: Leases that ran out (the backstop): on started runs, and on deliveries that never started.
+    expired_started: int = 0
+    expired_unstarted: int = 0
+    #: Dead workers recovered, their runs sent again, and the messages they had fetched given back.
+    workers_recovered: int = 0
+    runs_released: int = 0
+    messages_given_back: int = 0
+
+    def add(self, other: TickResult) -> None:
+        """Add ``other``'s counts to this one (totals over many passes)."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
-def tick(rt: Runtime, broker: dramatiq.Broker, *, batch: int = 500) -> TickResult:
-    """One pass: claim up to ``batch`` due jobs (and expired leases), commit, enqueue."""
+def tick(rt: Runtime, broker: dramatiq.Broker, *, batch: int = 500, recover: bool = True) -> TickResult:
+    """One pass: claim up to ``batch`` due jobs (and expired leases), commit, enqueue; then recover.
+
+    ``recover=False`` skips the heartbeats (``run_forever`` does until it has
+    seen the database for long enough to judge them).
+    """
     now = rt.clock.now()
     with transaction(rt.sessions) as session:
         claimed = claim_due(
@@ -42,9 +69,48 @@ def tick(rt: Runtime, broker: dramatiq.Broker, *, batch: int = 500) -> TickResul
         )
     # After commit: if we die here, the leases bring these jobs back.
     sent = send_jobs(broker, claimed.dispatch)
-    if claimed.parked:
-        log.warning("parked %d jobs that kept killing their workers", claimed.parked)
-    return TickResult(sent, claimed.parked)
+    result = TickResult(sent, claimed.parked, claimed.expired_started, claimed.expired_unstarted)
+    if recover:
+        result.add(recover_dead_workers(rt, broker))
+    if result.parked:
+        log.warning("parked %d jobs that kept killing their workers", result.parked)
+    return result
+
+
+def recover_dead_workers(rt: Runtime, broker: dramatiq.Broker) -> TickResult:
+    """Send again the runs of workers whose heartbeat stopped, and give back what they fetched."""
+    from dunning.reclaim import reclaim
+    from dunning.services.workers import find_dead, release_runs_of, retire
+    from dunning.store.dead_letters import park
+
+    result = TickResult(0, 0)
+    with transaction(rt.sessions) as session:
+        dead = find_dead(session, dead_after_s=rt.tuning.worker_dead_after_s)
+        if not dead:
+            return result
+        released = release_runs_of(
+            session, dead, max_crashes=rt.tuning.max_crashes, queue_lease_s=rt.tuning.queue_lease_s
+        )
+    result.runs_released = send_jobs(broker, released.dispatch)
+    result.enqueued += result.runs_released
+    result.parked += released.parked
+    for worker_id in dead:
+        if isinstance(broker, RedisBroker):
+            back = reclaim(
+                broker, worker_id, max_crashes=rt.tuning.max_crashes, park=lambda row: park(rt, row)
+            )
+            result.messages_given_back += back.requeued
+        # Only once everything it held is back: a pass that fails before this one does it again.
+        with transaction(rt.sessions) as session:
+            retire(session, worker_id)
+        result.workers_recovered += 1
+    log.warning(
+        "%d dead workers recovered: %d runs sent again, %d fetched messages given back",
+        len(dead),
+        result.runs_released,
+        result.messages_given_back,
+    )
+    return result
 
 
 def run_forever(
@@ -54,29 +120,51 @@ def run_forever(
     poll_s: float = 0.5,
     batch: int = 500,
     stop: threading.Event | None = None,
+    totals: TickResult | None = None,
 ) -> None:
-    """Poll until ``stop`` is set; survives database and broker outages."""
+    """Poll until ``stop`` is set; survives database and broker outages.
+
+    Heartbeats are judged only once this scheduler has reached the database
+    without a failure for ``worker_dead_after_s``: after an outage (or at
+    start), workers need that long to write theirs again, and silence during
+    the outage proves nothing. ``totals``, if given, accumulates every pass.
+    """
     stop = stop or threading.Event()
     backoff = poll_s
     total = 0
     last_report = time.monotonic()
+    healthy_since: float | None = None
+    last_recovery = 0.0
     while not stop.is_set():
+        clock = time.monotonic()
+        if healthy_since is None:
+            healthy_since = clock
+        recover = (
+            clock - healthy_since >= rt.tuning.worker_dead_after_s
+            and clock - last_recovery >= RECOVERY_EVERY_S
+        )
         try:
-            result = tick(rt, broker, batch=batch)
+            result = tick(rt, broker, batch=batch, recover=recover)
             backoff = poll_s
         except (DBAPIError, OSError, ConnectionError) as exc:
             # Includes redis.ConnectionError (an OSError subclass via ConnectionError).
             log.warning("scheduler tick failed (%s); retrying in %.1fs", type(exc).__name__, backoff)
+            healthy_since = None
             stop.wait(backoff)
             backoff = min(backoff * 2, 30.0)
             continue
         except Exception as exc:
             if type(exc).__module__.startswith("redis"):
                 log.warning("broker unavailable (%s); retrying in %.1fs", type(exc).__name__, backoff)
+                healthy_since = None
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
             raise
+        if recover:
+            last_recovery = clock
+        if totals is not None:
+            totals.add(result)
         total += result.enqueued
         if time.monotonic() - last_report > 60:
             log.info("scheduler: %d jobs enqueued in the last minute", total)

@@ -40,14 +40,17 @@ def test_unstarted_deliveries_back_off_and_a_started_one_resets(db_url: str) -> 
     with transaction(sessions) as s:
         job = s.execute(select(Job)).scalar_one()
         assert (job.claims, job.runs, job.crashes, job.status) == (5, 0, 0, "claimed")
-        # A worker starts it at last and dies: the next delivery gets the plain lease again.
+        # A worker starts it at last and dies: the next delivery gets the plain lease again. The run
+        # died beside whatever else its worker ran, so it proves nothing: the job is not counted as a
+        # crash, it is sent again to run alone in its process.
         job.runs = job.claims
         job.lease_until = wall_now() - timedelta(seconds=1)
     with transaction(sessions) as s:
         got = claim_due(s, now=now, batch=10, queue_lease_s=lease, max_crashes=3)
-        assert len(got.dispatch) == 1
+        assert [(d.queue, d.alone) for d in got.dispatch] == [("mail", True)]
+        assert (got.expired_started, got.expired_unstarted) == (1, 0)
         job = s.execute(select(Job)).scalar_one()
-        assert job.crashes == 1
+        assert (job.crashes, job.alone, job.claims) == (0, True, 6)
         assert abs((job.lease_until - wall_now()).total_seconds() - lease) < 0.1
     engine.dispose()
 
@@ -83,9 +86,10 @@ def test_parking_a_send_job_that_kept_dying_mid_delivery_marks_its_email_unknown
                 status="claimed",
                 due_at=now,
                 created_at=now,
-                claims=3,
-                runs=3,
-                crashes=2,
+                claims=4,
+                runs=4,
+                crashes=2,  # two runs died alone already; this third one did too
+                alone=True,
                 lease_until=wall_now() - timedelta(seconds=1),
             )
         )

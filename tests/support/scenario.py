@@ -36,7 +36,7 @@ from sqlalchemy.exc import DBAPIError
 from dunning.client import Client
 from dunning.devtools.sandbox import SandboxServer
 from dunning.runtime import Runtime, Tuning, build_runtime
-from dunning.scheduler import run_forever
+from dunning.scheduler import TickResult, run_forever
 from dunning.services.jobs import outstanding
 from dunning.settings import load_settings
 from dunning.store.migrate import upgrade
@@ -191,6 +191,7 @@ class Scenario:
         self.card_update_works: dict[int, bool] = {}  # case index -> whether its new card pays (default yes)
         self.after_send: Callable[[int], None] | None = None  # called with the count of good events sent
         self.supervising = threading.Event()
+        self.scheduler_totals = TickResult(0, 0)  # what the scheduler did, summed over its passes
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -206,7 +207,10 @@ class Scenario:
             self.supervising.set()
             self._thread(self._supervise)
             self._thread(
-                lambda: run_forever(self.rt, self.broker, poll_s=0.05, stop=self._stop), name="scheduler"
+                lambda: run_forever(
+                    self.rt, self.broker, poll_s=0.05, stop=self._stop, totals=self.scheduler_totals
+                ),
+                name="scheduler",
             )
         except BaseException:
             self.close()

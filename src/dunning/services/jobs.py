@@ -3,7 +3,9 @@
 Life of a job: ``pending`` (due at ``due_at``, business time) -> ``claimed``
 (the scheduler enqueued it; lease on wall time) -> ``done`` / ``canceled``, or
 back to ``pending`` after a handled failure, or ``dead`` (parked for ops) when
-it keeps killing its worker or keeps failing.
+it keeps killing its worker or keeps failing. A run that dies is released as
+soon as its worker's heartbeat stops (:mod:`dunning.services.workers`); the
+leases here are the backstop.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from dunning.store.models import Job, Outbox
+from dunning.store.models import Job
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,21 @@ class Dispatch:
 
     queue: str
     job_id: int
+    alone: bool = False  # the job may only run alone in its worker process (``Job.alone``)
+
+
+_local_worker: str | None = None
+
+
+def local_worker() -> str | None:
+    """The id of the worker process this is (its ``workers`` row), None outside a worker."""
+    return _local_worker
+
+
+def set_local_worker(worker_id: str | None) -> None:
+    """Set by the worker's ``Heartbeat`` middleware at boot (and cleared at shutdown)."""
+    global _local_worker
+    _local_worker = worker_id
 
 
 def wall_now() -> datetime:
@@ -65,6 +82,10 @@ def cancel_scheduled_retries(session: Session, case_id: int, *, keep: Sequence[s
 class ClaimResult:
     dispatch: list[Dispatch]
     parked: int
+    #: Leases that ran out: on a run that started (its worker died or hung) or on a delivery that
+    #: never started (lost, or stuck in a backlog). With heartbeats, both are rare.
+    expired_started: int = 0
+    expired_unstarted: int = 0
 
 
 #: Cap of the re-enqueue lease, in doublings of the queue lease (300 s -> at most 40 min).
@@ -119,74 +140,83 @@ def claim_due(
         rows = session.execute(
             update(Job)
             .where(Job.id.in_(due_ids), Job.status == "pending")
-            .values(status="claimed", claims=Job.claims + 1, lease_until=lease)
-            .returning(Job.id, Job.queue)
+            .values(status="claimed", claims=Job.claims + 1, lease_until=lease, worker_id=None)
+            .returning(Job.id, Job.queue, Job.alone)
         ).all()
-        dispatch.extend(Dispatch(r.queue, r.id) for r in rows)
+        dispatch.extend(Dispatch(r.queue, r.id, r.alone) for r in rows)
     # Claimed but neither started nor finished in time: the message or its worker was lost.
+    from dunning.services.workers import RUN_COLUMNS, run_of
+
     expired = session.execute(
-        select(Job.id, Job.runs, Job.claims, Job.crashes, Job.outbox_id)
+        select(*RUN_COLUMNS)
         .where(Job.status == "claimed", Job.lease_until < wall)
         .order_by(Job.lease_until)
         .limit(batch)
         .with_for_update(skip_locked=True)
     ).all()
-    parked = 0
+    parked = started = unstarted = 0
     for row in expired:
-        # runs == claims: the last delivery started and never finished: its worker died.
-        crashed = row.runs >= row.claims
-        crashes = row.crashes + (1 if crashed else 0)
-        if crashes >= max_crashes:
-            session.execute(
-                update(Job)
-                .where(Job.id == row.id)
-                .values(
-                    status="dead",
-                    crashes=crashes,
-                    finished_at=wall,
-                    last_error=f"parked: {crashes} runs died without finishing (worker killed or hung)",
-                )
+        run = run_of(row)
+        if run.started:
+            # A run started and never finished: its worker died or hung, and no heartbeat told
+            # us (a worker without heartbeats, or a run stuck in a live worker).
+            from dunning.services.workers import release_dead_run  # which imports this module
+
+            started += 1
+            released = release_dead_run(
+                session,
+                run,
+                outbox_id=row.outbox_id,
+                max_crashes=max_crashes,
+                queue_lease_s=queue_lease_s,
+                cause="run lease expired",
             )
-            if row.outbox_id is not None:
-                # Its email may have been handed to the mail server by one of those runs (the row
-                # says "sending"): say so, as the next run would have, instead of leaving it "sending".
-                session.execute(
-                    update(Outbox)
-                    .where(Outbox.id == row.outbox_id, Outbox.status == "sending")
-                    .values(
-                        status="unknown",
-                        last_error="parked: its sending job died repeatedly after handing it to the mail"
-                        " server; check the server's log, then `dunning dlq requeue` to resend or purge",
-                    )
-                )
-            parked += 1
+            if isinstance(released, Dispatch):
+                dispatch.append(released)
+            elif released:
+                parked += 1
             continue
+        unstarted += 1
         got = session.execute(
             update(Job)
             .where(Job.id == row.id)
             .values(
                 claims=Job.claims + 1,
-                crashes=crashes,
+                worker_id=None,
                 lease_until=wall + timedelta(seconds=requeue_lease_s(queue_lease_s, row.claims - row.runs)),
             )
-            .returning(Job.id, Job.queue)
+            .returning(Job.id, Job.queue, Job.alone)
         ).first()
         if got is not None:
-            dispatch.append(Dispatch(got.queue, got.id))
-    return ClaimResult(dispatch, parked)
+            dispatch.append(Dispatch(got.queue, got.id, got.alone))
+    return ClaimResult(dispatch, parked, started, unstarted)
 
 
-def start(session: Session, job_id: int, *, run_lease_s: float) -> Job | None:
+def start(
+    session: Session,
+    job_id: int,
+    *,
+    run_lease_s: float,
+    worker_id: str | None = None,
+    alone: bool = False,
+) -> Job | None:
     """Take the right to run a claimed job; None if it is done, running elsewhere, or stale.
 
     One run per claim: a redelivered copy of a message whose run already
-    started finds ``runs == claims`` and does nothing.
+    started finds ``runs == claims`` and does nothing. A job marked ``alone``
+    starts only in a run that is alone in its process (``alone=True``): an
+    older copy of its message, sent before the mark, finds nothing to do.
+    ``worker_id`` is recorded so that the scheduler can release the run as
+    soon as that worker's heartbeat stops.
     """
     wall = wall_now()
+    conditions = [Job.id == job_id, Job.status == "claimed", Job.runs < Job.claims]
+    if not alone:
+        conditions.append(Job.alone.is_(False))
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "claimed", Job.runs < Job.claims)
-        .values(runs=Job.runs + 1, lease_until=wall + timedelta(seconds=run_lease_s))
+        .where(*conditions)
+        .values(runs=Job.runs + 1, lease_until=wall + timedelta(seconds=run_lease_s), worker_id=worker_id)
     )
     if not result.rowcount:
         return None

@@ -36,10 +36,15 @@ class PermanentJobError(Exception):
     """Retrying will not help (the billing API refused the request itself): park the job."""
 
 
-def run_job(rt: Runtime, job_id: int) -> Result:
-    """Run a claimed job once. Returns an outcome word and messages to send after commit."""
+def run_job(rt: Runtime, job_id: int, *, worker_id: str | None = None, alone: bool = False) -> Result:
+    """Run a claimed job once. Returns an outcome word and messages to send after commit.
+
+    ``worker_id``: the worker process running it (its heartbeat row), recorded on the job so
+    that the scheduler can send the job again as soon as that worker dies. ``alone``: the run
+    is alone in its process, the only way a job marked ``alone`` may start.
+    """
     with transaction(rt.sessions) as session:
-        job = start(session, job_id, run_lease_s=rt.tuning.run_lease_s)
+        job = start(session, job_id, run_lease_s=rt.tuning.run_lease_s, worker_id=worker_id, alone=alone)
         if job is None:
             return "not_runnable", []
         session.expunge(job)

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -208,11 +209,33 @@ class Job(Base):
     lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
     claims: Mapped[int] = mapped_column(Integer, default=0)
     runs: Mapped[int] = mapped_column(Integer, default=0)
-    # Runs that started and never finished (the worker died): poison detection.
+    # Runs that died while running alone (their worker died or hung): poison detection.
     crashes: Mapped[int] = mapped_column(Integer, default=0)
+    # Set once a run died with other work beside it: from then on the job only starts alone
+    # in its process, so that a further death is its own doing (see docs/architecture.md).
+    alone: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The worker process (``workers.id``) running the current run; read when that worker dies.
+    worker_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Worker(Base):
+    """A live worker process and its last heartbeat (wall time), for crash recovery.
+
+    ``id`` is the process's Dramatiq broker id, which also names the set of
+    messages it fetched from Redis; the scheduler recovers both when the
+    heartbeat stops.
+    """
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class Outbox(Base):

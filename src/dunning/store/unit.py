@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
-from dunning.services.jobs import Dispatch, wall_now
+from dunning.services.jobs import Dispatch, local_worker, wall_now
 from dunning.store.bulk import allocate_ids, insert_rows
 from dunning.store.models import Case, Invoice, Job, Outbox, ProcessedEvent, TimelineEntry
 
@@ -34,6 +34,7 @@ _JOB_DEFAULTS: dict[str, Any] = {
     "lease_until": None,
     "finished_at": None,
     "last_error": None,
+    "worker_id": None,
 }
 
 
@@ -134,7 +135,14 @@ class Unit:
         for row in rows:
             job = {**_JOB_DEFAULTS, "created_at": wall, **row}
             if job["due_at"] <= now:
-                job.update(status="claimed", claims=1, lease_until=wall + timedelta(seconds=self.lease_s))
+                # Sent by this process after commit; ``worker_id`` lets the scheduler send it
+                # instead if this process dies first (services/workers.py).
+                job.update(
+                    status="claimed",
+                    claims=1,
+                    lease_until=wall + timedelta(seconds=self.lease_s),
+                    worker_id=local_worker(),
+                )
             else:
                 job["status"] = "pending"
             self.jobs.append(job)
