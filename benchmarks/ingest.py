@@ -276,10 +276,10 @@ def breakdown(st: Stack, client: redis.Redis, customers: int, n: int, rng: rando
     from sqlalchemy import event as sa_event
     from sqlalchemy.orm import Session
 
+    from dunning.broker.enqueue import send_jobs
+    from dunning.broker.middleware import RunAlone
     from dunning.contract import parse_event
-    from dunning.dispatch import send_jobs
     from dunning.engine.ingest import ingest
-    from dunning.middleware import RunAlone
     from dunning.runtime import get_runtime
 
     broker = workers.broker

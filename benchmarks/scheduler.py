@@ -127,7 +127,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def measure_ticks(rt: Any, broker: Any, batch: int, reps: int) -> dict[str, Any]:
-    from dunning.dispatch import send_jobs
+    from dunning.broker.enqueue import send_jobs
     from dunning.scheduler import tick
     from dunning.services.jobs import claim_due
     from dunning.store.db import transaction
@@ -269,7 +269,7 @@ def main() -> None:
     results: dict[str, Any] = {"loadavg_before": loadavg(), "sizes": []}
     with stack("scheduler") as st:
         st.use_in_process()
-        from dunning.broker import build_broker
+        from dunning.broker.setup import build_broker
         from dunning.runtime import build_runtime
 
         broker = build_broker(st.redis.url)

@@ -126,14 +126,14 @@ def worker(
     from dramatiq.cli import main as dramatiq_main
     from dramatiq.cli import make_argument_parser
 
-    from dunning.queues import ALL_QUEUES
+    from dunning.broker.names import ALL_QUEUES
 
     unknown = set(queues or ()) - set(ALL_QUEUES)
     if unknown:
         fail(f"--queue: unknown queue {sorted(unknown)[0]!r}; queues are {', '.join(ALL_QUEUES)}")
     rt = _runtime()
     _require_schema(rt)
-    from dunning.broker import redis_url
+    from dunning.broker.setup import redis_url
 
     # Children inherit the resolved URL, so they all share one (embedded) Redis.
     os.environ["DUNNING_REDIS_URL"] = redis_url(rt.settings)
@@ -159,7 +159,7 @@ def scheduler(
     import signal
     import threading
 
-    from dunning.broker import setup_broker
+    from dunning.broker.setup import setup_broker
     from dunning.scheduler import run_forever
 
     _logging(verbose)
@@ -219,7 +219,7 @@ def queues() -> None:
 
     rt = _runtime()
     _require_schema(rt)
-    from dunning.broker import redis_url
+    from dunning.broker.setup import redis_url
 
     snap = queue_snapshot(rt, redis_url(rt.settings))
     table = Table(title="Broker queues")
@@ -293,7 +293,7 @@ def dlq_requeue(refs: Annotated[list[str], typer.Argument(help="m<id>/j<id>, or 
 
     def send(queue: str, actor: str, args: list[Any], kwargs: dict[str, Any]) -> None:
         if not brokers:  # connected on first use: a refusal needs no broker
-            from dunning.broker import setup_broker
+            from dunning.broker.setup import setup_broker
 
             brokers.append(setup_broker(rt.settings))
         brokers[0].enqueue(

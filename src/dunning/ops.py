@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
-from dunning.queues import ALL_QUEUES
+from dunning.broker.names import ALL_QUEUES
 from dunning.services.jobs import wall_now
 from dunning.store.models import DeadLetter, Job
 

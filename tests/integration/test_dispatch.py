@@ -6,8 +6,8 @@ import pytest
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
-from dunning.dispatch import send_jobs
-from dunning.queues import ACTOR_FOR_QUEUE, JOBS_QUEUE, MAIL_QUEUE
+from dunning.broker.enqueue import send_jobs
+from dunning.broker.names import ACTOR_FOR_QUEUE, JOBS_QUEUE, MAIL_QUEUE
 from dunning.services.jobs import Dispatch
 
 pytestmark = pytest.mark.integration
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def broker(redis_server) -> RedisBroker:
     # Imported here: importing dunning.broker at collection would set the global broker
     # before the suite's Redis is known (and start an embedded one).
-    from dunning.broker import build_broker
+    from dunning.broker.setup import build_broker
 
     broker = build_broker(redis_server.url)
     broker.client.flushall()

@@ -341,7 +341,7 @@ def harness(
 
 def _send_jobs_after(self: Harness, results: list[Any]) -> None:
     """Send the messages that direct calls of the ingest service returned (as the actor does)."""
-    from dunning.dispatch import send_jobs
+    from dunning.broker.enqueue import send_jobs
 
     for result in results:
         if isinstance(result, tuple):

@@ -29,3 +29,18 @@ def test_two_workflows_claiming_one_job_kind_are_refused() -> None:
         check((a, b))
     with pytest.raises(ValueError, match="name 'a'"):
         check((a, Workflow(name="a")))
+
+
+def test_describe_failure_shows_our_reasons_and_only_the_type_of_others() -> None:
+    from dunning.billing.port import BillingRejected
+    from dunning.contract import InvalidEvent
+    from dunning.errors import describe_failure
+
+    assert describe_failure(InvalidEvent("data.invoice.currency", "unknown currency 'XYZ'")) == (
+        "data.invoice.currency",
+        "unknown currency 'XYZ'",
+        "InvalidEvent",
+    )
+    assert describe_failure(BillingRejected("409 invoice_already_paid"))[1] == "409 invoice_already_paid"
+    field, reason, kind = describe_failure(ValueError("jane@example.com is not valid"))
+    assert field is None and "jane@example.com" not in reason and kind == "ValueError"

@@ -62,7 +62,7 @@ class LinkError(DunningError):
         super().__init__(reason)
 
 
-class PortalTokenError(ValueError):
+class PortalTokenError(DunningError, ValueError):
     """A portal token that must not be honoured (bad signature, expired, other customer or purpose)."""
 
 

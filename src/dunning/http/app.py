@@ -33,7 +33,7 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
     def _client() -> Client:
         nonlocal client
         if client is None:
-            from dunning.broker import redis_url
+            from dunning.broker.setup import redis_url
 
             client = Client(redis_url(rt.settings))
         return client
@@ -118,7 +118,7 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
         )  # type: ignore[attr-defined]
 
     def ops(request: Request) -> Response:
-        from dunning.broker import redis_url
+        from dunning.broker.setup import redis_url
         from dunning.http.pages import render
         from dunning.ops import queue_snapshot
         from dunning.report import build_report

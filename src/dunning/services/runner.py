@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select, update
 
 from dunning.billing.port import BillingRejected, BillingUnavailable, InvoiceState, PayOutcome, PayResult
+from dunning.errors import DunningError
 from dunning.mail.message import build_message
 from dunning.mail.render import RenderedEmail
 from dunning.mail.sending import AmbiguousSendError, PermanentSendError, TransientSendError
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 Result = tuple[str, list[Dispatch]]
 
 
-class PermanentJobError(Exception):
+class PermanentJobError(DunningError):
     """Retrying will not help (the billing API refused the request itself): park the job."""
 
 

@@ -1,7 +1,7 @@
 """The ``workers`` table: heartbeats of worker processes, and releasing the runs of dead ones.
 
 Each worker process writes its row every ``Tuning.heartbeat_s`` from a thread
-of its own (:mod:`dunning.liveness`); each run it starts records its id on the
+of its own (:mod:`dunning.broker.liveness`); each run it starts records its id on the
 job. The scheduler reads the table on every pass: a worker silent for
 ``Tuning.worker_dead_after_s`` is dead, and the runs it left are sent again at
 once (by the crash rule of :mod:`dunning.services.recovery`) instead of

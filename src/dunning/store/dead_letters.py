@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from dunning.errors import DunningError
 from dunning.store.db import transaction
 from dunning.store.models import DeadLetter, Job, Outbox
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 NOT_A_MESSAGE = "NotAMessage"
 
 
-class CannotRequeue(ValueError):
+class CannotRequeue(DunningError, ValueError):
     """A parked message that cannot be sent again; the text (one line) says why and what to do."""
 
 

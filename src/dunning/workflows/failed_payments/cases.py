@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.orm import Session
 
+from dunning.broker.names import JOBS_QUEUE, MAIL_QUEUE
 from dunning.domain.notices import deliver_at
 from dunning.domain.policy import PlanPolicy
 from dunning.engine.links import case_subject
 from dunning.mail.message import message_id_for
-from dunning.queues import JOBS_QUEUE, MAIL_QUEUE
 from dunning.services.jobs import Dispatch, cancel_case_jobs, cancel_scheduled_retries
 from dunning.store.models import Case, Customer, Outbox
 from dunning.store.unit import CaseRow, unit_of

@@ -9,8 +9,8 @@ import dramatiq
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
-from dunning.liveness import ALONE_OPTION
-from dunning.queues import ACTOR_FOR_QUEUE
+from dunning.broker.liveness import ALONE_OPTION
+from dunning.broker.names import ACTOR_FOR_QUEUE
 from dunning.services.jobs import Dispatch
 
 

@@ -5,11 +5,11 @@
   its own (so a process whose actors are all busy, or slow, still beats), and
   keeps Dramatiq's own heartbeat of the process fresh for the same reason.
   The scheduler releases a dead worker's work when the beats stop
-  (:mod:`dunning.services.workers`, :mod:`dunning.reclaim`).
+  (:mod:`dunning.services.workers`, :mod:`dunning.broker.reclaim`).
 - :data:`RUN_LOCK` lets a run be alone in its process: ordinary runs share it,
   a run marked ``alone`` (work that was in flight when a worker died) takes it
   exclusively, so that if the process dies during that run, the run is the
-  cause (``RunAlone`` in :mod:`dunning.middleware` takes it).
+  cause (``RunAlone`` in :mod:`dunning.broker.middleware` takes it).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from uuid import uuid4
 
 from dramatiq.middleware import Middleware
 
-from dunning.queues import EVENTS_QUEUE
+from dunning.broker.names import EVENTS_QUEUE
 from dunning.services.jobs import local_worker, set_local_worker
 
 log = logging.getLogger(__name__)

@@ -96,4 +96,3 @@ def setup_broker(settings: Settings | None = None) -> DunningRedisBroker:
     return broker
 
 
-broker = setup_broker()

@@ -31,6 +31,7 @@ from dramatiq.common import compute_backoff
 from dramatiq.errors import ConnectionClosed
 
 from dunning.contract.untrusted_json import JsonRefused, loads
+from dunning.errors import DunningError
 from dunning.store.dead_letters import NOT_A_MESSAGE
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 PAYLOAD_BYTES = 4096
 
 
-class NotAMessage(Exception):
+class NotAMessage(DunningError):
     """The bytes fetched from a queue are not a Dramatiq message; ``reason`` says why."""
 
     def __init__(self, reason: str) -> None:

@@ -8,7 +8,7 @@ the same as soon as the worker's own heartbeat (the ``workers`` row, whose id
 is the broker id) stops, for every queue of the product, and applies the
 crash rule to messages that have no job row (billing events): each one that
 was fetched is marked to run alone next time, and the one that was running
-alone when the process died (named by :func:`dunning.liveness.alone_marker`)
+alone when the process died (named by :func:`dunning.broker.liveness.alone_marker`)
 gets a crash counted in its options, and is parked once the count reaches
 ``max_crashes``. Job messages are given back as they are; their job rows
 carry the count.
@@ -31,8 +31,8 @@ from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name
 
-from dunning.liveness import ALONE_OPTION, CRASHES_OPTION, alone_marker
-from dunning.queues import ALL_QUEUES, EVENTS_QUEUE
+from dunning.broker.liveness import ALONE_OPTION, CRASHES_OPTION, alone_marker
+from dunning.broker.names import ALL_QUEUES, EVENTS_QUEUE
 from dunning.services.recovery import after_death
 
 log = logging.getLogger(__name__)
