@@ -1,11 +1,13 @@
 """The Dramatiq broker with our middleware, built from settings.
 
-Importing this module sets the global broker, as Dramatiq's actors expect; the
-URL comes from ``DUNNING_REDIS_URL`` or, when unset, the install's embedded
-Redis (started on first use and shared by every process of the install).
+Importing this module starts nothing: :func:`setup_broker` builds the broker
+and makes it Dramatiq's global one (the actors' package, ``workers``, calls
+it). The URL comes from ``DUNNING_REDIS_URL`` or, when unset, the install's
+embedded Redis (started on first use and shared by every process of the
+install).
 
 The broker is Dramatiq's Redis broker whose consumer refuses bytes that are
-not a message (:mod:`dunning.refusing_broker`).
+not a message (:mod:`dunning.broker.consumer`).
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from typing import Any
 
 import dramatiq
 import redis
-from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, ShutdownNotifications, TimeLimit
+from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
 
-from dunning.liveness import Heartbeat
-from dunning.middleware import DeadLetters, RedactingRetries, RunAlone
-from dunning.refusing_broker import DunningRedisBroker
+from dunning.broker.consumer import DunningRedisBroker
+from dunning.broker.liveness import Heartbeat
+from dunning.broker.middleware import DeadLetters, RedactTracebacks, RunAlone
 from dunning.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,9 @@ def build_broker(url: str, *, heartbeat_timeout_ms: int | None = None) -> Dunnin
         Callbacks(),
         Pipelines(),
         dead,  # before Retries: its after-hook runs once Retries has ruled
-        RedactingRetries(max_retries=20, min_backoff=1_000, max_backoff=300_000),
+        Retries(max_retries=20, min_backoff=1_000, max_backoff=300_000),
+        # After Retries: Dramatiq runs after-hooks in reverse, so it keeps the exception first.
+        RedactTracebacks(),
     ]
     # Per million broker commands, how many also run Dramatiq's maintenance (Dramatiq: 1000).
     maintenance = int(os.environ.get("DUNNING_BROKER_MAINTENANCE_CHANCE", "1000"))
@@ -94,5 +98,3 @@ def setup_broker(settings: Settings | None = None) -> DunningRedisBroker:
     broker = build_broker(redis_url(settings or load_settings()))
     dramatiq.set_broker(broker)
     return broker
-
-
