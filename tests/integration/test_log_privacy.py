@@ -2,8 +2,8 @@
 
 Real ``dunning worker`` and ``dunning scheduler`` processes on PostgreSQL, Redis,
 an SMTP server and the sandbox billing API. Events fail in every way we can
-provoke: refused as invalid (a bad field; a message of the wrong shape), skipped
-as a poison message (its deliveries kept killing the worker), failing on a
+provoke: refused as invalid (a bad field; a message of the wrong shape), parked
+as a poison message (it kept killing its worker), failing on a
 database error whose text quotes the SQL (with parameters, unless hidden),
 retried because the customer they name is unknown, a charge the billing API
 refuses, and emails the mail server refuses (for now, then for good).
@@ -22,7 +22,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from dunning.devtools.sandbox import SandboxServer
 from dunning.runtime import Tuning, build_runtime
 from dunning.settings import load_settings
 from dunning.store.migrate import upgrade
-from dunning.store.models import DeadLetter, Job, Outbox, ProcessedEvent
+from dunning.store.models import DeadLetter, Job, Outbox, ProcessedEvent, Worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -191,17 +191,21 @@ def test_worker_logs_name_no_customer_whatever_fails(
         shape = enqueue(_customer(EDSGER), note=f"{EDSGER[1]} <{EDSGER[2]}>")
         _wait("invalid events parked", lambda: parked(invalid) and parked(shape))
 
-        # 1b. A message whose last three deliveries died with their worker (the crash counter
-        # PoisonGuard keeps in Redis says so): skipped and parked on its fourth start.
+        # 1b. A message that died with its worker for the third time while it ran alone (a worker
+        # "gone", silent for a minute, had fetched it): the scheduler parks it as poison and logs it.
         poison = Message(
             queue_name="billing_events",
             actor_name="ingest_event",
             args=(_customer(MARGARET),),
             kwargs={},
-            options={},
+            options={"redis_message_id": "r-poison", "dunning_alone": True, "dunning_crashes": 2},
         )
-        broker.client.set(f"dunning:inflight:{poison.message_id}", 3)
-        broker.enqueue(poison)
+        silent_since = datetime.now(UTC) - timedelta(seconds=60)
+        with rt.sessions() as s, s.begin():
+            s.add(Worker(id="gone", host="h", pid=1, started_at=silent_since, heartbeat_at=silent_since))
+        broker.client.hset("dramatiq:billing_events.msgs", "r-poison", poison.encode())
+        broker.client.sadd("dramatiq:__acks__.gone.billing_events", "r-poison")
+        broker.client.set("dunning:alone:gone", "billing_events r-poison")
         _wait("the poison message parked", lambda: parked(poison.message_id))
 
         # 2. A database error on a customer row: retried, then applied once the trigger is gone.
@@ -310,7 +314,7 @@ def test_worker_logs_name_no_customer_whatever_fails(
 
     # Not vacuous: the failures were logged, by id.
     assert "Failed to process message" in logs
-    assert "was skipped" in logs
+    assert f"parked message {poison.message_id} (ingest_event)" in logs  # the poison, by id
     for message_id in (invalid, shape, poison.message_id, dberr, ghost):
         assert message_id in logs, f"message {message_id} is not named in the logs"
     assert "MissingReference" in logs and "InvalidEvent" in logs

@@ -162,6 +162,12 @@ def _after_death(body: bytes, queue: str, ran_alone: bool, max_crashes: int, par
                 "parked_at": datetime.now(UTC),
             }
         )
+        log.warning(
+            "parked message %s (%s): its worker died %d times while it ran alone",
+            message.message_id,
+            message.actor_name,
+            verdict.crashes,
+        )
         return None
     if options.get(ALONE_OPTION) and verdict.crashes == int(options.get(CRASHES_OPTION) or 0):
         return body
