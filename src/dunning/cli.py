@@ -160,7 +160,7 @@ def scheduler(
     import threading
 
     from dunning.broker.setup import setup_broker
-    from dunning.scheduler import run_forever
+    from dunning.engine.scheduler import run_forever
 
     _logging(verbose)
     rt = _runtime()

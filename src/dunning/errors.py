@@ -27,6 +27,10 @@ class Refused(DunningError):
         super().__init__(f"{field}: {reason}" if field else reason)
 
 
+class PermanentJobError(DunningError):
+    """Retrying will not help (the billing API refused the request itself, a row is missing): park the job."""
+
+
 def describe_failure(exc: BaseException | None) -> tuple[str | None, str, str]:
     """(field, reason, error type) of a failure, safe to store and show to ops."""
     if exc is None:

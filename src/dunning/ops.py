@@ -12,7 +12,7 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from dunning.broker.names import ALL_QUEUES
-from dunning.services.jobs import wall_now
+from dunning.engine.jobs import wall_now
 from dunning.store.models import DeadLetter, Job
 
 if TYPE_CHECKING:

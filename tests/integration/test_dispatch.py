@@ -8,7 +8,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from dunning.broker.enqueue import send_jobs
 from dunning.broker.names import ACTOR_FOR_QUEUE, JOBS_QUEUE, MAIL_QUEUE
-from dunning.services.jobs import Dispatch
+from dunning.engine.jobs import Dispatch
 
 pytestmark = pytest.mark.integration
 

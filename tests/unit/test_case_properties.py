@@ -1,6 +1,6 @@
 """Property tests: drive one case through random event sequences the way the shell does.
 
-The simulator below is a pure, in-memory model of ``dunning.services``: it keeps the
+The simulator below is a pure, in-memory model of the workflow's shell (handlers, jobs, cases): it keeps the
 case facts and the pending jobs (``Decision.jobs``, deduplicated on their key like
 the job table's unique index, cleared by ``cancel_pending_jobs``; a new scheduled
 retry replaces the one pending), advances the clock to the next due job (sometimes

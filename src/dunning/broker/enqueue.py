@@ -11,7 +11,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from dunning.broker.liveness import ALONE_OPTION
 from dunning.broker.names import ACTOR_FOR_QUEUE
-from dunning.services.jobs import Dispatch
+from dunning.engine.jobs import Dispatch
 
 
 def send_jobs(broker: dramatiq.Broker, items: Iterable[Dispatch]) -> int:

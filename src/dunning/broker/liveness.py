@@ -5,7 +5,7 @@
   its own (so a process whose actors are all busy, or slow, still beats), and
   keeps Dramatiq's own heartbeat of the process fresh for the same reason.
   The scheduler releases a dead worker's work when the beats stop
-  (:mod:`dunning.services.workers`, :mod:`dunning.broker.reclaim`).
+  (:mod:`dunning.engine.workers`, :mod:`dunning.broker.reclaim`).
 - :data:`RUN_LOCK` lets a run be alone in its process: ordinary runs share it,
   a run marked ``alone`` (work that was in flight when a worker died) takes it
   exclusively, so that if the process dies during that run, the run is the
@@ -24,7 +24,7 @@ from uuid import uuid4
 from dramatiq.middleware import Middleware
 
 from dunning.broker.names import EVENTS_QUEUE
-from dunning.services.jobs import local_worker, set_local_worker
+from dunning.engine.jobs import local_worker, set_local_worker
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +145,8 @@ class Heartbeat(Middleware):
             thread.join(5)
         worker_id = broker.broker_id
         try:
+            from dunning.engine.workers import retire
             from dunning.runtime import get_runtime
-            from dunning.services.workers import retire
             from dunning.store.db import transaction
 
             with transaction(get_runtime().sessions) as session:
@@ -162,8 +162,8 @@ class Heartbeat(Middleware):
             self._beat(broker, worker_id)
 
     def _beat(self, broker: Any, worker_id: str, *, first: bool = False) -> None:
+        from dunning.engine.workers import beat
         from dunning.runtime import get_runtime
-        from dunning.services.workers import beat
         from dunning.store.db import transaction
 
         try:

@@ -33,7 +33,7 @@ from dramatiq.common import dq_name
 
 from dunning.broker.liveness import ALONE_OPTION, CRASHES_OPTION, alone_marker
 from dunning.broker.names import ALL_QUEUES, EVENTS_QUEUE
-from dunning.services.recovery import after_death
+from dunning.engine.recovery import after_death
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session
 from dunning import contract as c
 from dunning.contract import InvalidEvent
 from dunning.engine.batch import Batch, barrier, batch_of
+from dunning.engine.jobs import Dispatch
 from dunning.engine.registry import batch_parts, event_handlers
-from dunning.services.jobs import Dispatch
 from dunning.store.db import transaction
 from dunning.store.models import ProcessedEvent
 from dunning.store.unit import collecting, dispatch_of, unit_of

@@ -21,16 +21,17 @@ if TYPE_CHECKING:
 
     from dunning.contract import Event
     from dunning.engine.batch import BatchPart
+    from dunning.engine.jobs import Dispatch
     from dunning.runtime import Runtime
-    from dunning.services.jobs import Dispatch
     from dunning.store.models import Job, Outbox
 
 #: ``(outcome word, messages to send after commit)``, what every handler returns.
 Result = tuple[str, list["Dispatch"]]
 EventHandler = Callable[["Runtime", "Session", "Event", datetime], Result]
 JobHandler = Callable[["Runtime", "Job"], Result]
-#: Why a notice due now is no longer true (e.g. its case was paid), or None to send it.
-NoticeCheck = Callable[["Session", "Outbox"], "str | None"]
+#: Why a notice due now is no longer true (e.g. its case was paid), or None to send it; the
+#: workflow writes a dropped notice on its timeline itself.
+NoticeCheck = Callable[["Session", "Outbox", datetime], "str | None"]
 #: Fills an outbox row's subject and bodies from the facts of the moment it is sent.
 NoticeRenderer = Callable[["Runtime", "Session", "Outbox", datetime], None]
 
@@ -48,7 +49,7 @@ class Workflow:
     #: ``templates/email/`` under the same names.
     notice_kinds: tuple[str, ...] = ()
     render_notice: NoticeRenderer | None = None
-    still_true: NoticeCheck | None = None
+    stale: NoticeCheck | None = None
     #: Makes this workflow's part of a group commit (None: it loads nothing ahead).
     batch_part: Callable[[], BatchPart] | None = None
 

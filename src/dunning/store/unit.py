@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
-from dunning.services.jobs import Dispatch, local_worker, wall_now
+from dunning.engine.jobs import Dispatch, local_worker, wall_now
 from dunning.store.bulk import allocate_ids, insert_rows
 from dunning.store.models import Case, Invoice, Job, Outbox, ProcessedEvent, TimelineEntry
 

@@ -18,7 +18,7 @@ class RunAlone(Middleware):
     """Runs a message marked ``alone`` by itself in its worker process; ordinary messages share.
 
     Work that was in flight when a worker died is marked to run alone next time
-    (the scheduler does it: :mod:`dunning.services.workers` for jobs,
+    (the scheduler does it: :mod:`dunning.engine.workers` for jobs,
     :mod:`dunning.broker.reclaim` for messages without a job row). Alone, a run that
     dies with its process is the cause of that death, and only such deaths are
     counted toward parking it as poison. Must come first in the middleware

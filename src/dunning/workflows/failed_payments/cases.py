@@ -11,9 +11,9 @@ from sqlalchemy.orm import Session
 from dunning.broker.names import JOBS_QUEUE, MAIL_QUEUE
 from dunning.domain.notices import deliver_at
 from dunning.domain.policy import PlanPolicy
+from dunning.engine.jobs import Dispatch, cancel_case_jobs, cancel_scheduled_retries
 from dunning.engine.links import case_subject
 from dunning.mail.message import message_id_for
-from dunning.services.jobs import Dispatch, cancel_case_jobs, cancel_scheduled_retries
 from dunning.store.models import Case, Customer, Outbox
 from dunning.store.unit import CaseRow, unit_of
 from dunning.workflows.failed_payments.notices import ACTION_PURPOSES, NoticeContext
@@ -280,7 +280,7 @@ def write_notice(
     record(session, case.subscription_id, case.id, now, "email", f"{notice.kind.value} queued{quiet}")
 
 
-def render_outbox(rt: Runtime, session: Session, outbox: Outbox, *, now: datetime) -> None:
+def render_outbox(rt: Runtime, session: Session, outbox: Outbox, now: datetime) -> None:
     """Fill an outbox row's subject and bodies (once: a re-send repeats the same words)."""
     if outbox.subject is not None:
         return

@@ -16,8 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dunning import contract as c
+from dunning.engine.jobs import Dispatch
 from dunning.errors import DunningError
-from dunning.services.jobs import Dispatch
 from dunning.store.models import Case, Customer, Invoice, Subscription
 from dunning.store.unit import NewCase, unit_of
 from dunning.workflows.failed_payments import policy as policy_cases

@@ -2,7 +2,7 @@
 
 A case is opened by the first failed payment of an invoice and ends recovered
 (paid), closed (the subscription was canceled elsewhere), or at the end of the
-policy: canceled or downgraded. The shell (``dunning.services``) loads the
+policy: canceled or downgraded. The workflow (``handlers``, ``jobs``, ``cases``) loads the
 facts, calls one of the ``on_*`` functions, and persists the returned
 :class:`Decision` -- new facts, jobs to schedule, notices, billing actions --
 in one transaction.

@@ -4,7 +4,7 @@ Each worker process writes its row every ``Tuning.heartbeat_s`` from a thread
 of its own (:mod:`dunning.broker.liveness`); each run it starts records its id on the
 job. The scheduler reads the table on every pass: a worker silent for
 ``Tuning.worker_dead_after_s`` is dead, and the runs it left are sent again at
-once (by the crash rule of :mod:`dunning.services.recovery`) instead of
+once (by the crash rule of :mod:`dunning.engine.recovery`) instead of
 waiting for ``Tuning.run_lease_s``.
 """
 
@@ -19,8 +19,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from dunning.services.jobs import Dispatch, wall_now
-from dunning.services.recovery import Beat, Run, after_death, dead_workers, stranded, unsent
+from dunning.engine.jobs import Dispatch, wall_now
+from dunning.engine.recovery import Beat, Run, after_death, dead_workers, stranded, unsent
 from dunning.store.models import Job, Outbox, Worker
 
 

@@ -6,7 +6,7 @@ but leases that expire.
 
 Crash recovery: on each pass (at most every half second) the scheduler looks
 for worker processes whose heartbeat stopped ``Tuning.worker_dead_after_s``
-ago, sends their unfinished runs again (:mod:`dunning.services.workers`) and
+ago, sends their unfinished runs again (:mod:`dunning.engine.workers`) and
 puts the messages they had fetched back on their queues
 (:mod:`dunning.broker.reclaim`). The leases are the backstop for what no heartbeat
 tells (a worker that never registered, a run that hangs in a live worker).
@@ -24,8 +24,8 @@ from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.exc import DBAPIError
 
 from dunning.broker.enqueue import send_jobs
+from dunning.engine.jobs import claim_due
 from dunning.runtime import Runtime
-from dunning.services.jobs import claim_due
 from dunning.store.db import transaction
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def tick(rt: Runtime, broker: dramatiq.Broker, *, batch: int = 500, recover: boo
 def recover_dead_workers(rt: Runtime, broker: dramatiq.Broker) -> TickResult:
     """Send again the runs of workers whose heartbeat stopped, and give back what they fetched."""
     from dunning.broker.reclaim import reclaim
-    from dunning.services.workers import find_dead, release_runs_of, retire
+    from dunning.engine.workers import find_dead, release_runs_of, retire
     from dunning.store.dead_letters import park
 
     result = TickResult(0, 0)

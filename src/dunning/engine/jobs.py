@@ -4,7 +4,7 @@ Life of a job: ``pending`` (due at ``due_at``, business time) -> ``claimed``
 (the scheduler enqueued it; lease on wall time) -> ``done`` / ``canceled``, or
 back to ``pending`` after a handled failure, or ``dead`` (parked for ops) when
 it keeps killing its worker or keeps failing. A run that dies is released as
-soon as its worker's heartbeat stops (:mod:`dunning.services.workers`); the
+soon as its worker's heartbeat stops (:mod:`dunning.engine.workers`); the
 leases here are the backstop.
 """
 
@@ -145,7 +145,7 @@ def claim_due(
         ).all()
         dispatch.extend(Dispatch(r.queue, r.id, r.alone) for r in rows)
     # Claimed but neither started nor finished in time: the message or its worker was lost.
-    from dunning.services.workers import RUN_COLUMNS, run_of
+    from dunning.engine.workers import RUN_COLUMNS, run_of
 
     expired = session.execute(
         select(*RUN_COLUMNS)
@@ -160,7 +160,7 @@ def claim_due(
         if run.started:
             # A run started and never finished: its worker died or hung, and no heartbeat told
             # us (a worker without heartbeats, or a run stuck in a live worker).
-            from dunning.services.workers import release_dead_run  # which imports this module
+            from dunning.engine.workers import release_dead_run  # which imports this module
 
             started += 1
             released = release_dead_run(

@@ -1,90 +1,31 @@
-"""Running one scheduled job: the handlers behind the ``run_job`` and ``deliver_email`` actors.
+"""The failed-payment workflow's jobs: retries (charges), notices, suspension, end, billing calls.
 
-Each handler follows the same rule: effects that leave the building (a charge,
-a billing call, an email) are recorded before they are made, made outside any
-transaction, and their outcome is committed together with the job's end.
+Registered in :mod:`dunning.workflows.failed_payments.workflow`; the engine's
+runner (:mod:`dunning.engine.runner`) calls them and owns their failures.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select, update
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from dunning.billing.port import BillingRejected, BillingUnavailable, InvoiceState, PayOutcome, PayResult
-from dunning.errors import DunningError
-from dunning.mail.message import build_message
-from dunning.mail.render import RenderedEmail
-from dunning.mail.sending import AmbiguousSendError, PermanentSendError, TransientSendError
-from dunning.services.jobs import Dispatch, finish, retry_later, start
+from dunning.billing.port import BillingRejected, InvoiceState, PayOutcome, PayResult
+from dunning.engine.jobs import Dispatch, finish
+from dunning.engine.registry import JobHandler, Result
+from dunning.engine.runner import later
+from dunning.errors import PermanentJobError
 from dunning.store.db import transaction
 from dunning.store.models import Case, ChargeAttempt, Job, Outbox, Subscription
 from dunning.store.unit import collecting
 from dunning.workflows.failed_payments import policy as policy_cases
-from dunning.workflows.failed_payments.cases import apply_decision, facts_of, record, render_outbox
+from dunning.workflows.failed_payments.cases import apply_decision, facts_of, record
 
 if TYPE_CHECKING:
     from dunning.runtime import Runtime
-
-log = logging.getLogger(__name__)
-
-Result = tuple[str, list[Dispatch]]
-
-
-class PermanentJobError(DunningError):
-    """Retrying will not help (the billing API refused the request itself): park the job."""
-
-
-def run_job(rt: Runtime, job_id: int, *, worker_id: str | None = None, alone: bool = False) -> Result:
-    """Run a claimed job once. Returns an outcome word and messages to send after commit.
-
-    ``worker_id``: the worker process running it (its heartbeat row), recorded on the job so
-    that the scheduler can send the job again as soon as that worker dies. ``alone``: the run
-    is alone in its process, the only way a job marked ``alone`` may start.
-    """
-    with transaction(rt.sessions) as session:
-        job = start(session, job_id, run_lease_s=rt.tuning.run_lease_s, worker_id=worker_id, alone=alone)
-        if job is None:
-            return "not_runnable", []
-        session.expunge(job)
-    handler = _HANDLERS.get(job.kind)
-    try:
-        if handler is None:
-            raise PermanentJobError(f"unknown job kind {job.kind!r}")
-        return handler(rt, job)
-    except PermanentJobError as exc:
-        with transaction(rt.sessions) as session:
-            finish(session, job, status="dead", note=f"parked: {exc}")
-        log.error("job %s parked: %s", job.id, exc)
-        return "dead", []
-    except (BillingUnavailable, TransientSendError) as exc:
-        # An outage, not a bug: back off (capped) for as long as it lasts. Each run
-        # re-checks the policy, so work that went stale meanwhile is dropped, not done late.
-        return _later(rt, job, f"{type(exc).__name__}: {exc}", outage=True), []
-    except Exception as exc:
-        # Unexpected (a bug, the database going away): back off, and park after max_runs.
-        log.exception("job %s failed", job.id)
-        try:
-            return _later(rt, job, f"{type(exc).__name__}"), []
-        except Exception:
-            # The database itself is down: the lease expires and the scheduler tries again.
-            raise exc from None
-
-
-def _later(rt: Runtime, job: Job, error: str, *, outage: bool = False) -> str:
-    with transaction(rt.sessions) as session:
-        fresh = session.get(Job, job.id, populate_existing=True)
-        assert fresh is not None
-        return retry_later(
-            session,
-            fresh,
-            error=error,
-            backoff_base_s=rt.tuning.backoff_base_s,
-            backoff_max_s=rt.tuning.backoff_max_s,
-            max_runs=None if outage else rt.tuning.max_runs,
-        )
 
 
 def _case(session, job: Job) -> Case:  # type: ignore[no-untyped-def]
@@ -181,7 +122,7 @@ def _retry(rt: Runtime, job: Job) -> Result:
                 assert row is not None
                 if row.status == "pending":
                     row.status = "unknown"
-            return _later(
+            return later(
                 rt, job, "charge outcome unknown; will reconcile before anything else", outage=True
             ), dispatch
         with collecting(rt.sessions, dispatch) as session:
@@ -282,117 +223,23 @@ def _billing(rt: Runtime, job: Job) -> Result:
 _ONLY_WHILE_UNPAID = frozenset({"payment_failed", "payment_reminder", "final_notice", "access_suspended"})
 
 
-class _Superseded(Exception):
-    """Another run reached the point of no return first; this one must not send."""
+def stale(session: Session, outbox: Outbox, now: datetime) -> str | None:
+    """Why a notice due now is no longer true (its case is settled), or None to send it.
 
-
-def _send_email(rt: Runtime, job: Job) -> Result:
-    """Deliver one outbox email, at most once.
-
-    ``pending`` -> ``sending`` is committed at the sender's point of no return (for
-    SMTP: after the server's 354, before the body's final dot). A run that dies
-    before it leaves the row ``pending`` and the next run sends it; a run that dies
-    after it leaves ``sending``, which nobody can resolve without the mail server's
-    log, so the next run parks it as ``unknown`` for ops instead of risking a
-    second copy in the customer's inbox.
+    A dropped notice is written on the case's timeline with the reason.
     """
-    with transaction(rt.sessions) as session:
-        outbox = session.get(Outbox, job.outbox_id, with_for_update=True, populate_existing=True)
-        if outbox is None:
-            raise PermanentJobError(f"outbox row {job.outbox_id} not found")
-        if outbox.status in ("sent", "failed", "skipped", "unknown"):
-            finish(session, job)
-            return "already_" + outbox.status, []
-        if outbox.status == "sending":
-            outbox.status = "unknown"
-            note = (
-                f"parked: delivery of {outbox.message_id} is unknown (the worker died after handing it to "
-                "the mail server); check the server's log, then `dunning dlq requeue` to resend or purge"
-            )
-            outbox.last_error = note
-            finish(session, job, status="dead", note=note)
-            return "unknown", []
-        case = session.get(Case, outbox.case_id) if outbox.case_id else None
-        if (
-            case is not None
-            and outbox.kind in _ONLY_WHILE_UNPAID
-            and case.status not in ("open", "suspended")
-        ):
-            outbox.status = "skipped"
-            record(
-                session,
-                case.subscription_id,
-                case.id,
-                rt.clock.now(),
-                "email",
-                f"{outbox.kind} dropped: case {case.status}",
-            )
-            finish(session, job)
-            return "skipped", []
-        render_outbox(rt, session, outbox, now=rt.clock.now())
-        outbox.attempts += 1
-        message = build_message(
-            RenderedEmail(subject=outbox.subject, html=outbox.html, text=outbox.text),
-            to=outbox.to_email,
-            sender=rt.settings.mail_from,
-            message_id=outbox.message_id,
-            headers={"X-Dunning-Notice": outbox.key, "X-Dunning-Kind": outbox.kind},
-            date=outbox.send_after,
-        )
-        outbox_id = outbox.id
-
-    marked = False
-
-    def commit_point() -> None:
-        # Called again when the sender retries after a definite refusal (e.g. 451 to
-        # the body): the row is already ours.
-        nonlocal marked
-        if marked:
-            return
-        with transaction(rt.sessions) as session:
-            moved = session.execute(
-                update(Outbox)
-                .where(Outbox.id == outbox_id, Outbox.status == "pending")
-                .values(status="sending")
-            ).rowcount
-        if not moved:
-            raise _Superseded()
-        marked = True
-
-    def settle(status: str, error: str | None) -> None:
-        with transaction(rt.sessions) as session:
-            row = session.get(Outbox, outbox_id, populate_existing=True)
-            assert row is not None
-            row.status, row.last_error = status, error
-            if status == "sent":
-                row.sent_at = rt.clock.now()
-            if status != "pending":
-                finish(session, job, status="dead" if status == "unknown" else "done", note=error)
-
-    try:
-        rt.sender.send(message, commit_point=commit_point)
-    except _Superseded:
-        with transaction(rt.sessions) as session:
-            finish(session, job, note="another run sent it")
-        return "superseded", []
-    except TransientSendError as exc:
-        settle("pending", str(exc)[:500])
-        raise
-    except PermanentSendError as exc:
-        settle("failed", f"permanent SMTP failure: {exc}"[:500])
-        return "failed", []
-    except AmbiguousSendError as exc:
-        settle("unknown", f"parked: {exc}; check the mail server's log, then requeue or purge"[:500])
-        return "unknown", []
-    settle("sent", None)
-    return "sent", []
+    case = session.get(Case, outbox.case_id) if outbox.case_id else None
+    if case is None or outbox.kind not in _ONLY_WHILE_UNPAID or case.status in ("open", "suspended"):
+        return None
+    reason = f"case {case.status}"
+    record(session, case.subscription_id, case.id, now, "email", f"{outbox.kind} dropped: {reason}")
+    return reason
 
 
-_HANDLERS: dict[str, Callable[[Runtime, Job], Result]] = {
+JOBS: dict[str, JobHandler] = {
     "retry": _retry,
     "notice": _simple(_notice),
     "suspend": _simple(_suspend),
     "end": _simple(_end),
     "billing": _billing,
-    "send_email": _send_email,
 }
