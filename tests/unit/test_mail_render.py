@@ -427,9 +427,10 @@ def test_reason_words() -> None:
 
 
 def test_every_kind_has_both_templates() -> None:
+    # Each workflow's templates live in a folder named after it (templates/email/<workflow>/).
     for kind in KINDS:
-        assert (TEMPLATES / "email" / f"{kind}.html").is_file()
-        assert (TEMPLATES / "email" / f"{kind}.txt").is_file()
+        assert (TEMPLATES / "email" / "failed_payments" / f"{kind}.html").is_file()
+        assert (TEMPLATES / "email" / "failed_payments" / f"{kind}.txt").is_file()
 
 
 def test_templates_dir_discovery(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -224,7 +224,10 @@ class Renderer:
         email_dir = self.templates_dir / "email"
         if not email_dir.is_dir():
             raise FileNotFoundError(f"no email templates in {email_dir}")
-        self._loader = FileSystemLoader(email_dir)
+        # The shared layout at the top, each workflow's templates in a folder of its own
+        # (email/<workflow>/<kind>.html): a kind's name is unique across workflows.
+        folders = [email_dir, *sorted(p for p in email_dir.iterdir() if p.is_dir())]
+        self._loader = FileSystemLoader(folders)
         locale_dir = self.templates_dir / "locale"
         self._catalogs: dict[str, Path] = {}
         if locale_dir.is_dir():
