@@ -30,6 +30,13 @@ console = Console()
 err = Console(stderr=True, soft_wrap=True)  # one line per error, whatever the width
 
 
+def actors_module() -> str:
+    """Where the actors are: ``dunning.workers`` in an installed wheel, ``workers`` in a checkout."""
+    import importlib.util
+
+    return "dunning.workers" if importlib.util.find_spec("dunning.workers") else "workers"
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     """Exit non-zero with a one-line reason."""
     err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
@@ -143,7 +150,7 @@ def worker(
 
     rt.close()
     set_runtime(None)
-    args = ["workers", "--processes", str(processes), "--threads", str(threads)]
+    args = [actors_module(), "--processes", str(processes), "--threads", str(threads)]
     if queues:
         args += ["--queues", *queues]
     sys.exit(dramatiq_main(make_argument_parser().parse_args(args)))
