@@ -702,8 +702,19 @@ def main() -> None:
                 say(f"in-process breakdown failed: {results['breakdown_error']}")
         conn.close()
 
+    plain = results.get("noop_plain_dramatiq")
+    if plain:
+        # The figures the architecture targets are against stock Dramatiq, on the same run.
+        results["noop_vs_plain_ratio"] = round(results["noop"]["rate_steady"] / plain["rate_steady"], 3)
+        results["ingest_vs_plain_ratio"] = round(results["ingest"]["rate_steady"] / plain["rate_steady"], 3)
     results["loadavg_after"] = loadavg()
     print()
+    if plain:
+        say(
+            f"VS PLAIN DRAMATIQ  plain no-op {fmt_rate(plain['rate_steady'])} steady | product no-op "
+            f"{100 * results['noop_vs_plain_ratio']:.1f}% of it (target >= 85%) | ingest "
+            f"{100 * results['ingest_vs_plain_ratio']:.1f}% of it (target >= 40%)"
+        )
     say(
         f"SUMMARY  ingest {fmt_rate(results['ingest']['rate_steady'])} steady "
         f"({fmt_rate(results['ingest']['rate_e2e'])} end to end) | no-op {fmt_rate(results['noop']['rate_steady'])} "
