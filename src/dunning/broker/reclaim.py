@@ -19,12 +19,9 @@ Dramatiq's own maintenance, doing the same at the same moment.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import redis
 from dramatiq import Message
@@ -32,12 +29,11 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name
 
 from dunning.broker.liveness import ALONE_OPTION, CRASHES_OPTION, alone_marker
+from dunning.broker.middleware.dead_letters import Parker, parked_payload
 from dunning.broker.names import ALL_QUEUES, EVENTS_QUEUE
 from dunning.engine.recovery import after_death
 
 log = logging.getLogger(__name__)
-
-Parker = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -141,20 +137,13 @@ def _after_death(body: bytes, queue: str, ran_alone: bool, max_crashes: int, par
         ran_alone=ran_alone, crashes=int(options.get(CRASHES_OPTION) or 0), max_crashes=max_crashes
     )
     if verdict.park:
-        original = {
-            "queue_name": message.queue_name,
-            "actor_name": message.actor_name,
-            "args": list(message.args),
-            "kwargs": dict(message.kwargs),
-            "message_id": message.message_id,
-        }
         # Parked before it leaves Redis: if the database refuses, the exception keeps it there.
         park(
             {
                 "message_id": message.message_id,
                 "queue": queue,
                 "actor": message.actor_name,
-                "payload": json.dumps(original, separators=(",", ":")),
+                "payload": parked_payload(message),
                 "field": None,
                 "reason": f"parked: its worker died {verdict.crashes} times while it ran alone"
                 " (a message that kills its worker)",

@@ -17,6 +17,18 @@ log = logging.getLogger(__name__)
 Parker = Callable[[dict[str, Any]], None]
 
 
+def parked_payload(message: Any) -> str:
+    """What a dead letter keeps of a message: enough for ``dunning dlq requeue`` to send it again."""
+    original = {
+        "queue_name": message.queue_name,
+        "actor_name": message.actor_name,
+        "args": list(message.args),
+        "kwargs": dict(message.kwargs),
+        "message_id": message.message_id,
+    }
+    return json.dumps(original, separators=(",", ":"))
+
+
 class DeadLetters(Middleware):
     """Keeps every message that failed for good in the database, with its reason.
 
@@ -49,20 +61,13 @@ class DeadLetters(Middleware):
             )
 
     def _park(self, message: Any, field: str | None, reason: str, error_type: str) -> None:
-        original = {
-            "queue_name": message.queue_name,
-            "actor_name": message.actor_name,
-            "args": list(message.args),
-            "kwargs": dict(message.kwargs),
-            "message_id": message.message_id,
-        }
         try:
             self.park(
                 {
                     "message_id": message.message_id,
                     "queue": message.queue_name,
                     "actor": message.actor_name,
-                    "payload": json.dumps(original, separators=(",", ":")),
+                    "payload": parked_payload(message),
                     "field": field,
                     "reason": reason,
                     "error_type": error_type,
