@@ -16,19 +16,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from dunning.engine.jobs import Dispatch, wall_now
 from dunning.engine.recovery import Beat, Run, after_death, dead_workers, stranded, unsent
+from dunning.store.db import dialect_insert
 from dunning.store.models import Job, Outbox, Worker
 
 
 def beat(session: Session, worker_id: str, *, host: str, pid: int, at: datetime | None = None) -> None:
     """Record that ``worker_id`` is alive (the row is created on the first beat, or again after a freeze)."""
     at = at or wall_now()
-    name = session.get_bind().dialect.name
-    insert = (postgresql if name == "postgresql" else sqlite).insert
+    insert = dialect_insert(session)
     session.execute(
         insert(Worker)
         .values(id=worker_id, host=host[:255], pid=pid, started_at=at, heartbeat_at=at)

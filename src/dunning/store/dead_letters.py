@@ -8,10 +8,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from dunning.errors import DunningError
-from dunning.store.db import transaction
+from dunning.store.db import dialect_insert, transaction
 from dunning.store.models import DeadLetter, Job, Outbox
 
 if TYPE_CHECKING:
@@ -29,8 +28,7 @@ class CannotRequeue(DunningError, ValueError):
 def park(rt: Runtime, row: dict[str, Any]) -> None:
     """Keep a failed message (once per message id: a re-park updates the reason)."""
     with transaction(rt.sessions) as session:
-        dialect = session.get_bind().dialect.name
-        insert = (postgresql if dialect == "postgresql" else sqlite).insert
+        insert = dialect_insert(session)
         stmt = insert(DeadLetter).values(**row, requeued_at=None)
         stmt = stmt.on_conflict_do_update(
             index_elements=["message_id"],
