@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.exc import DBAPIError
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 
 from dunning.broker.enqueue import send_jobs
 from dunning.engine.jobs import claim_due
@@ -113,6 +114,11 @@ def recover_dead_workers(rt: Runtime, broker: dramatiq.Broker) -> TickResult:
     return result
 
 
+def _outage(exc: BaseException) -> bool:
+    """The database or Redis is unreachable (redis.ConnectionError is an OSError via ConnectionError)."""
+    return isinstance(exc, DBAPIError | OSError | ConnectionError) or type(exc).__module__.startswith("redis")
+
+
 def run_forever(
     rt: Runtime,
     broker: dramatiq.Broker,
@@ -130,12 +136,33 @@ def run_forever(
     the outage proves nothing. ``totals``, if given, accumulates every pass.
     """
     stop = stop or threading.Event()
-    backoff = poll_s
     total = 0
     last_report = time.monotonic()
     healthy_since: float | None = None
     last_recovery = 0.0
-    while not stop.is_set():
+
+    def outage(state: RetryCallState) -> None:
+        nonlocal healthy_since
+        healthy_since = None  # heartbeats written during an outage could not reach us: judge none
+        exc = state.outcome.exception() if state.outcome else None
+        what = "broker unavailable" if type(exc).__module__.startswith("redis") else "scheduler tick failed"
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning("%s (%s); retrying in %.1fs", what, type(exc).__name__, wait)
+
+    # An outage (database or Redis unreachable) backs off, doubling up to 30 s, for as long
+    # as it lasts; anything else is a bug and stops the scheduler.
+    retrying = Retrying(
+        retry=retry_if_exception(_outage),
+        wait=wait_exponential(multiplier=poll_s, min=poll_s, max=30.0),
+        stop=lambda _state: stop.is_set(),
+        sleep=stop.wait,
+        before_sleep=outage,
+        reraise=True,
+    )
+
+    def attempt() -> TickResult:
+        # Decided at each attempt: a retry after an outage must not judge heartbeats yet.
+        nonlocal healthy_since, last_recovery
         clock = time.monotonic()
         if healthy_since is None:
             healthy_since = clock
@@ -143,26 +170,18 @@ def run_forever(
             clock - healthy_since >= rt.tuning.worker_dead_after_s
             and clock - last_recovery >= RECOVERY_EVERY_S
         )
-        try:
-            result = tick(rt, broker, batch=batch, recover=recover)
-            backoff = poll_s
-        except (DBAPIError, OSError, ConnectionError) as exc:
-            # Includes redis.ConnectionError (an OSError subclass via ConnectionError).
-            log.warning("scheduler tick failed (%s); retrying in %.1fs", type(exc).__name__, backoff)
-            healthy_since = None
-            stop.wait(backoff)
-            backoff = min(backoff * 2, 30.0)
-            continue
-        except Exception as exc:
-            if type(exc).__module__.startswith("redis"):
-                log.warning("broker unavailable (%s); retrying in %.1fs", type(exc).__name__, backoff)
-                healthy_since = None
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
-            raise
+        result = tick(rt, broker, batch=batch, recover=recover)
         if recover:
             last_recovery = clock
+        return result
+
+    while not stop.is_set():
+        try:
+            result = retrying(attempt)
+        except Exception as exc:
+            if stop.is_set() and _outage(exc):
+                break  # asked to stop during an outage
+            raise
         if totals is not None:
             totals.add(result)
         total += result.enqueued
