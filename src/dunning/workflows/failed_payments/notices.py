@@ -11,6 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from dunning.workflows.failed_payments.reasons import describe_reason
+
+if TYPE_CHECKING:
+    from dunning.mail.render import Formatter
 
 #: Notice kinds that have templates. The lead's code passes these exact strings.
 KINDS: tuple[str, ...] = (
@@ -77,3 +83,45 @@ class NoticeContext:
     card_last4: str | None = None
     product_name: str = "Acme"
     support_email: str = "support@example.com"
+
+    def template_values(self, fmt: Formatter) -> dict[str, Any]:
+        """Every variable the failed-payment templates use, formatted for this customer."""
+        variant: str | None
+        if self.kind == "payment_failed":
+            variant = self.decline_class if self.decline_class in DECLINE_CLASSES else "generic"
+        elif self.kind == "subscription_ended":
+            variant = self.end_action
+        else:
+            variant = None
+        end_action = self.end_action
+        if end_action is not None and end_action not in END_ACTIONS:
+            raise ValueError(f"end_action: expected one of {', '.join(END_ACTIONS)}, got {end_action!r}")
+        if self.kind == "subscription_ended" and end_action is None:
+            raise ValueError("end_action: required for subscription_ended")
+        if end_action == "downgrade" and not self.downgrade_plan:
+            raise ValueError("downgrade_plan: required when end_action is 'downgrade'")
+        downgrade_amount = None
+        if self.downgrade_amount_minor is not None:
+            downgrade_amount = fmt.money(self.downgrade_amount_minor, self.currency)
+        return {
+            "variant": variant,
+            "name": fmt.one_line(self.customer_name),
+            "customer_email": self.customer_email,
+            "product": self.product_name,
+            "support_email": self.support_email,
+            "plan": self.plan,
+            "amount": fmt.money(self.amount_minor, self.currency),
+            "reason": describe_reason(self.decline_reason, fmt.gettext),
+            "card": fmt.card(self.card_brand, self.card_last4),
+            "next_retry_date": fmt.date(self.next_retry_at),
+            "suspend_date": fmt.date(self.suspend_at),
+            "suspend_date_short": fmt.date(self.suspend_at, "long"),
+            "suspend_time": fmt.time(self.suspend_at),
+            "end_date": fmt.date(self.end_at),
+            "end_action": end_action,
+            "downgrade_plan": self.downgrade_plan,
+            "downgrade_amount": downgrade_amount,
+            "downgrade_free": self.downgrade_amount_minor == 0,
+            "was_suspended": self.was_suspended,
+            "action_url": self.action_url or None,
+        }

@@ -11,11 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-
-def N_(message: str) -> str:
-    """Mark a string for extraction by pybabel without translating it here."""
-    return message
-
+from dunning.mail.render import N_
 
 # Several codes mean the same thing to a customer; grouping them keeps the
 # catalog small and the wording consistent.
