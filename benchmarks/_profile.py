@@ -139,7 +139,7 @@ INCLUSIVE = [
     ("Renderer.render (Jinja2 + Babel + css-inline)", lambda f, p: f == "Renderer.render"),
     ("parse_event (pydantic validation)", lambda f, p: f == "parse_event"),
     (
-        "session commit (incl. the buffered executemany writes of services/unit.py)",
+        "session commit (incl. the buffered executemany writes of store/unit.py)",
         lambda f, p: (
             f in ("Session.commit", "SessionTransaction.commit", "Connection.commit", "Transaction.commit")
             or ("commit" in f and "sqlalchemy generated" in p)

@@ -57,8 +57,8 @@ MAIL_QUEUE, MAIL_ACTOR = "mail", "deliver_email"
 
 
 def context(kind: str, i: int, locale: str, tz: str, decline: str) -> Any:
-    from dunning.domain.declines import classify_decline
-    from dunning.mail.context import NoticeContext
+    from dunning.workflows.failed_payments.declines import classify_decline
+    from dunning.workflows.failed_payments.notices import NoticeContext
 
     now = datetime.now(UTC)
     return NoticeContext(
@@ -85,8 +85,8 @@ def context(kind: str, i: int, locale: str, tz: str, decline: str) -> Any:
 
 def bench_render(n: int) -> dict[str, Any]:
     """Single-threaded Renderer.render rate over every kind and three languages."""
-    from dunning.mail.context import KINDS
     from dunning.mail.render import Renderer
+    from dunning.workflows.failed_payments.notices import KINDS
 
     r = Renderer()
     rng = random.Random(3)

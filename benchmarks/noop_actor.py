@@ -1,9 +1,9 @@
 """A no-op actor on its own queue, with the product's broker and middleware: the Dramatiq ceiling.
 
 Run as ``dramatiq benchmarks.noop_actor --processes 2 --threads 8`` (with
-``DUNNING_REDIS_URL`` set): importing :mod:`dunning.broker` installs the same
-``RedisBroker`` and middleware list (AgeLimit, TimeLimit, ShutdownNotifications,
-Callbacks, Pipelines, DeadLetters, RedactingRetries, PoisonGuard) that
+``DUNNING_REDIS_URL`` set): :func:`dunning.broker.setup.setup_broker` installs the same
+broker and middleware list (RunAlone, Heartbeat, AgeLimit, TimeLimit, ShutdownNotifications,
+Callbacks, Pipelines, DeadLetters, Retries, RedactTracebacks) that
 ``dunning worker`` uses, so the difference between this actor's rate and the
 ingest rate is the cost of the product's own work.
 """
@@ -14,7 +14,9 @@ from typing import Any
 
 import dramatiq
 
-from dunning.broker import broker
+from dunning.broker.setup import setup_broker
+
+broker = setup_broker()
 
 QUEUE = "bench_noop"
 ACTOR = "bench_noop"

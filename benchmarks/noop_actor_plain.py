@@ -1,7 +1,7 @@
 """The same no-op actor on a bare ``RedisBroker`` with Dramatiq's default middleware (reference only).
 
 ``dramatiq benchmarks.noop_actor_plain`` shows what the product's middleware
-(DeadLetters, RedactingRetries and above all PoisonGuard's two extra Redis
+(DeadLetters, RedactTracebacks, RunAlone and Heartbeat; before 2026-12 also PoisonGuard's two extra Redis
 round trips per message) costs compared with stock Dramatiq.
 """
 

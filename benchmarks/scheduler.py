@@ -11,7 +11,7 @@ For each table size (the table is grown in place, ``INSERT ... SELECT generate_s
 * ``VACUUM ANALYZE`` (what autovacuum would have done);
 * ``EXPLAIN (ANALYZE, BUFFERS)`` of the exact claim statement ``tick`` sends
   (captured from SQLAlchemy), which must be an index scan on ``ix_jobs_pending_due``;
-* ``dunning.scheduler.tick`` with batch 500 and 1000, ``--reps`` times each,
+* ``dunning.engine.scheduler.tick`` with batch 500 and 1000, ``--reps`` times each,
   enqueuing into a real Redis: milliseconds per tick, and the split between the
   database part (claim + commit) and the broker part (one enqueue per job).
 
@@ -127,9 +127,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 def measure_ticks(rt: Any, broker: Any, batch: int, reps: int) -> dict[str, Any]:
-    from dunning.dispatch import send_jobs
-    from dunning.scheduler import tick
-    from dunning.services.jobs import claim_due
+    from dunning.broker.enqueue import send_jobs
+    from dunning.engine.jobs import claim_due
+    from dunning.engine.scheduler import tick
     from dunning.store.db import transaction
 
     totals, got = [], []
@@ -269,7 +269,7 @@ def main() -> None:
     results: dict[str, Any] = {"loadavg_before": loadavg(), "sizes": []}
     with stack("scheduler") as st:
         st.use_in_process()
-        from dunning.broker import build_broker
+        from dunning.broker.setup import build_broker
         from dunning.runtime import build_runtime
 
         broker = build_broker(st.redis.url)
@@ -298,7 +298,7 @@ def main() -> None:
             say(f"sizes: {entry['relation_sizes']}; pending {entry['pending']:,}")
             for batch in args.batches:
                 capture.statement = None
-                from dunning.scheduler import tick
+                from dunning.engine.scheduler import tick
 
                 tick(rt, broker, batch=batch)  # warm + capture the statement
                 plan = explain(rt, capture)

@@ -17,16 +17,17 @@ from tests.support.servers import PostgresServer, RedisProcess, SmtpServer, uniq
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Refuse a test module that imports ``dunning.broker`` (or ``workers``) when it is collected.
+    """Refuse a test module that imports ``workers`` (the actors) when it is collected.
 
-    Importing it sets Dramatiq's global broker from the environment, before the
+    Importing it sets Dramatiq's global broker from the environment (the one import
+    with a side effect, on purpose: actors bind to it), before the
     ``dunning_broker`` fixture has pointed it at the suite's Redis: without
     ``DUNNING_REDIS_URL`` it starts an embedded Redis, and every test that
     enqueues through the global broker then writes where no worker reads.
     """
     import sys
 
-    early = [name for name in ("dunning.broker", "workers") if name in sys.modules]
+    early = [name for name in ("workers",) if name in sys.modules]
     if early and session.items:
         raise pytest.UsageError(
             f"{', '.join(early)} imported while collecting tests: import it inside the test or fixture"

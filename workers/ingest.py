@@ -7,12 +7,12 @@ from typing import Any
 
 import dramatiq
 
+from dunning.broker.enqueue import send_jobs
+from dunning.broker.names import EVENTS_QUEUE, INGEST_ACTOR
 from dunning.contract import Event, InvalidEvent, parse_message_args
-from dunning.dispatch import send_jobs
-from dunning.groupcommit import GroupCommit
-from dunning.queues import EVENTS_QUEUE, INGEST_ACTOR
+from dunning.engine.groupcommit import GroupCommit
+from dunning.engine.ingest import Outcome, ingest_many
 from dunning.runtime import get_runtime
-from dunning.services.ingest import Outcome, ingest_many
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import dramatiq
 
+from dunning.broker.enqueue import send_jobs
+from dunning.broker.liveness import current_worker_id, running_alone
+from dunning.broker.names import JOBS_ACTOR, JOBS_QUEUE, MAIL_ACTOR, MAIL_QUEUE
 from dunning.contract import InvalidEvent
-from dunning.dispatch import send_jobs
-from dunning.liveness import current_worker_id, running_alone
-from dunning.queues import JOBS_ACTOR, JOBS_QUEUE, MAIL_ACTOR, MAIL_QUEUE
+from dunning.engine.runner import run_job as run
 from dunning.runtime import get_runtime
-from dunning.services.runner import run_job as run
 
 
 def _job_id(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:

@@ -30,6 +30,13 @@ console = Console()
 err = Console(stderr=True, soft_wrap=True)  # one line per error, whatever the width
 
 
+def actors_module() -> str:
+    """Where the actors are: ``dunning.workers`` in an installed wheel, ``workers`` in a checkout."""
+    import importlib.util
+
+    return "dunning.workers" if importlib.util.find_spec("dunning.workers") else "workers"
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     """Exit non-zero with a one-line reason."""
     err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
@@ -126,14 +133,14 @@ def worker(
     from dramatiq.cli import main as dramatiq_main
     from dramatiq.cli import make_argument_parser
 
-    from dunning.queues import ALL_QUEUES
+    from dunning.broker.names import ALL_QUEUES
 
     unknown = set(queues or ()) - set(ALL_QUEUES)
     if unknown:
         fail(f"--queue: unknown queue {sorted(unknown)[0]!r}; queues are {', '.join(ALL_QUEUES)}")
     rt = _runtime()
     _require_schema(rt)
-    from dunning.broker import redis_url
+    from dunning.broker.setup import redis_url
 
     # Children inherit the resolved URL, so they all share one (embedded) Redis.
     os.environ["DUNNING_REDIS_URL"] = redis_url(rt.settings)
@@ -143,7 +150,7 @@ def worker(
 
     rt.close()
     set_runtime(None)
-    args = ["workers", "--processes", str(processes), "--threads", str(threads)]
+    args = [actors_module(), "--processes", str(processes), "--threads", str(threads)]
     if queues:
         args += ["--queues", *queues]
     sys.exit(dramatiq_main(make_argument_parser().parse_args(args)))
@@ -159,8 +166,8 @@ def scheduler(
     import signal
     import threading
 
-    from dunning.broker import setup_broker
-    from dunning.scheduler import run_forever
+    from dunning.broker.setup import setup_broker
+    from dunning.engine.scheduler import run_forever
 
     _logging(verbose)
     rt = _runtime()
@@ -181,7 +188,7 @@ def serve(
     """HTTP ingest (POST /events), customer links (/l/...), ops page (/) and /healthz."""
     import uvicorn
 
-    from dunning.web import create_app
+    from dunning.http.app import create_app
 
     rt = _runtime()
     _require_schema(rt)
@@ -219,7 +226,7 @@ def queues() -> None:
 
     rt = _runtime()
     _require_schema(rt)
-    from dunning.broker import redis_url
+    from dunning.broker.setup import redis_url
 
     snap = queue_snapshot(rt, redis_url(rt.settings))
     table = Table(title="Broker queues")
@@ -242,7 +249,7 @@ def queues() -> None:
 @dlq_app.command("list")
 def dlq_list(all_: Annotated[bool, typer.Option("--all", help="Include requeued ones.")] = False) -> None:
     """List refused messages (m<id>) and parked jobs (j<id>) with their reasons."""
-    from dunning.services.dlq import list_parked
+    from dunning.store.dead_letters import list_parked
 
     rt = _runtime()
     _require_schema(rt)
@@ -263,7 +270,7 @@ def dlq_list(all_: Annotated[bool, typer.Option("--all", help="Include requeued 
 @dlq_app.command("show")
 def dlq_show(ref: Annotated[str, typer.Argument(help="m<id> or j<id> from `dlq list`.")]) -> None:
     """Show one dead letter with its payload."""
-    from dunning.services.dlq import get_parked
+    from dunning.store.dead_letters import get_parked
 
     rt = _runtime()
     _require_schema(rt)
@@ -285,7 +292,7 @@ def dlq_requeue(refs: Annotated[list[str], typer.Argument(help="m<id>/j<id>, or 
     """Send dead letters back for another try (after fixing the cause)."""
     from dramatiq import Message
 
-    from dunning.services.dlq import CannotRequeue, list_parked, requeue
+    from dunning.store.dead_letters import CannotRequeue, list_parked, requeue
 
     rt = _runtime()
     _require_schema(rt)
@@ -293,7 +300,7 @@ def dlq_requeue(refs: Annotated[list[str], typer.Argument(help="m<id>/j<id>, or 
 
     def send(queue: str, actor: str, args: list[Any], kwargs: dict[str, Any]) -> None:
         if not brokers:  # connected on first use: a refusal needs no broker
-            from dunning.broker import setup_broker
+            from dunning.broker.setup import setup_broker
 
             brokers.append(setup_broker(rt.settings))
         brokers[0].enqueue(
@@ -319,7 +326,7 @@ def dlq_purge(
     all_: Annotated[bool, typer.Option("--all", help="Purge every dead letter.")] = False,
 ) -> None:
     """Delete dead letters for good."""
-    from dunning.services.dlq import purge
+    from dunning.store.dead_letters import purge
 
     if not ref and not all_:
         fail("give a REF or --all")

@@ -21,8 +21,8 @@ import dramatiq
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
+from dunning.broker.names import EVENTS_QUEUE, INGEST_ACTOR
 from dunning.contract import Event, InvalidEvent, parse_event, to_wire
-from dunning.queues import EVENTS_QUEUE, INGEST_ACTOR
 
 __all__ = ["Client", "InvalidEvent", "build_message", "send_event"]
 
@@ -49,7 +49,7 @@ class Client:
     def __init__(self, redis_url: str | None = None, *, broker: dramatiq.Broker | None = None) -> None:
         if broker is None:
             if redis_url is None:
-                from dunning.broker import redis_url as configured
+                from dunning.broker.setup import redis_url as configured
                 from dunning.settings import load_settings
 
                 redis_url = configured(load_settings())

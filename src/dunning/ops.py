@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
-from dunning.queues import ALL_QUEUES
-from dunning.services.jobs import wall_now
+from dunning.broker.names import ALL_QUEUES
+from dunning.engine.jobs import wall_now
 from dunning.store.models import DeadLetter, Job
 
 if TYPE_CHECKING:

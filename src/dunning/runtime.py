@@ -16,14 +16,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from dunning.billing.port import BillingPort
 from dunning.domain.clock import Clock, SystemClock
 from dunning.domain.policy import Policy, load_policy
-from dunning.links import LinkSigner
+from dunning.engine.links import LinkSigner
 from dunning.mail import sender_from_url
 from dunning.mail.render import Renderer
 from dunning.mail.sending import Sender
-from dunning.services.unit import install as install_unit
 from dunning.settings import Settings, load_settings
 from dunning.store.clock import DatabaseClock
 from dunning.store.db import make_engine, make_sessionmaker
+from dunning.store.unit import install as install_unit
 
 DEFAULT_SANDBOX_URL = "http://127.0.0.1:8765"
 

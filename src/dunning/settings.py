@@ -50,7 +50,7 @@ class Settings:
     # Signs the short-lived token a customer link hands to the billing portal
     # (docs/configuration.md); None: derived from ``link_secret``.
     portal_secret: str | None = None
-    #: Bearer token for the ops page and ``/metrics``; None: loopback clients only (dunning.opsauth).
+    #: Bearer token for the ops page and ``/metrics``; None: loopback clients only (dunning.http.auth).
     ops_token: str | None = None
 
     @property

@@ -12,11 +12,13 @@ import hashlib
 import hmac
 import time
 
+from dunning.errors import DunningError
+
 SIGNATURE_HEADER = "Dunning-Signature"
 DEFAULT_TOLERANCE_S = 300
 
 
-class SignatureError(Exception):
+class SignatureError(DunningError):
     """The signature header is missing, malformed, stale or does not match the body."""
 
 

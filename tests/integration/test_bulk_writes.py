@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from dunning.services.jobs import cancel_scheduled_retries
+from dunning.engine.jobs import cancel_scheduled_retries
 from dunning.store.bulk import allocate_ids, insert_rows, rows_by_ids
 from dunning.store.db import make_engine, make_sessionmaker
 from dunning.store.migrate import upgrade

@@ -108,7 +108,7 @@ def test_dlq_on_bytes_that_were_not_a_message(cli, monkeypatch: pytest.MonkeyPat
     from dunning.runtime import get_runtime
 
     monkeypatch.setattr(cli_module.console, "width", 300)  # one table row per line
-    from dunning.services.dlq import NOT_A_MESSAGE, park
+    from dunning.store.dead_letters import NOT_A_MESSAGE, park
 
     assert cli("db", "upgrade").exit_code == 0
     set_runtime(None)

@@ -29,9 +29,9 @@ from tests.support.harness import START
 
 from dunning.client import Client
 from dunning.devtools.sandbox import SandboxServer
+from dunning.engine.jobs import outstanding
+from dunning.engine.scheduler import TickResult, run_forever
 from dunning.runtime import Tuning, build_runtime
-from dunning.scheduler import TickResult, run_forever
-from dunning.services.jobs import outstanding
 from dunning.settings import load_settings
 from dunning.store.migrate import upgrade
 from dunning.store.models import Case, DeadLetter, Job, Outbox, ProcessedEvent

@@ -46,7 +46,7 @@ def default_settings() -> dict[str, str]:
     """Every knob of crash recovery at its default (the scenario's fast settings undone)."""
     from dramatiq.brokers.redis import DEFAULT_MAINTENANCE_CHANCE
 
-    from dunning.broker import HEARTBEAT_TIMEOUT_MS
+    from dunning.broker.setup import HEARTBEAT_TIMEOUT_MS
 
     env = {f"DUNNING_TUNING_{name.upper()}": str(value) for name, value in Tuning().__dict__.items()}
     env["DUNNING_BROKER_HEARTBEAT_MS"] = str(HEARTBEAT_TIMEOUT_MS)

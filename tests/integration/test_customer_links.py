@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 from tests.support.servers import free_port
 
-from dunning.links import (
+from dunning.engine.links import (
     MANAGE_ACCOUNT,
     UPDATE_PAYMENT_METHOD,
     LinkSigner,

@@ -6,9 +6,9 @@ import pytest
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
-from dunning.dispatch import send_jobs
-from dunning.queues import ACTOR_FOR_QUEUE, JOBS_QUEUE, MAIL_QUEUE
-from dunning.services.jobs import Dispatch
+from dunning.broker.enqueue import send_jobs
+from dunning.broker.names import ACTOR_FOR_QUEUE, JOBS_QUEUE, MAIL_QUEUE
+from dunning.engine.jobs import Dispatch
 
 pytestmark = pytest.mark.integration
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def broker(redis_server) -> RedisBroker:
     # Imported here: importing dunning.broker at collection would set the global broker
     # before the suite's Redis is known (and start an embedded one).
-    from dunning.broker import build_broker
+    from dunning.broker.setup import build_broker
 
     broker = build_broker(redis_server.url)
     broker.client.flushall()
@@ -48,3 +48,33 @@ def test_one_job_and_none(broker: RedisBroker) -> None:
     assert send_jobs(broker, [Dispatch(MAIL_QUEUE, 7)]) == 1
     (only,) = _queued(broker, MAIL_QUEUE)
     assert only.args == (7,) and only.options["redis_message_id"]
+
+
+def test_the_fast_path_writes_what_dramatiqs_own_enqueue_writes(broker: RedisBroker) -> None:
+    """send_jobs mirrors RedisBroker.enqueue (one MULTI for many): same keys, same kinds, same fields."""
+    stock = Message(
+        queue_name=JOBS_QUEUE, actor_name=ACTOR_FOR_QUEUE[JOBS_QUEUE], args=(1,), kwargs={}, options={}
+    )
+    broker.enqueue(stock)
+    # Dramatiq's script also beats this process's heartbeat: not a key of the message.
+    stock_keys = {
+        k.decode(): broker.client.type(k).decode()
+        for k in broker.client.keys("*")
+        if k != b"dramatiq:__heartbeats__"
+    }
+    broker.client.flushall()
+    send_jobs(broker, [Dispatch(JOBS_QUEUE, 1)])
+    ours_keys = {
+        k.decode(): broker.client.type(k).decode()
+        for k in broker.client.keys("*")
+        if k != b"dramatiq:__heartbeats__"
+    }
+    assert (
+        ours_keys == stock_keys == {f"dramatiq:{JOBS_QUEUE}": "list", f"dramatiq:{JOBS_QUEUE}.msgs": "hash"}
+    )
+    (ours,) = _queued(broker, JOBS_QUEUE)
+    assert set(ours.asdict()) == set(stock.asdict())
+    assert set(ours.options) == {"redis_message_id"}  # what Dramatiq's enqueue adds, and nothing else
+    # The list holds the Redis id, and the hash maps it to the body, as Dramatiq's fetch expects.
+    [redis_id] = broker.client.lrange(f"dramatiq:{JOBS_QUEUE}", 0, -1)
+    assert redis_id.decode() == ours.options["redis_message_id"]

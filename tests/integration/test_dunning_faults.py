@@ -18,7 +18,7 @@ from tests.support.harness import SECRET, START, Harness
 
 from dunning.billing.http_client import HttpBillingClient
 from dunning.mail.smtp import SmtpSender
-from dunning.services.dlq import list_parked, requeue
+from dunning.store.dead_letters import list_parked, requeue
 from dunning.store.models import DeadLetter, ProcessedEvent
 
 pytestmark = pytest.mark.integration

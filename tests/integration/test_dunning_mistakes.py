@@ -21,10 +21,10 @@ from sqlalchemy import func, select, update
 from tests.support.harness import START, Harness, harness
 
 from dunning.contract import parse_event
-from dunning.scheduler import tick
-from dunning.services.ingest import ingest
-from dunning.services.jobs import claim_due
-from dunning.services.runner import run_job
+from dunning.engine.ingest import ingest
+from dunning.engine.jobs import claim_due
+from dunning.engine.runner import run_job
+from dunning.engine.scheduler import tick
 from dunning.store.db import transaction
 from dunning.store.models import Job, Outbox, ProcessedEvent, Subscription
 

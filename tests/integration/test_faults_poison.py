@@ -386,7 +386,7 @@ def _worker_log_since(sc: Scenario, offset: int) -> str:
 
 
 def test_undecodable_bytes_on_redis_are_parked_and_strand_no_good_event(quiet_world: Scenario) -> None:
-    from dunning.refusing_broker import escape_bytes
+    from dunning.broker.consumer import escape_bytes
 
     sc = quiet_world
     broker = sc.broker
@@ -451,7 +451,7 @@ def test_undecodable_bytes_on_redis_are_parked_and_strand_no_good_event(quiet_wo
 @pytest.fixture
 def probe_broker(dunning_broker) -> Iterator[Callable[..., Any]]:
     """``make(park)``: a broker of our class on its own namespace (no worker consumes it)."""
-    from dunning.refusing_broker import DunningRedisBroker
+    from dunning.broker.consumer import DunningRedisBroker
 
     workers_broker, _ = dunning_broker
     namespace = f"probe-{uuid.uuid4()}"

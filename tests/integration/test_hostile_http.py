@@ -162,9 +162,9 @@ def app_client(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> I
     """The real app (create_app) in process, on its own SQLite runtime and Redis database."""
     from dramatiq.brokers.redis import RedisBroker
 
+    from dunning.http.app import create_app
     from dunning.runtime import build_runtime
     from dunning.settings import load_settings
-    from dunning.web import create_app
 
     home = tmp_path_factory.mktemp("hostile_app")
     env = {

@@ -20,9 +20,9 @@ from sqlalchemy import select
 from tests.support.harness import Harness
 
 from dunning.contract import parse_event
+from dunning.engine.ingest import ingest_many
 from dunning.report import build_report
-from dunning.services.dlq import Parked, list_parked, requeue
-from dunning.services.ingest import ingest_many
+from dunning.store.dead_letters import Parked, list_parked, requeue
 from dunning.store.models import Outbox, ProcessedEvent
 
 pytestmark = pytest.mark.integration
@@ -254,7 +254,7 @@ def _paid_event(event_id: str, invoice: str, sub: str, amount: int, currency: st
 
 def test_in_a_group_commit_only_the_inconsistent_events_are_refused(world) -> None:
     """The checks read what the batch prefetched; a refusal does not sink its neighbours."""
-    from dunning.services.ingest import InconsistentEvent
+    from dunning.workflows.failed_payments.handlers import InconsistentEvent
 
     h = world
     for i in (1, 2, 3, 9):

@@ -8,8 +8,9 @@ import pytest
 from sqlalchemy import func, select
 
 from dunning.contract import parse_event
-from dunning.services.ingest import MissingReference, ingest_many
+from dunning.engine.ingest import ingest_many
 from dunning.store.models import Case, Job, Outbox, ProcessedEvent
+from dunning.workflows.failed_payments.handlers import MissingReference
 
 pytestmark = pytest.mark.integration
 

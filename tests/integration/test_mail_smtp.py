@@ -27,7 +27,6 @@ from dunning.mail import (
     KIND_HEADER,
     NOTICE_HEADER,
     FileSender,
-    NoticeContext,
     PermanentSendError,
     Renderer,
     SmtpSender,
@@ -36,6 +35,7 @@ from dunning.mail import (
     message_id_for,
     sender_from_url,
 )
+from dunning.workflows.failed_payments.notices import NoticeContext
 
 pytestmark = pytest.mark.integration
 

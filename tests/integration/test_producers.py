@@ -22,9 +22,9 @@ from tests.support.harness import START
 
 from dunning.client import Client
 from dunning.contract import MAX_EVENT_BYTES, InvalidEvent
-from dunning.services.dlq import list_parked
+from dunning.http.app import create_app
 from dunning.signing import SIGNATURE_HEADER, sign
-from dunning.web import create_app
+from dunning.store.dead_letters import list_parked
 
 pytestmark = pytest.mark.integration
 
@@ -377,7 +377,7 @@ def test_client_refuses_an_invalid_event_and_enqueues_nothing(world: Any, raw_re
 def test_metrics_endpoint_reports_cases_queues_and_dead_letters(world) -> None:
     from starlette.testclient import TestClient
 
-    from dunning.web import create_app
+    from dunning.http.app import create_app
 
     h = world
     h.customer()

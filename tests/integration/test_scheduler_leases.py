@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from dunning.services.jobs import claim_due, wall_now
+from dunning.engine.jobs import claim_due, wall_now
 from dunning.store.db import make_engine, make_sessionmaker, transaction
 from dunning.store.migrate import upgrade
 from dunning.store.models import Job

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from dunning.engine.jobs import start, wall_now
+from dunning.engine.scheduler import recover_dead_workers, tick
 from dunning.runtime import Runtime, Tuning, build_runtime
-from dunning.scheduler import recover_dead_workers, tick
-from dunning.services.jobs import start, wall_now
 from dunning.settings import load_settings
 from dunning.store.db import transaction
 from dunning.store.migrate import upgrade

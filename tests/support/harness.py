@@ -22,8 +22,8 @@ from sqlalchemy import func, select
 
 from dunning.client import Client
 from dunning.devtools.sandbox import SandboxServer
+from dunning.engine.jobs import outstanding
 from dunning.runtime import Runtime, Tuning, build_runtime, set_runtime
-from dunning.services.jobs import outstanding
 from dunning.settings import load_settings
 from dunning.store.migrate import upgrade
 from dunning.store.models import Case, ChargeAttempt, Job, Outbox, TimelineEntry
@@ -318,7 +318,7 @@ def harness(
     worker = None
     sched = None
     if start_workers:
-        from dunning.scheduler import run_forever
+        from dunning.engine.scheduler import run_forever
 
         worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=50)
         worker.start()
@@ -341,7 +341,7 @@ def harness(
 
 def _send_jobs_after(self: Harness, results: list[Any]) -> None:
     """Send the messages that direct calls of the ingest service returned (as the actor does)."""
-    from dunning.dispatch import send_jobs
+    from dunning.broker.enqueue import send_jobs
 
     for result in results:
         if isinstance(result, tuple):

@@ -35,9 +35,9 @@ from sqlalchemy.exc import DBAPIError
 
 from dunning.client import Client
 from dunning.devtools.sandbox import SandboxServer
+from dunning.engine.jobs import outstanding
+from dunning.engine.scheduler import TickResult, run_forever
 from dunning.runtime import Runtime, Tuning, build_runtime
-from dunning.scheduler import TickResult, run_forever
-from dunning.services.jobs import outstanding
 from dunning.settings import load_settings
 from dunning.store.migrate import upgrade
 from dunning.store.models import Case, ChargeAttempt, DeadLetter, Job, Outbox, ProcessedEvent

@@ -1,6 +1,6 @@
 """Property tests: drive one case through random event sequences the way the shell does.
 
-The simulator below is a pure, in-memory model of ``dunning.services``: it keeps the
+The simulator below is a pure, in-memory model of the workflow's shell (handlers, jobs, cases): it keeps the
 case facts and the pending jobs (``Decision.jobs``, deduplicated on their key like
 the job table's unique index, cleared by ``cancel_pending_jobs``; a new scheduled
 retry replaces the one pending), advances the clock to the next due job (sometimes
@@ -17,7 +17,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from dunning.domain.cases import (
+from dunning.domain.policy import DEFAULT_POLICY, PlanPolicy, policy_from_dict
+from dunning.workflows.failed_payments.declines import DeclineClass, classify_decline
+from dunning.workflows.failed_payments.policy import (
     TERMINAL,
     BillingAction,
     CaseFacts,
@@ -37,8 +39,6 @@ from dunning.domain.cases import (
     open_case,
     recover,
 )
-from dunning.domain.declines import DeclineClass, classify_decline
-from dunning.domain.policy import DEFAULT_POLICY, PlanPolicy, policy_from_dict
 
 KEY = "7"
 T0 = datetime(2026, 3, 28, 18, 45, tzinfo=UTC)

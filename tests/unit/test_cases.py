@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from dunning.domain.cases import (
+from dunning.domain.policy import DEFAULT_POLICY, PlanPolicy, policy_from_dict
+from dunning.workflows.failed_payments.policy import (
     TERMINAL,
     BillingAction,
     CaseFacts,
@@ -37,7 +38,6 @@ from dunning.domain.cases import (
     recover,
     suspend_at,
 )
-from dunning.domain.policy import DEFAULT_POLICY, PlanPolicy, policy_from_dict
 
 P = DEFAULT_POLICY.default
 T0 = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)

@@ -160,13 +160,10 @@ def _seconds(duration: str | int | float) -> float:
 
 
 def _actor_time_limit_s() -> float:
-    """``TIME_LIMIT_MS`` from broker.py, read without importing it (the import connects to Redis)."""
-    tree = ast.parse((SOURCES / "broker.py").read_text(encoding="utf-8"))
-    for node in tree.body:
-        target = getattr(node, "target", None) or (getattr(node, "targets", None) or [None])[0]
-        if isinstance(target, ast.Name) and target.id == "TIME_LIMIT_MS":
-            return float(ast.literal_eval(node.value)) / 1000  # type: ignore[attr-defined]
-    raise AssertionError("TIME_LIMIT_MS not found in src/dunning/broker.py")
+    """The actors' time limit (importing the broker package starts nothing)."""
+    from dunning.broker.setup import TIME_LIMIT_MS
+
+    return TIME_LIMIT_MS / 1000
 
 
 def recognised_variables() -> set[str]:
@@ -526,8 +523,8 @@ def _serving(database_url: str, home: Path) -> Iterator[int]:
     """The real ``dunning serve`` app under uvicorn on a free loopback port; yields the port."""
     import uvicorn
 
+    from dunning.http.app import create_app
     from dunning.runtime import build_runtime
-    from dunning.web import create_app
 
     rt = build_runtime(load_settings({"DUNNING_HOME": str(home), "DUNNING_DATABASE_URL": database_url}))
     server = uvicorn.Server(

@@ -6,7 +6,12 @@ from typing import NamedTuple
 
 import pytest
 
-from dunning.domain.consistency import Conflict, invoice_conflict, owner_conflict, subscription_conflict
+from dunning.workflows.failed_payments.consistency import (
+    Conflict,
+    invoice_conflict,
+    owner_conflict,
+    subscription_conflict,
+)
 
 
 class Inv(NamedTuple):

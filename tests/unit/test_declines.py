@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dunning.domain.declines import DeclineClass, classify_decline, retries_same_card
+from dunning.workflows.failed_payments.declines import DeclineClass, classify_decline, retries_same_card
 
 HARD_CODES = [
     "stolen_card",

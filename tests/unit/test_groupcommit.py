@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from dunning.groupcommit import GroupCommit
+from dunning.engine.groupcommit import GroupCommit
 
 
 def test_each_item_gets_its_own_result_and_batches_form_under_load() -> None:

@@ -32,8 +32,8 @@ from tests.support.hostile import (
     nested,
 )
 
+from dunning.broker.consumer import NotAMessage, decode_message
 from dunning.contract import InvalidEvent, parse_event, parse_message_args, to_wire
-from dunning.refusing_broker import NotAMessage, decode_message
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "events.schema.json").read_text())

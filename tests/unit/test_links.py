@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dunning.links import (
+from dunning.engine.links import (
     MANAGE_ACCOUNT,
     PURPOSES,
     UPDATE_PAYMENT_METHOD,
@@ -31,8 +31,8 @@ from dunning.links import (
     portal_token,
     verify_portal_token,
 )
-from dunning.mail.context import ACTION_PURPOSES, KINDS
 from dunning.settings import load_settings
+from dunning.workflows.failed_payments.notices import ACTION_PURPOSES, KINDS
 
 NOW = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
 SECRET = "link-secret"

@@ -20,8 +20,9 @@ from babel.messages.extract import extract_from_dir
 from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.pofile import read_po
 
-from dunning.mail import KINDS, NoticeContext, Renderer, describe_reason, find_templates_dir, format_money
-from dunning.mail.reasons import GENERIC_REASON, REASONS
+from dunning.mail import Renderer, find_templates_dir, format_money
+from dunning.workflows.failed_payments.notices import KINDS, NoticeContext
+from dunning.workflows.failed_payments.reasons import GENERIC_REASON, REASONS, describe_reason
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "templates"
@@ -426,9 +427,10 @@ def test_reason_words() -> None:
 
 
 def test_every_kind_has_both_templates() -> None:
+    # Each workflow's templates live in a folder named after it (templates/email/<workflow>/).
     for kind in KINDS:
-        assert (TEMPLATES / "email" / f"{kind}.html").is_file()
-        assert (TEMPLATES / "email" / f"{kind}.txt").is_file()
+        assert (TEMPLATES / "email" / "failed_payments" / f"{kind}.html").is_file()
+        assert (TEMPLATES / "email" / "failed_payments" / f"{kind}.txt").is_file()
 
 
 def test_templates_dir_discovery(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import fields
 from datetime import UTC, datetime
 
-from dunning.services.cases import facts_of
-from dunning.services.unit import NewCase
 from dunning.store.models import Case
+from dunning.store.unit import NewCase
+from dunning.workflows.failed_payments.cases import facts_of
 
 
 def test_new_case_has_exactly_the_columns_of_cases() -> None:

@@ -1,4 +1,4 @@
-"""Who may read the ops page and /metrics (dunning.opsauth), and the DUNNING_OPS_TOKEN setting."""
+"""Who may read the ops page and /metrics (dunning.http.auth), and the DUNNING_OPS_TOKEN setting."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dunning.opsauth import Access, bearer_token, challenge, is_loopback_client, ops_access
+from dunning.http.auth import Access, bearer_token, challenge, is_loopback_client, ops_access
 from dunning.settings import load_settings
 
 TOKEN = "0123456789abcdef0123456789abcdef"

@@ -6,8 +6,8 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from dunning.liveness import RunLock
-from dunning.services.recovery import Beat, Run, after_death, dead_workers, stranded_runs, unsent
+from dunning.broker.liveness import RunLock
+from dunning.engine.recovery import Beat, Run, after_death, dead_workers, stranded_runs, unsent
 
 NOW = datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dunning.services.jobs import MAX_LEASE_DOUBLINGS, requeue_lease_s
+from dunning.engine.jobs import MAX_LEASE_DOUBLINGS, requeue_lease_s
 
 
 def test_first_loss_keeps_the_lease_then_each_unstarted_delivery_doubles_it() -> None:

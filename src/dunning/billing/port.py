@@ -11,6 +11,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
+from dunning.errors import DunningError
+
 
 class PayOutcome(StrEnum):
     """What became of one payment attempt."""
@@ -47,11 +49,11 @@ class InvoiceState(StrEnum):
     OPEN = "open"
 
 
-class BillingUnavailable(Exception):
+class BillingUnavailable(DunningError):
     """Transient: timeouts, connection errors, 5xx after retries; try later."""
 
 
-class BillingRejected(Exception):
+class BillingRejected(DunningError):
     """Permanent 4xx: the request itself is wrong (unknown invoice, bad signature...)."""
 
 

@@ -27,8 +27,8 @@ from dunning.client import Client
 from dunning.devtools.demo_scenario import DEMO_POLICY, Action, build_scenario
 from dunning.devtools.embedded_redis import RedisProcess
 from dunning.devtools.sandbox import SandboxServer
+from dunning.engine.jobs import outstanding
 from dunning.runtime import Runtime, Tuning, build_runtime
-from dunning.services.jobs import outstanding
 from dunning.settings import load_settings
 from dunning.store.migrate import upgrade
 from dunning.store.models import Case, DeadLetter, Job, Outbox, ProcessedEvent

@@ -32,8 +32,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dunning.errors import DunningError
 
-class PolicyError(ValueError):
+
+class PolicyError(DunningError, ValueError):
     """A policy file we refuse; the message starts with the dotted field path."""
 
     def __init__(self, field: str, reason: str) -> None:

@@ -6,23 +6,17 @@ import os
 from pathlib import Path
 
 from .breaker import CircuitBreaker
-from .context import DECLINE_CLASSES, END_ACTIONS, KINDS, NoticeContext
 from .files import FileSender
 from .message import KIND_HEADER, NOTICE_HEADER, build_message, message_id_for
-from .reasons import describe_reason
 from .render import RenderedEmail, Renderer, find_templates_dir, format_money
 from .sending import AmbiguousSendError, PermanentSendError, Sender, SendError, TransientSendError
 from .smtp import SmtpSender
 
 __all__ = [
-    "DECLINE_CLASSES",
-    "END_ACTIONS",
-    "KINDS",
     "KIND_HEADER",
     "NOTICE_HEADER",
     "AmbiguousSendError",
     "FileSender",
-    "NoticeContext",
     "PermanentSendError",
     "RenderedEmail",
     "Renderer",
@@ -31,7 +25,6 @@ __all__ = [
     "SmtpSender",
     "TransientSendError",
     "build_message",
-    "describe_reason",
     "find_templates_dir",
     "format_money",
     "message_id_for",

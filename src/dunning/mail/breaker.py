@@ -13,8 +13,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from dunning.errors import DunningError
 
-class CircuitOpen(Exception):
+
+class CircuitOpen(DunningError):
     """The breaker refused the call without trying."""
 
 

@@ -1,4 +1,11 @@
-"""Render a ``NoticeContext`` into a localized email (subject, HTML and plain text).
+"""Render a notice into a localized email (subject, HTML and plain text), for any workflow.
+
+A notice is anything with ``kind``, ``locale``, ``timezone`` and a
+``template_values(fmt)`` method (:class:`Renderable`): the workflow says which
+variables its templates use, and formats them with the :class:`Formatter` it is
+handed (money, dates and times in the customer's locale and timezone, card
+phrases, gettext). The renderer owns languages, templates, the layout and CSS
+inlining; it knows no workflow.
 
 Templates live in the repository's ``templates/email`` folder (shipped in the
 wheel as ``dunning/_templates``); translations are gettext catalogs under
@@ -21,7 +28,7 @@ from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import css_inline
@@ -34,8 +41,11 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFo
 
 import dunning
 
-from .context import DECLINE_CLASSES, END_ACTIONS, KINDS, NoticeContext
-from .reasons import N_, describe_reason
+
+def N_(message: str) -> str:
+    """Mark a string for extraction by pybabel without translating it here."""
+    return message
+
 
 SOURCE_LANGUAGE = "en"
 _TEXT_WIDTH = 76
@@ -225,7 +235,10 @@ class Renderer:
         email_dir = self.templates_dir / "email"
         if not email_dir.is_dir():
             raise FileNotFoundError(f"no email templates in {email_dir}")
-        self._loader = FileSystemLoader(email_dir)
+        # The shared layout at the top, each workflow's templates in a folder of its own
+        # (email/<workflow>/<kind>.html): a kind's name is unique across workflows.
+        folders = [email_dir, *sorted(p for p in email_dir.iterdir() if p.is_dir())]
+        self._loader = FileSystemLoader(folders)
         locale_dir = self.templates_dir / "locale"
         self._catalogs: dict[str, Path] = {}
         if locale_dir.is_dir():
@@ -274,19 +287,23 @@ class Renderer:
         self._translations[language] = translations
         return env
 
-    def render(self, ctx: NoticeContext) -> RenderedEmail:
+    def render(self, ctx: Renderable) -> RenderedEmail:
         """Render one notice in the customer's language and timezone."""
-        if ctx.kind not in KINDS:
-            raise ValueError(f"kind: unknown notice kind {ctx.kind!r} (expected one of {', '.join(KINDS)})")
         language, locale = _resolve_locale(ctx.locale, self.languages)
         env = self.environment(language)
         translations = self._translations[language]
-        values = self._values(ctx, locale, resolve_timezone(ctx.timezone), translations.gettext)
         try:
             text_template = env.get_template(f"{ctx.kind}.txt")
             html_template = env.get_template(f"{ctx.kind}.html")
         except TemplateNotFound as exc:
-            raise ValueError(f"kind: no template {exc.name} for {ctx.kind!r}") from exc
+            raise ValueError(f"kind: unknown notice kind {ctx.kind!r} (no template {exc.name})") from exc
+        fmt = Formatter(locale, resolve_timezone(ctx.timezone), translations.gettext)
+        territory = f"-{locale.territory}" if locale.territory else ""
+        values = {"kind": ctx.kind, "lang": f"{locale.language}{territory}", **ctx.template_values(fmt)}
+        action_url = values.get("action_url")
+        if action_url is not None and not str(action_url).lower().startswith(("https://", "http://")):
+            # Our own signed links are always http(s); anything else in a button is a bug, or worse.
+            raise ValueError("action_url: expected an http(s) URL")
         # Subject and button label are defined once per kind (in the text
         # template) and shared with the HTML, so the two bodies cannot disagree.
         block_ctx = text_template.new_context(values)
@@ -296,85 +313,66 @@ class Renderer:
         html = self._inliner.inline(html_template.render(values))
         return RenderedEmail(subject=values["subject"], html=html, text=text)
 
-    @staticmethod
-    def _values(ctx: NoticeContext, locale: Locale, zone: tzinfo, gettext: Any) -> dict[str, Any]:
-        """Every variable the templates use, formatted for this customer."""
 
-        def date(value: datetime | None, width: str = "full") -> str | None:
-            if value is None:
-                return None
-            return format_date(_aware(value).astimezone(zone).date(), width, locale=locale)
+class Renderable(Protocol):
+    """What the renderer needs of a notice; each workflow's notice context provides it."""
 
-        def time(value: datetime | None) -> str | None:
-            if value is None:
-                return None
-            local = _aware(value).astimezone(zone)
-            clock = format_time(local, "short", tzinfo=zone, locale=locale)
-            key = getattr(zone, "key", "UTC")
-            if "/" in key and not key.startswith("Etc/"):
-                city = get_timezone_location(zone, locale=locale, return_city=True)
-                return gettext(_TIME_CITY) % {"time": clock, "city": city}
-            offset = local.utcoffset()
-            seconds = int(offset.total_seconds()) if offset is not None else 0
-            if seconds == 0:
-                label = "UTC"
-            else:
-                sign = "+" if seconds > 0 else "-"
-                hours, minutes = divmod(abs(seconds) // 60, 60)
-                label = f"UTC{sign}{hours:02d}:{minutes:02d}"
-            return gettext(_TIME_ZONE) % {"time": clock, "zone": label}
+    kind: str
+    locale: str
+    timezone: str
 
-        variant: str | None
-        if ctx.kind == "payment_failed":
-            variant = ctx.decline_class if ctx.decline_class in DECLINE_CLASSES else "generic"
-        elif ctx.kind == "subscription_ended":
-            variant = ctx.end_action
+    def template_values(self, fmt: Formatter) -> dict[str, Any]:
+        """Every variable the notice's templates use (besides ``kind`` and ``lang``), formatted with ``fmt``."""
+        ...
+
+
+@dataclass(frozen=True)
+class Formatter:
+    """Formats values for one customer: their locale, their timezone, their language's gettext."""
+
+    locale: Locale
+    zone: tzinfo
+    gettext: Any
+
+    def money(self, amount_minor: int, currency: str) -> str:
+        """An amount in minor units, in the customer's locale (``29,00 €``, ``€29.00``)."""
+        return format_money(amount_minor, currency, self.locale)
+
+    def date(self, value: datetime | None, width: str = "full") -> str | None:
+        """The date of ``value`` in the customer's timezone."""
+        if value is None:
+            return None
+        return format_date(_aware(value).astimezone(self.zone).date(), width, locale=self.locale)
+
+    def time(self, value: datetime | None) -> str | None:
+        """The time of ``value`` in the customer's timezone, saying which (city or UTC offset)."""
+        if value is None:
+            return None
+        zone, gettext = self.zone, self.gettext
+        local = _aware(value).astimezone(zone)
+        clock = format_time(local, "short", tzinfo=zone, locale=self.locale)
+        key = getattr(zone, "key", "UTC")
+        if "/" in key and not key.startswith("Etc/"):
+            city = get_timezone_location(zone, locale=self.locale, return_city=True)
+            return gettext(_TIME_CITY) % {"time": clock, "city": city}
+        offset = local.utcoffset()
+        seconds = int(offset.total_seconds()) if offset is not None else 0
+        if seconds == 0:
+            label = "UTC"
         else:
-            variant = None
+            sign = "+" if seconds > 0 else "-"
+            hours, minutes = divmod(abs(seconds) // 60, 60)
+            label = f"UTC{sign}{hours:02d}:{minutes:02d}"
+        return gettext(_TIME_ZONE) % {"time": clock, "zone": label}
 
-        end_action = ctx.end_action
-        if end_action is not None and end_action not in END_ACTIONS:
-            raise ValueError(f"end_action: expected one of {', '.join(END_ACTIONS)}, got {end_action!r}")
-        if ctx.kind == "subscription_ended" and end_action is None:
-            raise ValueError("end_action: required for subscription_ended")
-        if end_action == "downgrade" and not ctx.downgrade_plan:
-            raise ValueError("downgrade_plan: required when end_action is 'downgrade'")
+    def card(self, brand: str | None, last4: str | None) -> str:
+        """'Your Visa card ending in 4242', or as much of it as the profile allows."""
+        return _card_phrase(brand, last4, self.gettext)
 
-        action_url = ctx.action_url or None
-        if action_url is not None and not action_url.lower().startswith(("https://", "http://")):
-            # Our own signed links are always http(s); anything else in a button is a bug, or worse.
-            raise ValueError("action_url: expected an http(s) URL")
-
-        downgrade_amount = None
-        if ctx.downgrade_amount_minor is not None:
-            downgrade_amount = format_money(ctx.downgrade_amount_minor, ctx.currency, locale)
-
-        name = _one_line(ctx.customer_name or "") or None
-        territory = f"-{locale.territory}" if locale.territory else ""
-        return {
-            "kind": ctx.kind,
-            "variant": variant,
-            "lang": f"{locale.language}{territory}",
-            "name": name,
-            "customer_email": ctx.customer_email,
-            "product": ctx.product_name,
-            "support_email": ctx.support_email,
-            "plan": ctx.plan,
-            "amount": format_money(ctx.amount_minor, ctx.currency, locale),
-            "reason": describe_reason(ctx.decline_reason, gettext),
-            "card": _card_phrase(ctx.card_brand, ctx.card_last4, gettext),
-            "next_retry_date": date(ctx.next_retry_at),
-            "suspend_date": date(ctx.suspend_at),
-            "suspend_date_short": date(ctx.suspend_at, "long"),
-            "suspend_time": time(ctx.suspend_at),
-            "end_date": date(ctx.end_at),
-            "end_action": end_action,
-            "downgrade_plan": ctx.downgrade_plan,
-            "downgrade_amount": downgrade_amount,
-            "downgrade_free": ctx.downgrade_amount_minor == 0,
-            "was_suspended": ctx.was_suspended,
-            "action_url": action_url,
-        }
+    @staticmethod
+    def one_line(value: str | None) -> str | None:
+        """A customer-supplied text on one line (no CR/LF), or None when empty."""
+        return _one_line(value or "") or None
 
 
 def _card_phrase(brand: str | None, last4: str | None, gettext: Any) -> str:

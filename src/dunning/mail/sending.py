@@ -15,6 +15,8 @@ from collections.abc import Callable
 from email.message import EmailMessage
 from typing import Protocol
 
+from dunning.errors import DunningError
+
 #: Called once, right before the bytes that make a delivery irrevocable are written.
 CommitPoint = Callable[[], None]
 
@@ -32,7 +34,7 @@ class Sender(Protocol):
         ...
 
 
-class SendError(Exception):
+class SendError(DunningError):
     """A delivery failure. ``code`` is the SMTP reply code when there was one."""
 
     def __init__(self, message: str, *, message_id: str | None = None, code: int | None = None) -> None:

@@ -1,0 +1,292 @@
+"""Dramatiq's Redis broker with one change, in its consumer: bytes that are not a message are refused.
+
+Bytes on a queue that are not a Dramatiq message we can run (not UTF-8, not
+JSON, nested too deep, a number too long, not a message object, a message
+field or option of the wrong type) are refused in the consumer, before any
+middleware could see them. Dramatiq's own consumer raises on them, whatever
+the exception (``ValueError`` for an integer of 5,000 digits,
+``RecursionError`` for deep nesting), dropping the good messages it fetched
+in the same batch until the worker restarts, and the bytes come back after
+every restart. Ours parks them in ``dead_letters`` (``dunning dlq``) with
+their bytes and the reason, acknowledges them, and carries on with the rest
+of the batch. :func:`decode_message` raises :class:`NotAMessage` and nothing
+else, whatever the bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from dramatiq import Message
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.common import compute_backoff
+from dramatiq.errors import ConnectionClosed
+
+from dunning.contract.untrusted_json import JsonRefused, loads
+from dunning.errors import DunningError
+from dunning.store.dead_letters import NOT_A_MESSAGE
+
+log = logging.getLogger(__name__)
+
+#: How much of such bytes the dead letter keeps (escaped); Redis keeps all of them if parking fails.
+PAYLOAD_BYTES = 4096
+
+
+class NotAMessage(DunningError):
+    """The bytes fetched from a queue are not a Dramatiq message; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Message)}
+_REQUIRED = [name for name, f in _FIELDS.items() if f.default is f.default_factory is dataclasses.MISSING]
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+
+#: Largest message a consumer decodes: an event envelope is at most 64 KiB, the wrapper a few hundred bytes.
+MAX_MESSAGE_BYTES = 1024 * 1024
+#: Longest ``message_id`` / ``queue_name`` / ``actor_name`` (they are stored in ``dead_letters``).
+_MAX_NAME = {"message_id": 64, "queue_name": 80, "actor_name": 80}
+#: Options that Dramatiq and our middleware read as numbers (a string there breaks a middleware).
+_NUMERIC_OPTIONS = ("retries", "max_retries", "min_backoff", "max_backoff", "time_limit", "max_age")
+#: Options that only make sense as Python objects (exception classes, a callable): never from JSON.
+_CODE_OPTIONS = ("throws", "retry_when")
+
+
+def escape_bytes(data: bytes, limit: int | None = None) -> str:
+    """Printable, unambiguous text of arbitrary bytes: UTF-8 kept, the rest as ``\\xNN``/``\\n``/``\\\\``.
+
+    Safe to store and print to a terminal (no control characters survive).
+    """
+    text = data[:limit].decode("utf-8", "surrogateescape")
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
+def _names(keys: list[str]) -> str:
+    shown = ", ".join(repr(escape_bytes(str(k).encode("utf-8", "surrogatepass"), 40)) for k in keys[:5])
+    return shown + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else _JSON_KINDS.get(type(value), type(value).__name__)
+
+
+def _wrapper_problem(value: Any) -> str | None:
+    """What in a decoded JSON value keeps it from being a message the worker can run and acknowledge."""
+    if not isinstance(value, dict):
+        return f"JSON {_kind(value)}, not a message object"
+    missing = [k for k in _REQUIRED if k not in value]
+    unknown = [k for k in value if k not in _FIELDS]
+    parts = []
+    if missing:
+        parts.append(f"missing key(s) {_names(missing)}")
+    if unknown:
+        parts.append(f"unknown key(s) {_names(unknown)}")
+    if parts:
+        return "; ".join(parts)
+    if not isinstance(value["args"], list):
+        return "args is not a list"
+    for name, longest in _MAX_NAME.items():
+        text = value.get(name)
+        if name == "message_id" and name not in value:
+            continue  # Dramatiq makes one up
+        if not isinstance(text, str):
+            return f"{name} is not a string"
+        if not text or len(text) > longest or not text.isprintable():
+            return f"{name} is not 1 to {longest} printable characters"
+    if not isinstance(value["kwargs"], dict):
+        return "kwargs is not an object"
+    options = value["options"]
+    if not isinstance(options, dict):
+        return "options is not an object"
+    stamp = value.get("message_timestamp", 0)
+    if not isinstance(stamp, int) or isinstance(stamp, bool):
+        return "message_timestamp is not an integer"
+    return _options_problem(options)
+
+
+def _options_problem(options: dict[str, Any]) -> str | None:
+    redis_id = options.get("redis_message_id")
+    if not isinstance(redis_id, str) or not redis_id:
+        # Acknowledged by this id: without it the message would come back after every restart.
+        return "options.redis_message_id is missing or not a string"
+    for name in _NUMERIC_OPTIONS:
+        number = options.get(name)
+        if number is not None and (not isinstance(number, int) or isinstance(number, bool)):
+            return f"options.{name} is not an integer"
+    for name in _CODE_OPTIONS:
+        if name in options:
+            return f"options.{name} cannot be set in a message"
+    return None
+
+
+def decode_message(data: bytes) -> Message[Any]:
+    """The message in ``data``; :class:`NotAMessage` (and nothing else) if it is not one we can run.
+
+    Replaces Dramatiq's ``Message.decode`` (which raises whatever the JSON decoder
+    raised) for Dramatiq's default JSON encoding. Refused: over
+    :data:`MAX_MESSAGE_BYTES`, invalid UTF-8 or JSON, nesting deeper than
+    :data:`~dunning.contract.untrusted_json.DECODE_MAX_DEPTH`, numbers longer than
+    :data:`~dunning.contract.untrusted_json.DECODE_MAX_NUMBER_CHARS`, a wrapper of the
+    wrong shape, option values that would break a middleware. The reason never
+    repeats the bytes.
+    """
+    try:
+        decoded = _decode(data)
+    except Exception as exc:  # a gap in the checks: still refused, never a crashed consumer
+        log.error("decoding a message failed unexpectedly: %s", type(exc).__name__)
+        raise NotAMessage(f"not decodable ({type(exc).__name__})") from None
+    if isinstance(decoded, str):
+        raise NotAMessage(decoded)
+    return decoded
+
+
+def _decode(data: bytes) -> Message[Any] | str:
+    """The message, or why there is none."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        return f"{len(data)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit of a message"
+    try:
+        fields = loads(data)
+    except JsonRefused as exc:
+        return exc.reason
+    problem = _wrapper_problem(fields)
+    if problem is not None:
+        return problem
+    fields["args"] = tuple(fields["args"])
+    return Message(**fields)
+
+
+def _column_id(redis_id: bytes) -> str:
+    """The Redis id as ``dead_letters.message_id`` (64 characters at most, still unique)."""
+    text = escape_bytes(redis_id)
+    if len(text) <= 64:
+        return text
+    return text[:47] + "~" + hashlib.sha256(redis_id).hexdigest()[:16]
+
+
+#: The id, among the ones this consumer fetched and has not acknowledged, whose stored body is ARGV[1].
+_FIND_FETCHED = """
+for _, id in ipairs(redis.call("smembers", KEYS[1])) do
+    if redis.call("hget", KEYS[2], id) == ARGV[1] then
+        return id
+    end
+end
+return false
+"""
+
+
+class RefusingRedisConsumer(_RedisConsumer):
+    """Dramatiq's Redis consumer, except that bytes that are not a message are parked, not raised.
+
+    ``__next__`` is Dramatiq 2.2's, with :func:`decode_message` in place of
+    ``Message.decode``. Dramatiq's fetch returns bodies without their Redis ids,
+    so a refused body's id is looked up in this worker's set of fetched ids.
+
+    This copy of a private method is the one that cannot be avoided: Dramatiq
+    decodes inside ``__next__`` and offers no hook before it (a middleware never
+    sees bytes that do not decode). So Dramatiq is pinned to 2.2.x in
+    ``pyproject.toml``, and ``tests/unit/test_dramatiq_pins.py`` fails when the
+    installed original of ``__next__`` changes, naming this class to re-check.
+    """
+
+    broker: DunningRedisBroker
+
+    def __next__(self) -> MessageProxy | None:
+        try:
+            while True:
+                try:
+                    data = self.message_cache.pop(0)
+                except IndexError:
+                    # Prefetch up to the limit; without messages, long-poll up to the idle timeout.
+                    messages = []
+                    if self.outstanding_message_count < self.prefetch:
+                        self.message_cache = messages = self.broker.do_fetch(
+                            self.queue_name, self.prefetch - self.outstanding_message_count
+                        )
+                    if not messages:
+                        self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
+                        time.sleep(backoff_ms / 1000)
+                        return None
+                    continue
+                if data is None:  # an id whose body is gone (Dramatiq logs the same)
+                    self.logger.warning(
+                        "Found 'None' message in message cache for queue %r.", self.queue_name
+                    )
+                    continue
+                self.misses = 0
+                try:
+                    message = decode_message(data)
+                except NotAMessage as exc:
+                    self.refuse(data, exc.reason)
+                    continue
+                self.queued_message_ids.add(message.message_id)
+                return MessageProxy(message)
+        except redis.ConnectionError as e:
+            raise ConnectionClosed(e) from None
+
+    def refuse(self, data: bytes, reason: str) -> None:
+        """Park bytes that are not a message and acknowledge them; if parking fails, dead-letter them."""
+        broker = self.broker
+        ns = broker.namespace
+        redis_id = broker.find_fetched(
+            keys=[f"{ns}:__acks__.{broker.broker_id}.{self.queue_name}", f"{ns}:{self.queue_name}.msgs"],
+            args=[data],
+        )
+        if redis_id is None:
+            # No longer ours (deleted by hand, or taken back from a worker thought dead): whoever
+            # fetches it next parks it. Nothing to acknowledge here.
+            log.warning("queue %s: bytes that are not a message (%s), already gone", self.queue_name, reason)
+            return
+        row = {
+            "message_id": _column_id(redis_id),
+            "queue": self.queue_name,
+            "actor": "(not a message)",
+            "payload": escape_bytes(data, PAYLOAD_BYTES)
+            + (f" [first {PAYLOAD_BYTES} of {len(data)} bytes]" if len(data) > PAYLOAD_BYTES else ""),
+            "field": "message",
+            "reason": f"not a Dramatiq message: {reason}",
+            "error_type": NOT_A_MESSAGE,
+            "parked_at": datetime.now(UTC),
+        }
+        try:
+            broker.park(row)
+        except Exception:
+            # Kept whole in Dramatiq's dead-letter set (`dead (broker)` in `dunning queues`) instead.
+            log.exception("queue %s: could not park %s in the database", self.queue_name, row["message_id"])
+            broker.do_nack(self.queue_name, redis_id)
+            return
+        broker.do_ack(self.queue_name, redis_id)
+        log.warning("queue %s: parked %s, %s", self.queue_name, row["message_id"], row["reason"])
+
+
+class DunningRedisBroker(RedisBroker):
+    """Dramatiq's Redis broker whose consumers park bytes that are not a message (``park(row)``)."""
+
+    def __init__(self, *, park: Callable[[dict[str, Any]], None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.park = park
+        self.find_fetched = self.client.register_script(_FIND_FETCHED)
+
+    @property
+    def consumer_class(self) -> type[RefusingRedisConsumer]:
+        return RefusingRedisConsumer

@@ -1,0 +1,73 @@
+"""A group commit in progress: the engine's part of it, and the parts workflows keep in it.
+
+The threads of a worker process apply their events in one transaction
+(:mod:`dunning.engine.ingest`). What the events of a batch will read is loaded
+up front, by each workflow that reacts to them (its :class:`BatchPart`), in a
+fixed number of statements; an event that could change what was loaded first
+runs a *barrier*: what the unit of work buffered is written, and every part
+forgets what it loaded, so the event observes the batch's earlier events
+exactly as if they had been committed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from sqlalchemy.orm import Session
+
+from dunning.store.bulk import rows_by_ids
+from dunning.store.models import ProcessedEvent
+from dunning.store.unit import unit_of
+
+if TYPE_CHECKING:
+    from dunning.contract import Event
+
+
+class BatchPart(Protocol):
+    """What one workflow loads for a batch and reads while applying its events."""
+
+    def prefetch(self, session: Session, events: list[Event]) -> None:
+        """Load (and lock) what this workflow's handlers will read, in a few statements."""
+
+    def batchable(self, event: Event) -> bool:
+        """Whether ``event`` may be applied on what was loaded, without a barrier first."""
+
+    def forget(self) -> None:
+        """Drop what was loaded (the barrier wrote everything buffered; rows may have changed)."""
+
+
+class Batch:
+    """``session.info["batch"]`` during a group commit."""
+
+    def __init__(self, parts: dict[str, BatchPart]) -> None:
+        self.processed: set[str] = set()
+        self.parts = parts
+
+    def prefetch(self, session: Session, events: list[Event]) -> None:
+        """Which events were applied already, and each part's own lookups."""
+        ids = sorted({e.id for e in events})
+        self.processed = {r[0] for r in rows_by_ids(session, ProcessedEvent.__table__, ("id",), ids)}
+        for part in self.parts.values():
+            part.prefetch(session, events)
+
+    def batchable(self, event: Event) -> bool:
+        """True when every part can apply ``event`` without a barrier first (no part: never)."""
+        return bool(self.parts) and all(part.batchable(event) for part in self.parts.values())
+
+
+def batch_of(session: Session) -> Batch | None:
+    """The batch the session's transaction belongs to, if it is a group commit."""
+    return session.info.get("batch")
+
+
+def barrier(session: Session) -> None:
+    """Write what the batch buffered and let every part forget what it may have changed."""
+    batch = batch_of(session)
+    if batch is None:
+        return
+    unit = unit_of(session)
+    if unit.buffered():
+        unit.flush(session)
+        unit.new_cases.clear()  # their jobs are stored now: cancelling them is an UPDATE
+    for part in batch.parts.values():
+        part.forget()

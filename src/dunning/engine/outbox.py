@@ -1,0 +1,125 @@
+"""Sending one outbox email, at most once: the engine's ``send_email`` job, for every workflow.
+
+The workflow that wrote the notice says whether it is still true now
+(:attr:`~dunning.engine.registry.Workflow.stale`) and fills its words from
+the facts of this moment (:attr:`~dunning.engine.registry.Workflow.render_notice`);
+this module owns the delivery and its point of no return.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sqlalchemy import update
+
+from dunning.engine.jobs import finish
+from dunning.engine.registry import Result, notice_owner
+from dunning.errors import PermanentJobError
+from dunning.mail.message import build_message
+from dunning.mail.render import RenderedEmail
+from dunning.mail.sending import AmbiguousSendError, PermanentSendError, TransientSendError
+from dunning.store.db import transaction
+from dunning.store.models import Job, Outbox
+
+if TYPE_CHECKING:
+    from dunning.runtime import Runtime
+
+
+class _Superseded(Exception):
+    """Another run reached the point of no return first; this one must not send."""
+
+
+def send_email(rt: Runtime, job: Job) -> Result:
+    """Deliver one outbox email, at most once.
+
+    ``pending`` -> ``sending`` is committed at the sender's point of no return (for
+    SMTP: after the server's 354, before the body's final dot). A run that dies
+    before it leaves the row ``pending`` and the next run sends it; a run that dies
+    after it leaves ``sending``, which nobody can resolve without the mail server's
+    log, so the next run parks it as ``unknown`` for ops instead of risking a
+    second copy in the customer's inbox.
+    """
+    with transaction(rt.sessions) as session:
+        outbox = session.get(Outbox, job.outbox_id, with_for_update=True, populate_existing=True)
+        if outbox is None:
+            raise PermanentJobError(f"outbox row {job.outbox_id} not found")
+        if outbox.status in ("sent", "failed", "skipped", "unknown"):
+            finish(session, job)
+            return "already_" + outbox.status, []
+        if outbox.status == "sending":
+            outbox.status = "unknown"
+            note = (
+                f"parked: delivery of {outbox.message_id} is unknown (the worker died after handing it to "
+                "the mail server); check the server's log, then `dunning dlq requeue` to resend or purge"
+            )
+            outbox.last_error = note
+            finish(session, job, status="dead", note=note)
+            return "unknown", []
+        owner = notice_owner(outbox.kind)
+        if owner is None:
+            raise PermanentJobError(
+                f"outbox row {outbox.id}: no workflow writes notices of kind {outbox.kind!r}"
+            )
+        if owner.stale is not None and owner.stale(session, outbox, rt.clock.now()) is not None:
+            outbox.status = "skipped"
+            finish(session, job)
+            return "skipped", []
+        if owner.render_notice is None:
+            raise PermanentJobError(f"outbox row {outbox.id}: workflow {owner.name} renders no notices")
+        owner.render_notice(rt, session, outbox, rt.clock.now())
+        outbox.attempts += 1
+        message = build_message(
+            RenderedEmail(subject=outbox.subject, html=outbox.html, text=outbox.text),
+            to=outbox.to_email,
+            sender=rt.settings.mail_from,
+            message_id=outbox.message_id,
+            headers={"X-Dunning-Notice": outbox.key, "X-Dunning-Kind": outbox.kind},
+            date=outbox.send_after,
+        )
+        outbox_id = outbox.id
+
+    marked = False
+
+    def commit_point() -> None:
+        # Called again when the sender retries after a definite refusal (e.g. 451 to
+        # the body): the row is already ours.
+        nonlocal marked
+        if marked:
+            return
+        with transaction(rt.sessions) as session:
+            moved = session.execute(
+                update(Outbox)
+                .where(Outbox.id == outbox_id, Outbox.status == "pending")
+                .values(status="sending")
+            ).rowcount
+        if not moved:
+            raise _Superseded()
+        marked = True
+
+    def settle(status: str, error: str | None) -> None:
+        with transaction(rt.sessions) as session:
+            row = session.get(Outbox, outbox_id, populate_existing=True)
+            assert row is not None
+            row.status, row.last_error = status, error
+            if status == "sent":
+                row.sent_at = rt.clock.now()
+            if status != "pending":
+                finish(session, job, status="dead" if status == "unknown" else "done", note=error)
+
+    try:
+        rt.sender.send(message, commit_point=commit_point)
+    except _Superseded:
+        with transaction(rt.sessions) as session:
+            finish(session, job, note="another run sent it")
+        return "superseded", []
+    except TransientSendError as exc:
+        settle("pending", str(exc)[:500])
+        raise
+    except PermanentSendError as exc:
+        settle("failed", f"permanent SMTP failure: {exc}"[:500])
+        return "failed", []
+    except AmbiguousSendError as exc:
+        settle("unknown", f"parked: {exc}; check the mail server's log, then requeue or purge"[:500])
+        return "unknown", []
+    settle("sent", None)
+    return "sent", []

@@ -1,0 +1,97 @@
+"""The registry of workflows: the events each reacts to, its job kinds and its notice kinds.
+
+The engine dispatches through this registry and names no workflow. The list of
+workflows is :data:`dunning.workflows.all.WORKFLOWS` (one line per workflow);
+each workflow package declares its :class:`Workflow` in its ``__init__``.
+Several workflows may react to one event type: they run in the order of that
+list, in the same transaction.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from dunning.contract import Event
+    from dunning.engine.batch import BatchPart
+    from dunning.engine.jobs import Dispatch
+    from dunning.runtime import Runtime
+    from dunning.store.models import Job, Outbox
+
+#: ``(outcome word, messages to send after commit)``, what every handler returns.
+Result = tuple[str, list["Dispatch"]]
+EventHandler = Callable[["Runtime", "Session", "Event", datetime], Result]
+JobHandler = Callable[["Runtime", "Job"], Result]
+#: Why a notice due now is no longer true (e.g. its case was paid), or None to send it; the
+#: workflow writes a dropped notice on its timeline itself.
+NoticeCheck = Callable[["Session", "Outbox", datetime], "str | None"]
+#: Fills an outbox row's subject and bodies from the facts of the moment it is sent.
+NoticeRenderer = Callable[["Runtime", "Session", "Outbox", datetime], None]
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """One workflow as the engine sees it. Everything but ``name`` is optional."""
+
+    name: str
+    #: Event type -> handler, run in the event's transaction.
+    events: Mapping[str, EventHandler] = field(default_factory=dict)
+    #: Job kind (``jobs.kind``) -> handler, run by the ``run_job`` actor.
+    jobs: Mapping[str, JobHandler] = field(default_factory=dict)
+    #: Notice kinds (``outbox.kind``) this workflow writes; their templates are in
+    #: ``templates/email/`` under the same names.
+    notice_kinds: tuple[str, ...] = ()
+    render_notice: NoticeRenderer | None = None
+    stale: NoticeCheck | None = None
+    #: Makes this workflow's part of a group commit (None: it loads nothing ahead).
+    batch_part: Callable[[], BatchPart] | None = None
+
+
+@cache
+def workflows() -> tuple[Workflow, ...]:
+    """The registered workflows (imported on first use, so importing the engine starts nothing)."""
+    found: Any = importlib.import_module("dunning.workflows.all").WORKFLOWS
+    return tuple(found)
+
+
+@cache
+def event_handlers(event_type: str) -> tuple[EventHandler, ...]:
+    """The handlers of an event type, in registration order (empty: no workflow reacts)."""
+    return tuple(w.events[event_type] for w in workflows() if event_type in w.events)
+
+
+@cache
+def job_handler(kind: str) -> JobHandler | None:
+    """The handler of a job kind (kinds are unique across workflows: checked by :func:`check`)."""
+    return next((w.jobs[kind] for w in workflows() if kind in w.jobs), None)
+
+
+@cache
+def notice_owner(kind: str) -> Workflow | None:
+    """The workflow that writes notices of ``kind``."""
+    return next((w for w in workflows() if kind in w.notice_kinds), None)
+
+
+def batch_parts() -> dict[str, BatchPart]:
+    """A fresh part of a group commit for each workflow that keeps one."""
+    return {w.name: w.batch_part() for w in workflows() if w.batch_part is not None}
+
+
+def check(found: tuple[Workflow, ...] | None = None) -> None:
+    """Refuse a registry where two workflows claim one job kind or notice kind, or a name twice."""
+    found = workflows() if found is None else found
+    for what in ("name", "jobs", "notice_kinds"):
+        seen: dict[str, str] = {}
+        for w in found:
+            keys = [w.name] if what == "name" else list(getattr(w, what))
+            for key in keys:
+                if key in seen:
+                    raise ValueError(f"workflows: {what} {key!r} is claimed by {seen[key]} and {w.name}")
+                seen[key] = w.name

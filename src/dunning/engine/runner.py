@@ -1,0 +1,83 @@
+"""Running one scheduled job: what the ``run_job`` and ``deliver_email`` actors call.
+
+The job's kind names its handler: the engine's own (``send_email``,
+:mod:`dunning.engine.outbox`) or a workflow's (:func:`dunning.engine.registry.job_handler`).
+Each handler follows the same rule: effects that leave the building (a charge,
+a billing call, an email) are recorded before they are made, made outside any
+transaction, and their outcome is committed together with the job's end. This
+module owns what happens when a handler fails: park, back off, or leave it to
+the lease.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from dunning.billing.port import BillingUnavailable
+from dunning.engine.jobs import finish, retry_later, start
+from dunning.engine.outbox import send_email
+from dunning.engine.registry import JobHandler, Result, job_handler
+from dunning.errors import PermanentJobError
+from dunning.mail.sending import TransientSendError
+from dunning.store.db import transaction
+from dunning.store.models import Job
+
+if TYPE_CHECKING:
+    from dunning.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+#: Job kinds the engine runs itself, for every workflow.
+ENGINE_JOBS: dict[str, JobHandler] = {"send_email": send_email}
+
+
+def run_job(rt: Runtime, job_id: int, *, worker_id: str | None = None, alone: bool = False) -> Result:
+    """Run a claimed job once. Returns an outcome word and messages to send after commit.
+
+    ``worker_id``: the worker process running it (its heartbeat row), recorded on the job so
+    that the scheduler can send the job again as soon as that worker dies. ``alone``: the run
+    is alone in its process, the only way a job marked ``alone`` may start.
+    """
+    with transaction(rt.sessions) as session:
+        job = start(session, job_id, run_lease_s=rt.tuning.run_lease_s, worker_id=worker_id, alone=alone)
+        if job is None:
+            return "not_runnable", []
+        session.expunge(job)
+    handler = ENGINE_JOBS.get(job.kind) or job_handler(job.kind)
+    try:
+        if handler is None:
+            raise PermanentJobError(f"unknown job kind {job.kind!r}")
+        return handler(rt, job)
+    except PermanentJobError as exc:
+        with transaction(rt.sessions) as session:
+            finish(session, job, status="dead", note=f"parked: {exc}")
+        log.error("job %s parked: %s", job.id, exc)
+        return "dead", []
+    except (BillingUnavailable, TransientSendError) as exc:
+        # An outage, not a bug: back off (capped) for as long as it lasts. Each run
+        # re-checks the policy, so work that went stale meanwhile is dropped, not done late.
+        return later(rt, job, f"{type(exc).__name__}: {exc}", outage=True), []
+    except Exception as exc:
+        # Unexpected (a bug, the database going away): back off, and park after max_runs.
+        log.exception("job %s failed", job.id)
+        try:
+            return later(rt, job, f"{type(exc).__name__}"), []
+        except Exception:
+            # The database itself is down: the lease expires and the scheduler tries again.
+            raise exc from None
+
+
+def later(rt: Runtime, job: Job, error: str, *, outage: bool = False) -> str:
+    """Back off: the job runs again later (an outage backs off for as long as it lasts; a bug is parked after ``max_runs``)."""
+    with transaction(rt.sessions) as session:
+        fresh = session.get(Job, job.id, populate_existing=True)
+        assert fresh is not None
+        return retry_later(
+            session,
+            fresh,
+            error=error,
+            backoff_base_s=rt.tuning.backoff_base_s,
+            backoff_max_s=rt.tuning.backoff_max_s,
+            max_runs=None if outage else rt.tuning.max_runs,
+        )

@@ -1,0 +1,167 @@
+"""``dunning serve``: signed HTTP ingest, customer links, health and a small ops page."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import dramatiq
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from dunning.contract import MAX_EVENT_BYTES, InvalidEvent, parse_event
+from dunning.http.links import customer_link_endpoint
+from dunning.signing import SIGNATURE_HEADER, SignatureError, verify
+
+if TYPE_CHECKING:
+    from dunning.runtime import Runtime
+
+
+def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
+    """The ASGI app; ``broker`` defaults to the configured one.
+
+    Handlers that touch the database or Redis are plain functions (Starlette runs
+    them in its threadpool) or hand their blocking call to the threadpool.
+    """
+    from dunning.client import Client
+
+    client = Client(broker=broker) if broker is not None else None
+
+    def _client() -> Client:
+        nonlocal client
+        if client is None:
+            from dunning.broker.setup import redis_url
+
+            client = Client(redis_url(rt.settings))
+        return client
+
+    async def events(request: Request) -> Response:
+        secret = rt.settings.ingest_secret
+        if not secret:
+            return JSONResponse(
+                {"error": "ingest disabled: DUNNING_INGEST_SECRET is not set"}, status_code=401
+            )
+        # Read at most the limit: an unauthenticated client must not make us buffer an unbounded body.
+        body = await _read_capped(request, MAX_EVENT_BYTES)
+        if body is None:
+            return JSONResponse({"error": "invalid event", "field": "(envelope)", "reason": "too large"}, 413)
+        try:
+            verify(secret, body, request.headers.get(SIGNATURE_HEADER), now=time.time())
+        except SignatureError as exc:
+            return JSONResponse({"error": "bad signature", "reason": str(exc)}, status_code=401)
+        try:
+            event = parse_event(body)
+        except InvalidEvent as exc:
+            return JSONResponse(
+                {"error": "invalid event", "field": exc.field, "reason": exc.reason}, status_code=422
+            )
+        try:
+            # Blocking Redis I/O: off the event loop, so one slow Redis call doesn't stall every request.
+            await run_in_threadpool(_client().send_event, event)
+        except Exception as exc:
+            return JSONResponse(
+                {"error": "broker unavailable", "reason": type(exc).__name__, "retry": True}, status_code=503
+            )
+        return JSONResponse({"accepted": event.id}, status_code=202)
+
+    link = customer_link_endpoint(rt)
+
+    def ops_denied(request: Request) -> Response | None:
+        """None if the request may read ops data (``/``, ``/metrics``), else the 401 to send (dunning.http.auth)."""
+        from dunning.http.auth import Access, challenge, ops_access
+
+        access = ops_access(
+            token=rt.settings.ops_token,
+            client_host=request.client.host if request.client else None,
+            authorization=request.headers.get("authorization"),
+        )
+        if access is Access.ALLOWED:
+            return None
+        if access is Access.INVALID:
+            reason = "wrong bearer token"
+        elif rt.settings.ops_token:
+            reason = "send Authorization: Bearer <DUNNING_OPS_TOKEN>"
+        else:
+            reason = "served to loopback clients only while DUNNING_OPS_TOKEN is not set"
+        return PlainTextResponse(
+            f"unauthorized: {reason}\n", status_code=401, headers={"WWW-Authenticate": challenge(access)}
+        )
+
+    def health(request: Request) -> Response:
+        # Open to anyone (load balancers, container healthchecks): it says "ok" or which dependency
+        # is down, by exception type only, and nothing about the business.
+        from sqlalchemy import text
+
+        try:
+            with rt.engine.connect() as conn:
+                conn.execute(text("select 1"))
+        except Exception as exc:
+            return PlainTextResponse(f"database unavailable: {type(exc).__name__}", status_code=503)
+        try:
+            _client().broker.client.ping()  # type: ignore[attr-defined]
+        except Exception as exc:
+            return PlainTextResponse(f"broker unavailable: {type(exc).__name__}", status_code=503)
+        return PlainTextResponse("ok")
+
+    def metrics(request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        from dunning.metrics import registry_for
+
+        if (denied := ops_denied(request)) is not None:
+            return denied
+        return Response(
+            generate_latest(registry_for(rt, _client().broker.client)), media_type=CONTENT_TYPE_LATEST
+        )  # type: ignore[attr-defined]
+
+    def ops(request: Request) -> Response:
+        from dunning.broker.setup import redis_url
+        from dunning.http.pages import render
+        from dunning.ops import queue_snapshot
+        from dunning.report import build_report
+
+        if (denied := ops_denied(request)) is not None:
+            return denied
+        snap = queue_snapshot(rt, redis_url(rt.settings))
+        rep = build_report(rt)
+        page = render(
+            "ops.html",
+            title="Dunning: operations",
+            noindex=True,
+            now=f"{snap.now:%Y-%m-%d %H:%M}",
+            dead_letters=snap.dead_letters,
+            queues=snap.queues,
+            jobs=list(snap.jobs.items()),
+            cases=sorted(rep.by_status.items()),
+        )
+        return HTMLResponse(page)
+
+    return Starlette(
+        routes=[
+            Route("/events", events, methods=["POST"]),
+            Route("/l/{token}", link, methods=["GET"]),
+            Route("/healthz", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/", ops, methods=["GET"]),
+        ]
+    )
+
+
+async def _read_capped(request: Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    # Length first: int() of a header of thousands of digits raises (Python's 4,300-digit guard).
+    if declared.isascii() and declared.isdigit() and (len(declared) > 20 or int(declared) > limit):
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+__all__: list[Any] = ["create_app"]

@@ -1,0 +1,262 @@
+"""Buffered writes of one transaction: new facts, cases, jobs, outbox rows and timeline lines.
+
+Appending rows one ORM object at a time costs a statement each and the unit
+of work's bookkeeping. The unit buffers plain rows (and the transient objects
+of cases opened in the transaction, whose ids it allocates up front) and,
+just before the commit, writes each table with one statement
+(:mod:`dunning.store.bulk`). The ingest path's group commit puts many events
+in one transaction, so the same statements then carry the rows of all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session, sessionmaker
+
+from dunning.engine.jobs import Dispatch, local_worker, wall_now
+from dunning.store.bulk import allocate_ids, insert_rows
+from dunning.store.models import Case, Invoice, Job, Outbox, ProcessedEvent, TimelineEntry
+
+_JOB_DEFAULTS: dict[str, Any] = {
+    "claims": 0,
+    "runs": 0,
+    "crashes": 0,
+    "retry_at": None,
+    "case_id": None,
+    "outbox_id": None,
+    "payload": None,
+    "lease_until": None,
+    "finished_at": None,
+    "last_error": None,
+    "worker_id": None,
+}
+
+
+@dataclass(slots=True)
+class NewCase:
+    """A case opened in this transaction, before it is written.
+
+    A plain object with the columns of :class:`Case`: the opening decision sets
+    a dozen of its attributes, which on an ORM instance would each go through
+    attribute instrumentation; the unit writes it once, with its final facts.
+    """
+
+    invoice_id: str
+    subscription_id: str
+    customer_id: str
+    plan: str
+    amount_minor: int
+    currency: str
+    status: str
+    decline_code: str
+    first_decline_code: str
+    has_payment_method: bool
+    opened_at: datetime
+    policy_version: str
+    id: int = 0
+    needs_new_payment_method: bool = False
+    attempts_made: int = 0
+    scheduled_retries_made: int = 0
+    card_update_retries_used: int = 0
+    last_attempt_at: datetime | None = None
+    suspended_at: datetime | None = None
+    closed_at: datetime | None = None
+    outcome: str | None = None
+    recovered_minor: int = 0
+
+
+#: A case as the decision code sees it: stored (ORM) or opened in this transaction.
+CaseRow = Case | NewCase
+
+_CASE_COLUMNS = tuple(c.key for c in Case.__table__.columns)
+
+
+class Unit:
+    """The buffered writes of one session's transaction."""
+
+    def __init__(self, lease_s: float) -> None:
+        self.lease_s = lease_s
+        self.processed_events: list[dict[str, Any]] = []
+        self.invoices: list[dict[str, Any]] = []
+        # Cases opened in this transaction, written with their final facts at flush: as
+        # transient objects they cost no unit-of-work bookkeeping and no INSERT-then-UPDATE.
+        self.cases: list[NewCase] = []
+        self.jobs: list[dict[str, Any]] = []
+        self.outbox: list[dict[str, Any]] = []
+        self.timeline: list[dict[str, Any]] = []
+        self.dispatch: list[Dispatch] = []
+        # Cases created in this transaction whose jobs are not stored yet: cancelling them
+        # means filtering the buffer, not an UPDATE.
+        self.new_cases: set[int] = set()
+        self._case_ids: list[int] = []
+        self._top_case_id = 0
+        self._cases_with_jobs: set[int | None] = set()
+
+    # -- buffering ---------------------------------------------------------------
+
+    def reserve_case_ids(self, session: Session, n: int) -> None:
+        """Allocate ids for ``n`` cases about to be opened, in one statement."""
+        ids = allocate_ids(session, Case.__table__, n, above=self._top_case_id)
+        if ids:
+            self._case_ids.extend(ids)
+            self._top_case_id = max(self._top_case_id, ids[-1])
+
+    def new_case(self, session: Session, case: NewCase) -> NewCase:
+        """Give a transient case its id and write it at flush (whatever its facts are by then)."""
+        if not self._case_ids:
+            self.reserve_case_ids(session, 1)
+        case.id = self._case_ids.pop(0)
+        self.cases.append(case)
+        self.new_cases.add(case.id)
+        return case
+
+    def add_processed_event(self, row: dict[str, Any]) -> None:
+        self.processed_events.append(row)
+
+    def add_invoice(self, row: dict[str, Any]) -> None:
+        self.invoices.append(row)
+
+    def add_timeline(
+        self, subscription_id: str, case_id: int | None, at: datetime, kind: str, detail: str
+    ) -> None:
+        self.timeline.append(
+            {"subscription_id": subscription_id, "case_id": case_id, "at": at, "kind": kind, "detail": detail}
+        )
+
+    def add_jobs(self, rows: Sequence[dict[str, Any]], *, now: datetime) -> None:
+        """Buffer jobs; those already due go in claimed and are enqueued after commit."""
+        wall = wall_now()
+        for row in rows:
+            job = {**_JOB_DEFAULTS, "created_at": wall, **row}
+            if job["due_at"] <= now:
+                # Sent by this process after commit; ``worker_id`` lets the scheduler send it
+                # instead if this process dies first (services/workers.py).
+                job.update(
+                    status="claimed",
+                    claims=1,
+                    lease_until=wall + timedelta(seconds=self.lease_s),
+                    worker_id=local_worker(),
+                )
+            else:
+                job["status"] = "pending"
+            self.jobs.append(job)
+            self._cases_with_jobs.add(job["case_id"])
+
+    def add_outbox(self, row: dict[str, Any], send_job: dict[str, Any], *, now: datetime) -> None:
+        """Buffer an email and its send job (whose ``outbox_id`` is known only once inserted)."""
+        self.outbox.append(row)
+        self.add_jobs([{**send_job, "outbox_key": row["key"]}], now=now)
+
+    def cancel(
+        self,
+        case_id: int,
+        kinds: Sequence[str],
+        *,
+        scheduled_retries_only: bool = False,
+        keep: Sequence[str] = (),
+    ) -> None:
+        """Drop buffered pending jobs the way the matching UPDATE cancels stored ones."""
+        if case_id not in self._cases_with_jobs:
+            return  # the common case (a case just opened): no need to scan the whole buffer
+
+        def doomed(job: dict[str, Any]) -> bool:
+            if job["case_id"] != case_id or job["status"] != "pending" or job["kind"] not in kinds:
+                return False
+            if scheduled_retries_only:
+                return job["payload"] is None and job["key"] not in keep
+            return True
+
+        self.jobs = [j for j in self.jobs if not doomed(j)]
+
+    # -- writing -----------------------------------------------------------------
+
+    def buffered(self) -> bool:
+        """Whether anything waits to be written."""
+        return bool(
+            self.processed_events or self.invoices or self.cases or self.jobs or self.outbox or self.timeline
+        )
+
+    def flush(self, session: Session) -> None:
+        """Write everything buffered, one statement per table (called before commit, and by barriers)."""
+        if self.processed_events:
+            insert_rows(session, ProcessedEvent.__table__, self.processed_events)
+            self.processed_events = []
+        if self.invoices:
+            insert_rows(session, Invoice.__table__, self.invoices)
+            self.invoices = []
+        if self.cases:
+            insert_rows(
+                session, Case.__table__, [{k: getattr(case, k) for k in _CASE_COLUMNS} for case in self.cases]
+            )
+            self.cases = []
+        outbox_ids: dict[str, int] = {}
+        if self.outbox:
+            rows = insert_rows(
+                session, Outbox.__table__, self.outbox, on_conflict="key", returning=("key", "id")
+            )
+            outbox_ids = {r.key: r.id for r in rows}
+            self.outbox = []
+        jobs: list[dict[str, Any]] = []
+        for job in self.jobs:
+            key = job.pop("outbox_key", None)
+            if key is not None:
+                if key not in outbox_ids:
+                    continue  # the email already existed: its send job does too
+                job["outbox_id"] = outbox_ids[key]
+            jobs.append(job)
+        self.jobs = []
+        self._cases_with_jobs.clear()
+        due = [j for j in jobs if j["status"] == "claimed"]
+        later = [j for j in jobs if j["status"] != "claimed"]
+        if later:
+            insert_rows(session, Job.__table__, later, on_conflict="key")
+        if due:
+            rows = insert_rows(session, Job.__table__, due, on_conflict="key", returning=("id", "queue"))
+            self.dispatch.extend(Dispatch(r.queue, r.id) for r in sorted(rows))
+        if self.timeline:
+            insert_rows(session, TimelineEntry.__table__, self.timeline)
+            self.timeline = []
+
+
+def unit_of(session: Session) -> Unit:
+    """The unit of the session's current transaction."""
+    unit = session.info.get("unit")
+    if unit is None:
+        unit = session.info["unit"] = Unit(session.info.get("lease_s", 300.0))
+    return unit
+
+
+def dispatch_of(session: Session) -> list[Dispatch]:
+    """Messages to send now that the session's transaction has committed."""
+    unit = session.info.get("unit")
+    return list(unit.dispatch) if unit is not None else []
+
+
+def install(factory: sessionmaker[Session], *, lease_s: float) -> None:
+    """Make sessions from ``factory`` flush their unit before every commit."""
+    factory.configure(info={"lease_s": lease_s})
+
+    @event.listens_for(factory, "before_commit")
+    def _flush(session: Session) -> None:
+        unit = session.info.get("unit")
+        if unit is not None:
+            unit.flush(session)
+
+
+@contextmanager
+def collecting(factory: sessionmaker[Session], sink: list[Dispatch]) -> Iterator[Session]:
+    """A transaction whose after-commit messages are appended to ``sink``.
+
+    ``sink`` is extended on exit, so ``return outcome, sink`` from inside the
+    block hands the caller a list that is complete once the commit is done.
+    """
+    with factory() as session:
+        with session.begin():
+            yield session
+        sink.extend(dispatch_of(session))

@@ -1,0 +1,11 @@
+"""Every workflow the product runs (:mod:`dunning.engine.registry`): a new workflow is a package beside
+this module and one line in :data:`WORKFLOWS`.
+"""
+
+from __future__ import annotations
+
+from dunning.engine.registry import Workflow
+from dunning.workflows.failed_payments.workflow import WORKFLOW as FAILED_PAYMENTS
+
+#: Every workflow, in the order they react to a shared event type.
+WORKFLOWS: tuple[Workflow, ...] = (FAILED_PAYMENTS,)

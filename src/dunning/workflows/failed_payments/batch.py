@@ -1,0 +1,169 @@
+"""The failed-payment workflow's part of a group commit: what a batch of failures prefetches.
+
+What the batch's ``invoice.payment_failed`` events need is loaded up front in a
+few statements (and their invoice and case rows locked); the event handlers
+(:mod:`dunning.workflows.failed_payments.handlers`) read it from here instead of asking the
+database once per event, including the stored facts every event is checked
+against (:mod:`dunning.workflows.failed_payments.consistency`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from sqlalchemy import Row, select
+from sqlalchemy.orm import Session
+
+from dunning import contract as c
+from dunning.engine.batch import batch_of
+from dunning.store.bulk import rows_by_ids
+from dunning.store.models import Case, Customer, Invoice, Subscription
+from dunning.store.unit import unit_of
+
+#: The name this workflow registers under (the key of its part of a batch).
+WORKFLOW_NAME = "failed_payments"
+
+
+class CustomerFacts(NamedTuple):
+    """What opening a case reads of its customer (a prefetched row, not an ORM object)."""
+
+    id: str
+    email: str
+    locale: str | None
+    timezone: str | None
+    pm_present: bool
+
+
+class SubscriptionFacts(NamedTuple):
+    """What opening a case reads of its subscription, and checks the event against."""
+
+    id: str
+    plan: str
+    status: str
+    customer_id: str
+    currency: str
+
+
+class InvoiceFacts(NamedTuple):
+    """A stored invoice: its status, and what an event about it must agree with."""
+
+    id: str
+    status: str
+    subscription_id: str
+    amount_minor: int
+    currency: str
+
+
+class PaymentsBatch:
+    """The failed-payment workflow's part of a group commit (:mod:`dunning.engine.batch`).
+
+    New cases get ids allocated in one statement and are written with the
+    transaction's other rows at commit. Any other event, or a second event
+    about an invoice already touched, first runs a barrier that writes what is
+    buffered, so it observes the batch's earlier events exactly as if they had
+    been committed.
+    """
+
+    def __init__(self) -> None:
+        self.invoices: dict[str, InvoiceFacts] = {}  # invoices known before the batch
+        self.cases_by_invoice: dict[str, Case | None] = {}  # prefetched invoices only
+        self.touched_invoices: set[str] = set()
+        # Snapshots for opening cases; dropped by the barrier before any event that could change them.
+        self.customers: dict[str, CustomerFacts] = {}
+        self.subscriptions: dict[str, SubscriptionFacts] = {}
+        self.held: list[Any] = []
+
+    def batchable(self, event: c.Event) -> bool:
+        """Failures of invoices not touched yet in this batch need no barrier: they only open cases."""
+        return (
+            isinstance(event, c.InvoicePaymentFailed) and event.data.invoice.id not in self.touched_invoices
+        )
+
+    def forget(self) -> None:
+        """Drop what the barrier's writes may have changed."""
+        for invoice_id in self.touched_invoices:
+            self.cases_by_invoice.pop(invoice_id, None)
+            self.invoices.pop(invoice_id, None)
+        self.touched_invoices.clear()
+        self.customers.clear()
+        self.subscriptions.clear()
+
+    def prefetch(self, session: Session, events: list[c.Event]) -> None:
+        """Load (and lock) what the batch's failures will read, in a fixed number of statements."""
+        _prefetch(session, events, self)
+
+
+def payments_batch(session: Session) -> PaymentsBatch | None:
+    """This workflow's part of the session's group commit, if it is one."""
+    batch = batch_of(session)
+    part = batch.parts.get(WORKFLOW_NAME) if batch is not None else None
+    return part if isinstance(part, PaymentsBatch) else None
+
+
+# Every case has its invoice row (both are written when the case opens), so locking the
+# invoices in id order also finds the cases to lock; the unique invoice_id of cases
+# backs this up (a missed case fails the batch, and each event is then applied alone).
+_PG_INVOICES = (
+    "SELECT i.id, i.status, i.subscription_id, i.amount_minor, i.currency, c.id"
+    " FROM invoices i LEFT JOIN cases c ON c.invoice_id = i.id"
+    " WHERE i.id = ANY(%s) ORDER BY i.id FOR UPDATE OF i"
+)
+
+
+def _lock_invoices(session: Session, invoice_ids: list[str]) -> list[Row[Any]]:
+    """(invoice facts..., case id or None) of the invoices known, locked in id order."""
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        return conn.exec_driver_sql(_PG_INVOICES, (invoice_ids,)).all()
+    # SQLite: the transaction already holds the database's write lock (BEGIN IMMEDIATE).
+    return conn.execute(
+        select(
+            Invoice.id,
+            Invoice.status,
+            Invoice.subscription_id,
+            Invoice.amount_minor,
+            Invoice.currency,
+            Case.id,
+        )
+        .outerjoin(Case, Case.invoice_id == Invoice.id)
+        .where(Invoice.id.in_(invoice_ids))
+        .order_by(Invoice.id)
+    ).all()
+
+
+def _prefetch(session: Session, events: list[c.Event], batch: PaymentsBatch) -> None:
+    invoices: dict[str, tuple[str, str]] = {}
+    for e in events:
+        if isinstance(e, c.InvoicePaymentFailed):
+            inv = e.data.invoice
+            invoices[inv.id] = (inv.customer_id, inv.subscription_id)
+    if not invoices:
+        return
+    rows = _lock_invoices(session, sorted(invoices))
+    batch.invoices = {r[0]: InvoiceFacts(*r[:5]) for r in rows}
+    case_ids = sorted(r[5] for r in rows if r[5] is not None)
+    batch.cases_by_invoice = dict.fromkeys(invoices)
+    if case_ids:
+        # ``batch.held`` keeps strong references: the session's identity map is weak.
+        cases = list(
+            session.execute(
+                select(Case).where(Case.id.in_(case_ids)).order_by(Case.id).with_for_update()
+            ).scalars()
+        )
+        batch.held += cases
+        for case in cases:
+            batch.cases_by_invoice[case.invoice_id] = case
+    # Plain rows: opening a case only reads them. Any other event first runs a barrier,
+    # which drops them, so an event that changes a customer is seen by the ones after it.
+    for row in rows_by_ids(
+        session,
+        Subscription.__table__,
+        SubscriptionFacts._fields,
+        sorted({sub for _, sub in invoices.values()}),
+    ):
+        batch.subscriptions[row[0]] = SubscriptionFacts(*row)
+    for row in rows_by_ids(
+        session, Customer.__table__, CustomerFacts._fields, sorted({cus for cus, _ in invoices.values()})
+    ):
+        batch.customers[row[0]] = CustomerFacts(*row)
+    unit_of(session).reserve_case_ids(session, len(invoices) - len(case_ids))

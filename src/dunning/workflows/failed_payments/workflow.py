@@ -1,0 +1,20 @@
+"""The failed-payment workflow as the engine sees it: its events, job kinds and notice kinds."""
+
+from __future__ import annotations
+
+from dunning.engine.registry import Workflow
+from dunning.workflows.failed_payments.batch import WORKFLOW_NAME, PaymentsBatch
+from dunning.workflows.failed_payments.cases import render_outbox
+from dunning.workflows.failed_payments.handlers import HANDLERS
+from dunning.workflows.failed_payments.jobs import JOBS, stale
+from dunning.workflows.failed_payments.notices import KINDS
+
+WORKFLOW = Workflow(
+    name=WORKFLOW_NAME,
+    events=HANDLERS,
+    jobs=JOBS,
+    notice_kinds=KINDS,
+    render_notice=render_outbox,
+    stale=stale,
+    batch_part=PaymentsBatch,
+)
