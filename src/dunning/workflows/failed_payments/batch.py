@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import orjson
 from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
@@ -103,32 +104,64 @@ def payments_batch(session: Session) -> PaymentsBatch | None:
 # Every case has its invoice row (both are written when the case opens), so locking the
 # invoices in id order also finds the cases to lock; the unique invoice_id of cases
 # backs this up (a missed case fails the batch, and each event is then applied alone).
-_PG_INVOICES = (
-    "SELECT i.id, i.status, i.subscription_id, i.amount_minor, i.currency, c.id"
+#
+# On PostgreSQL the lookups of a batch are one statement (one round trip, one result row,
+# parsed by orjson): the invoices locked as above, the subscriptions and customers, and the
+# ids of the cases to open (one per invoice without a case).
+_PG_PREFETCH = (
+    "WITH inv AS ("
+    " SELECT i.id, i.status, i.subscription_id, i.amount_minor, i.currency, c.id AS case_id"
     " FROM invoices i LEFT JOIN cases c ON c.invoice_id = i.id"
-    " WHERE i.id = ANY(%s) ORDER BY i.id FOR UPDATE OF i"
+    " WHERE i.id = ANY(%s) ORDER BY i.id FOR UPDATE OF i)"
+    " SELECT json_build_array("
+    "(SELECT json_agg(json_build_array(id, status, subscription_id, amount_minor, currency, case_id))"
+    " FROM inv),"
+    f" (SELECT json_agg(json_build_array({', '.join(SubscriptionFacts._fields)}))"
+    " FROM subscriptions WHERE id = ANY(%s)),"
+    f" (SELECT json_agg(json_build_array({', '.join(CustomerFacts._fields)}))"
+    " FROM customers WHERE id = ANY(%s)),"
+    " (SELECT json_agg(nextval(pg_get_serial_sequence('cases', 'id')))"
+    " FROM generate_series(1, %s - (SELECT count(case_id) FROM inv))))::text"
 )
 
 
 def _lock_invoices(session: Session, invoice_ids: list[str]) -> list[Row[Any]]:
-    """(invoice facts..., case id or None) of the invoices known, locked in id order."""
+    """(invoice facts..., case id or None) of the invoices known, locked in id order (SQLite)."""
+    # SQLite: the transaction already holds the database's write lock (BEGIN IMMEDIATE).
+    return (
+        session.connection()
+        .execute(
+            select(
+                Invoice.id,
+                Invoice.status,
+                Invoice.subscription_id,
+                Invoice.amount_minor,
+                Invoice.currency,
+                Case.id,
+            )
+            .outerjoin(Case, Case.invoice_id == Invoice.id)
+            .where(Invoice.id.in_(invoice_ids))
+            .order_by(Invoice.id)
+        )
+        .all()
+    )
+
+
+def _lookups(
+    session: Session, invoices: dict[str, tuple[str, str]]
+) -> tuple[list[Any], list[Any], list[Any], list[int] | None]:
+    """Invoice rows (locked), subscription rows, customer rows, and case ids (PostgreSQL only)."""
+    invoice_ids = sorted(invoices)
+    subscription_ids = sorted({sub for _, sub in invoices.values()})
+    customer_ids = sorted({cus for cus, _ in invoices.values()})
     conn = session.connection()
     if conn.dialect.name == "postgresql":
-        return conn.exec_driver_sql(_PG_INVOICES, (invoice_ids,)).all()
-    # SQLite: the transaction already holds the database's write lock (BEGIN IMMEDIATE).
-    return conn.execute(
-        select(
-            Invoice.id,
-            Invoice.status,
-            Invoice.subscription_id,
-            Invoice.amount_minor,
-            Invoice.currency,
-            Case.id,
-        )
-        .outerjoin(Case, Case.invoice_id == Invoice.id)
-        .where(Invoice.id.in_(invoice_ids))
-        .order_by(Invoice.id)
-    ).all()
+        params = (invoice_ids, subscription_ids, customer_ids, len(invoices))
+        found = orjson.loads(conn.exec_driver_sql(_PG_PREFETCH, params).scalar_one())
+        return found[0] or [], found[1] or [], found[2] or [], found[3] or []
+    subscriptions = rows_by_ids(session, Subscription.__table__, SubscriptionFacts._fields, subscription_ids)
+    customers = rows_by_ids(session, Customer.__table__, CustomerFacts._fields, customer_ids)
+    return list(_lock_invoices(session, invoice_ids)), list(subscriptions), list(customers), None
 
 
 def _prefetch(session: Session, events: list[c.Event], batch: PaymentsBatch) -> None:
@@ -139,7 +172,7 @@ def _prefetch(session: Session, events: list[c.Event], batch: PaymentsBatch) -> 
             invoices[inv.id] = (inv.customer_id, inv.subscription_id)
     if not invoices:
         return
-    rows = _lock_invoices(session, sorted(invoices))
+    rows, subscriptions, customers, case_ids_for_new = _lookups(session, invoices)
     batch.invoices = {r[0]: InvoiceFacts(*r[:5]) for r in rows}
     case_ids = sorted(r[5] for r in rows if r[5] is not None)
     batch.cases_by_invoice = dict.fromkeys(invoices)
@@ -155,15 +188,12 @@ def _prefetch(session: Session, events: list[c.Event], batch: PaymentsBatch) -> 
             batch.cases_by_invoice[case.invoice_id] = case
     # Plain rows: opening a case only reads them. Any other event first runs a barrier,
     # which drops them, so an event that changes a customer is seen by the ones after it.
-    for row in rows_by_ids(
-        session,
-        Subscription.__table__,
-        SubscriptionFacts._fields,
-        sorted({sub for _, sub in invoices.values()}),
-    ):
+    for row in subscriptions:
         batch.subscriptions[row[0]] = SubscriptionFacts(*row)
-    for row in rows_by_ids(
-        session, Customer.__table__, CustomerFacts._fields, sorted({cus for cus, _ in invoices.values()})
-    ):
+    for row in customers:
         batch.customers[row[0]] = CustomerFacts(*row)
-    unit_of(session).reserve_case_ids(session, len(invoices) - len(case_ids))
+    unit = unit_of(session)
+    if case_ids_for_new is None:
+        unit.reserve_case_ids(session, len(invoices) - len(case_ids))
+    else:
+        unit.take_case_ids(case_ids_for_new)
