@@ -17,36 +17,42 @@ from dunning.engine.jobs import Dispatch
 def send_jobs(broker: dramatiq.Broker, items: Iterable[Dispatch]) -> int:
     """Enqueue ``run_job``/``deliver_email`` messages. A lost send is recovered by the job's lease.
 
-    On Redis, all of them go in one round trip: the same ``HSET`` + ``RPUSH``
-    per message as Dramatiq's own enqueue script (and as the producer guide
-    documents), in one ``MULTI``/``EXEC``, with the broker's enqueue hooks run
-    around it as ``broker.enqueue`` would.
+    On Redis, all of them go in one round trip: what Dramatiq's own enqueue
+    script writes per message (the body in the queue's ``.msgs`` hash under a
+    fresh Redis id, the id pushed on the queue's list; the producer guide
+    documents the same), as one ``HSET`` and one ``RPUSH`` per queue in one
+    ``MULTI``/``EXEC``, with the broker's enqueue hooks run around it as
+    ``broker.enqueue`` would. A group commit sends all its jobs at once, so
+    the commands (and their replies) no longer grow with the number of jobs.
     """
-    messages = [
-        Message(
-            queue_name=item.queue,
-            actor_name=ACTOR_FOR_QUEUE[item.queue],
-            args=(item.job_id,),
-            kwargs={},
-            # A job that was in flight when a worker died runs alone (``RunAlone`` middleware).
-            options={ALONE_OPTION: True} if item.alone else {},
-        )
-        for item in items
-    ]
-    if not isinstance(broker, RedisBroker) or len(messages) < 2:
-        for message in messages:
-            broker.enqueue(message)
-        return len(messages)
-    messages = [m.copy(options={"redis_message_id": str(uuid4())}) for m in messages]
+    items = list(items)
+    if not isinstance(broker, RedisBroker) or len(items) < 2:
+        for item in items:
+            broker.enqueue(_message(item, {}))
+        return len(items)
+    messages = [_message(item, {"redis_message_id": str(uuid4())}) for item in items]
     for message in messages:
         broker.emit_before("enqueue", message, None)
-    pipe = broker.client.pipeline(transaction=True)
+    by_queue: dict[str, dict[str, bytes]] = {}
     for message in messages:
-        queue = f"{broker.namespace}:{message.queue_name}"
-        redis_id = message.options["redis_message_id"]
-        pipe.hset(f"{queue}.msgs", redis_id, message.encode())
-        pipe.rpush(queue, redis_id)
+        by_queue.setdefault(message.queue_name, {})[message.options["redis_message_id"]] = message.encode()
+    pipe = broker.client.pipeline(transaction=True)
+    for queue_name, bodies in by_queue.items():
+        queue = f"{broker.namespace}:{queue_name}"
+        pipe.hset(f"{queue}.msgs", mapping=bodies)
+        pipe.rpush(queue, *bodies)  # dicts keep the order of the messages
     pipe.execute()
     for message in messages:
         broker.emit_after("enqueue", message, None)
     return len(messages)
+
+
+def _message(item: Dispatch, options: dict[str, object]) -> Message[None]:
+    # A job that was in flight when a worker died runs alone (``RunAlone`` middleware).
+    return Message(
+        queue_name=item.queue,
+        actor_name=ACTOR_FOR_QUEUE[item.queue],
+        args=(item.job_id,),
+        kwargs={},
+        options={ALONE_OPTION: True, **options} if item.alone else options,
+    )

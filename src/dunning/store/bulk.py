@@ -266,18 +266,31 @@ def _sequence_sql(table: str) -> str:
 def rows_by_ids(session: Session, table: Table, columns: tuple[str, ...], ids: list[str]) -> list[Row[Any]]:
     """Rows of ``table`` whose ``id`` is in ``ids``.
 
-    On PostgreSQL a fixed statement with an array parameter, prepared once per
+    On PostgreSQL a fixed statement with one parameter, prepared once per
     connection whatever the number of ids (an ``IN (...)`` list is a new
-    statement for every length).
+    statement for every length): the ids as a JSON array (:func:`ids_param`).
     """
     if not ids:
         return []
     conn = session.connection()
     if conn.dialect.name == "postgresql":
-        return conn.exec_driver_sql(_rows_by_ids_sql(table.name, columns), (ids,)).all()
+        return conn.exec_driver_sql(_rows_by_ids_sql(table.name, columns), (ids_param(ids),)).all()
     return conn.execute(select(*(table.c[name] for name in columns)).where(table.c.id.in_(ids))).all()
+
+
+#: SQL for "the text values of the JSON array parameter", usable as ``column = ANY(...)`` (an index scan).
+ANY_OF_JSON = "ARRAY(SELECT json_array_elements_text(%s::json))"
+
+
+def ids_param(ids: Sequence[str]) -> str:
+    """Text ids as the parameter of :data:`ANY_OF_JSON`.
+
+    psycopg dumps a Python list as an array in Python, element by element
+    (about 25 µs for 16 ids); orjson writes the JSON array in well under 1 µs.
+    """
+    return orjson.dumps(list(ids)).decode()
 
 
 @cache
 def _rows_by_ids_sql(table: str, columns: tuple[str, ...]) -> str:
-    return f"SELECT {', '.join(columns)} FROM {table} WHERE id = ANY(%s)"
+    return f"SELECT {', '.join(columns)} FROM {table} WHERE id = ANY({ANY_OF_JSON})"

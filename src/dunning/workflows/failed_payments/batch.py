@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from dunning import contract as c
 from dunning.engine.batch import batch_of
-from dunning.store.bulk import rows_by_ids
+from dunning.store.bulk import ANY_OF_JSON, ids_param, rows_by_ids
 from dunning.store.models import Case, Customer, Invoice, Subscription
 from dunning.store.unit import unit_of
 
@@ -112,14 +112,14 @@ _PG_PREFETCH = (
     "WITH inv AS ("
     " SELECT i.id, i.status, i.subscription_id, i.amount_minor, i.currency, c.id AS case_id"
     " FROM invoices i LEFT JOIN cases c ON c.invoice_id = i.id"
-    " WHERE i.id = ANY(%s) ORDER BY i.id FOR UPDATE OF i)"
+    f" WHERE i.id = ANY({ANY_OF_JSON}) ORDER BY i.id FOR UPDATE OF i)"
     " SELECT json_build_array("
     "(SELECT json_agg(json_build_array(id, status, subscription_id, amount_minor, currency, case_id))"
     " FROM inv),"
     f" (SELECT json_agg(json_build_array({', '.join(SubscriptionFacts._fields)}))"
-    " FROM subscriptions WHERE id = ANY(%s)),"
+    f" FROM subscriptions WHERE id = ANY({ANY_OF_JSON})),"
     f" (SELECT json_agg(json_build_array({', '.join(CustomerFacts._fields)}))"
-    " FROM customers WHERE id = ANY(%s)),"
+    f" FROM customers WHERE id = ANY({ANY_OF_JSON})),"
     " (SELECT json_agg(nextval(pg_get_serial_sequence('cases', 'id')))"
     " FROM generate_series(1, %s - (SELECT count(case_id) FROM inv))))::text"
 )
@@ -156,7 +156,7 @@ def _lookups(
     customer_ids = sorted({cus for cus, _ in invoices.values()})
     conn = session.connection()
     if conn.dialect.name == "postgresql":
-        params = (invoice_ids, subscription_ids, customer_ids, len(invoices))
+        params = (ids_param(invoice_ids), ids_param(subscription_ids), ids_param(customer_ids), len(invoices))
         found = orjson.loads(conn.exec_driver_sql(_PG_PREFETCH, params).scalar_one())
         return found[0] or [], found[1] or [], found[2] or [], found[3] or []
     subscriptions = rows_by_ids(session, Subscription.__table__, SubscriptionFacts._fields, subscription_ids)
