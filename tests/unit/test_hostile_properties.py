@@ -244,3 +244,24 @@ def test_the_quick_pass_of_check_tree_only_accepts_what_the_full_walk_accepts(va
         _walk(value, depth)
     except JsonRefused:
         assert not _clean(value, depth)
+
+
+@FAST
+@given(hostile_bodies())
+def test_short_texts_decode_alike_with_or_without_the_number_hooks(body: bytes) -> None:
+    """``loads`` skips its number hooks on texts too short to hold a number over the limit: same verdicts."""
+    from dunning.contract.untrusted_json import _LONG, _SHORT, DECODE_MAX_NUMBER_CHARS
+
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    assume(len(text) <= DECODE_MAX_NUMBER_CHARS)
+
+    def verdict(decoder: json.JSONDecoder) -> Any:
+        try:
+            return ("value", repr(decoder.decode(text)))
+        except Exception as exc:
+            return ("refused", type(exc).__name__, str(exc))
+
+    assert verdict(_SHORT) == verdict(_LONG)
