@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
-from uuid import uuid4
 
 import dramatiq
 from dramatiq import Message
@@ -28,9 +28,12 @@ def send_jobs(broker: dramatiq.Broker, items: Iterable[Dispatch]) -> int:
     items = list(items)
     if not isinstance(broker, RedisBroker) or len(items) < 2:
         for item in items:
-            broker.enqueue(_message(item, {}))
+            broker.enqueue(_message(item))
         return len(items)
-    messages = [_message(item, {"redis_message_id": str(uuid4())}) for item in items]
+    ids = _uuid4_strings(2 * len(items))
+    messages = [
+        _message(item, message_id=ids[2 * i], redis_id=ids[2 * i + 1]) for i, item in enumerate(items)
+    ]
     for message in messages:
         broker.emit_before("enqueue", message, None)
     by_queue: dict[str, dict[str, bytes]] = {}
@@ -47,12 +50,33 @@ def send_jobs(broker: dramatiq.Broker, items: Iterable[Dispatch]) -> int:
     return len(messages)
 
 
-def _message(item: Dispatch, options: dict[str, object]) -> Message[None]:
+def _message(item: Dispatch, *, message_id: str | None = None, redis_id: str | None = None) -> Message[None]:
     # A job that was in flight when a worker died runs alone (``RunAlone`` middleware).
+    options: dict[str, object] = {ALONE_OPTION: True} if item.alone else {}
+    if redis_id is not None:
+        options["redis_message_id"] = redis_id
+    ids = {} if message_id is None else {"message_id": message_id}
     return Message(
         queue_name=item.queue,
         actor_name=ACTOR_FOR_QUEUE[item.queue],
         args=(item.job_id,),
         kwargs={},
-        options={ALONE_OPTION: True, **options} if item.alone else options,
+        options=options,
+        **ids,
     )
+
+
+def _uuid4_strings(n: int) -> list[str]:
+    """``n`` random (version 4) UUIDs as text, like ``str(uuid.uuid4())`` but from one ``urandom`` call.
+
+    ``str(uuid4())`` costs several µs (a syscall and a ``UUID`` object each), and every
+    message takes two: its Dramatiq id and its Redis id.
+    """
+    raw = bytearray(os.urandom(16 * n))
+    out = []
+    for i in range(0, 16 * n, 16):
+        raw[i + 6] = (raw[i + 6] & 0x0F) | 0x40  # version 4
+        raw[i + 8] = (raw[i + 8] & 0x3F) | 0x80  # RFC 4122 variant
+        h = raw[i : i + 16].hex()
+        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return out
