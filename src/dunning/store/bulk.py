@@ -291,6 +291,26 @@ def ids_param(ids: Sequence[str]) -> str:
     return orjson.dumps(list(ids)).decode()
 
 
+def present_ids(table: Table, ids: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
+    """For :func:`select_together`: which of ``ids`` are in ``table``, as a JSON array (or NULL)."""
+    return _present_ids_sql(table.name), (ids_param(ids),)
+
+
+@cache
+def _present_ids_sql(table: str) -> str:
+    return f"(SELECT json_agg(id) FROM {table} WHERE id = ANY({ANY_OF_JSON}))::text"
+
+
+def select_together(session: Session, queries: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+    """PostgreSQL: the values of several scalar subqueries, in one statement (one round trip).
+
+    ``queries``: (parenthesised subquery, its parameters) each; the values come back in order.
+    """
+    sql = "SELECT " + ", ".join(q for q, _ in queries)
+    params = tuple(p for _, ps in queries for p in ps)
+    return list(session.connection().exec_driver_sql(sql, params).one())
+
+
 @cache
 def _rows_by_ids_sql(table: str, columns: tuple[str, ...]) -> str:
     return f"SELECT {', '.join(columns)} FROM {table} WHERE id = ANY({ANY_OF_JSON})"

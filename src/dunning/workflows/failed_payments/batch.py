@@ -93,6 +93,15 @@ class PaymentsBatch:
         """Load (and lock) what the batch's failures will read, in a fixed number of statements."""
         _prefetch(session, events, self)
 
+    def prefetch_sql(self, events: list[c.Event]) -> tuple[str, tuple[Any, ...]] | None:
+        """PostgreSQL: the same lookups as one scalar subquery, for the engine's single statement."""
+        invoices = _failed_invoices(events)
+        return _lookup_sql(invoices) if invoices else None
+
+    def prefetched(self, session: Session, events: list[c.Event], found: Any) -> None:
+        """Keep what :meth:`prefetch_sql`'s subquery returned."""
+        _take(session, _failed_invoices(events), found, self)
+
 
 def payments_batch(session: Session) -> PaymentsBatch | None:
     """This workflow's part of the session's group commit, if it is one."""
@@ -109,7 +118,7 @@ def payments_batch(session: Session) -> PaymentsBatch | None:
 # parsed by orjson): the invoices locked as above, the subscriptions and customers, and the
 # ids of the cases to open (one per invoice without a case).
 _PG_PREFETCH = (
-    "WITH inv AS ("
+    "(WITH inv AS ("
     " SELECT i.id, i.status, i.subscription_id, i.amount_minor, i.currency, c.id AS case_id"
     " FROM invoices i LEFT JOIN cases c ON c.invoice_id = i.id"
     f" WHERE i.id = ANY({ANY_OF_JSON}) ORDER BY i.id FOR UPDATE OF i)"
@@ -121,7 +130,7 @@ _PG_PREFETCH = (
     f" (SELECT json_agg(json_build_array({', '.join(CustomerFacts._fields)}))"
     f" FROM customers WHERE id = ANY({ANY_OF_JSON})),"
     " (SELECT json_agg(nextval(pg_get_serial_sequence('cases', 'id')))"
-    " FROM generate_series(1, %s - (SELECT count(case_id) FROM inv))))::text"
+    " FROM generate_series(1, %s - (SELECT count(case_id) FROM inv))))::text)"
 )
 
 
@@ -147,32 +156,76 @@ def _lock_invoices(session: Session, invoice_ids: list[str]) -> list[Row[Any]]:
     )
 
 
-def _lookups(
-    session: Session, invoices: dict[str, tuple[str, str]]
-) -> tuple[list[Any], list[Any], list[Any], list[int] | None]:
-    """Invoice rows (locked), subscription rows, customer rows, and case ids (PostgreSQL only)."""
-    invoice_ids = sorted(invoices)
-    subscription_ids = sorted({sub for _, sub in invoices.values()})
-    customer_ids = sorted({cus for cus, _ in invoices.values()})
-    conn = session.connection()
-    if conn.dialect.name == "postgresql":
-        params = (ids_param(invoice_ids), ids_param(subscription_ids), ids_param(customer_ids), len(invoices))
-        found = orjson.loads(conn.exec_driver_sql(_PG_PREFETCH, params).scalar_one())
-        return found[0] or [], found[1] or [], found[2] or [], found[3] or []
-    subscriptions = rows_by_ids(session, Subscription.__table__, SubscriptionFacts._fields, subscription_ids)
-    customers = rows_by_ids(session, Customer.__table__, CustomerFacts._fields, customer_ids)
-    return list(_lock_invoices(session, invoice_ids)), list(subscriptions), list(customers), None
-
-
-def _prefetch(session: Session, events: list[c.Event], batch: PaymentsBatch) -> None:
+def _failed_invoices(events: list[c.Event]) -> dict[str, tuple[str, str]]:
+    """(customer, subscription) of each invoice a failure in ``events`` names."""
     invoices: dict[str, tuple[str, str]] = {}
     for e in events:
         if isinstance(e, c.InvoicePaymentFailed):
             inv = e.data.invoice
             invoices[inv.id] = (inv.customer_id, inv.subscription_id)
+    return invoices
+
+
+def _lookup_sql(invoices: dict[str, tuple[str, str]]) -> tuple[str, tuple[Any, ...]]:
+    """PostgreSQL: the batch's lookups as one scalar subquery (JSON text), and its parameters."""
+    params = (
+        ids_param(sorted(invoices)),
+        ids_param(sorted({sub for _, sub in invoices.values()})),
+        ids_param(sorted({cus for cus, _ in invoices.values()})),
+        len(invoices),
+    )
+    return _PG_PREFETCH, params
+
+
+def _prefetch(session: Session, events: list[c.Event], batch: PaymentsBatch) -> None:
+    invoices = _failed_invoices(events)
     if not invoices:
         return
-    rows, subscriptions, customers, case_ids_for_new = _lookups(session, invoices)
+    if session.get_bind().dialect.name == "postgresql":
+        sql, params = _lookup_sql(invoices)
+        _take(
+            session,
+            invoices,
+            session.connection().exec_driver_sql(f"SELECT {sql}", params).scalar_one(),
+            batch,
+        )
+        return
+    invoice_ids = sorted(invoices)
+    subscriptions = rows_by_ids(
+        session,
+        Subscription.__table__,
+        SubscriptionFacts._fields,
+        sorted({sub for _, sub in invoices.values()}),
+    )
+    customers = rows_by_ids(
+        session, Customer.__table__, CustomerFacts._fields, sorted({cus for cus, _ in invoices.values()})
+    )
+    _keep(
+        session,
+        invoices,
+        list(_lock_invoices(session, invoice_ids)),
+        list(subscriptions),
+        list(customers),
+        batch,
+    )
+
+
+def _take(session: Session, invoices: dict[str, tuple[str, str]], found: str, batch: PaymentsBatch) -> None:
+    """Keep what the PostgreSQL subquery returned (:func:`_lookup_sql`)."""
+    rows, subscriptions, customers, case_ids = orjson.loads(found)
+    _keep(session, invoices, rows or [], subscriptions or [], customers or [], batch, case_ids or [])
+
+
+def _keep(
+    session: Session,
+    invoices: dict[str, tuple[str, str]],
+    rows: list[Any],
+    subscriptions: list[Any],
+    customers: list[Any],
+    batch: PaymentsBatch,
+    new_case_ids: list[int] | None = None,
+) -> None:
+    """Remember the batch's facts; lock the cases it will update; hold ids for the cases it will open."""
     batch.invoices = {r[0]: InvoiceFacts(*r[:5]) for r in rows}
     case_ids = sorted(r[5] for r in rows if r[5] is not None)
     batch.cases_by_invoice = dict.fromkeys(invoices)
@@ -193,7 +246,7 @@ def _prefetch(session: Session, events: list[c.Event], batch: PaymentsBatch) -> 
     for row in customers:
         batch.customers[row[0]] = CustomerFacts(*row)
     unit = unit_of(session)
-    if case_ids_for_new is None:
+    if new_case_ids is None:
         unit.reserve_case_ids(session, len(invoices) - len(case_ids))
     else:
-        unit.take_case_ids(case_ids_for_new)
+        unit.take_case_ids(new_case_ids)
