@@ -137,23 +137,20 @@ _PG_PREFETCH = (
 def _lock_invoices(session: Session, invoice_ids: list[str]) -> list[Row[Any]]:
     """(invoice facts..., case id or None) of the invoices known, locked in id order (SQLite)."""
     # SQLite: the transaction already holds the database's write lock (BEGIN IMMEDIATE).
-    return (
-        session.connection()
-        .execute(
-            select(
-                Invoice.id,
-                Invoice.status,
-                Invoice.subscription_id,
-                Invoice.amount_minor,
-                Invoice.currency,
-                Case.id,
-            )
-            .outerjoin(Case, Case.invoice_id == Invoice.id)
-            .where(Invoice.id.in_(invoice_ids))
-            .order_by(Invoice.id)
+    conn = session.connection()
+    return conn.execute(
+        select(
+            Invoice.id,
+            Invoice.status,
+            Invoice.subscription_id,
+            Invoice.amount_minor,
+            Invoice.currency,
+            Case.id,
         )
-        .all()
-    )
+        .outerjoin(Case, Case.invoice_id == Invoice.id)
+        .where(Invoice.id.in_(invoice_ids))
+        .order_by(Invoice.id)
+    ).all()
 
 
 def _failed_invoices(events: list[c.Event]) -> dict[str, tuple[str, str]]:
