@@ -94,6 +94,15 @@ class Subscription(Base):
     current_period_end: Mapped[datetime] = mapped_column(UtcDateTime)
     trial_end: Mapped[datetime | None] = mapped_column(UtcDateTime)
     cancel_at_period_end: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Tenure starts here (contract v1.1 ``started_at``), else when we first saw the subscription.
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    first_seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # A temporary upgrade (a taste of a higher tier) and when we first heard of it: the
+    # taste's length decides how many reminders it gets.
+    upgrade_plan: Mapped[str | None] = mapped_column(String(255))
+    upgrade_ends_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    upgrade_revert_to: Mapped[str | None] = mapped_column(String(255))
+    upgrade_seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     # What we told the billing system about access; the billing system owns the rest.
     access: Mapped[str] = mapped_column(String(12), default="active")
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -200,6 +209,9 @@ class Job(Base):
     kind: Mapped[str] = mapped_column(String(20))
     queue: Mapped[str] = mapped_column(String(40))
     case_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    # What a job without a case is about (a subscription id for lifecycle notices): reconcile
+    # finds the pending jobs of the subjects it replans by this column.
+    subject: Mapped[str | None] = mapped_column(String(255), index=True)
     outbox_id: Mapped[int | None] = mapped_column(Integer)
     # none_as_null: "no payload" must be SQL NULL, which the retry-replacement query relies on.
     payload: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
@@ -247,6 +259,8 @@ class Outbox(Base):
     key: Mapped[str] = mapped_column(String(255), unique=True)  # kind:case:step
     kind: Mapped[str] = mapped_column(String(40))
     case_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    # The subscription the email is about (its timeline; "when did we last make this offer").
+    subscription_id: Mapped[str | None] = mapped_column(String(255), index=True)
     customer_id: Mapped[str] = mapped_column(String(255))
     to_email: Mapped[str] = mapped_column(String(320))
     locale: Mapped[str] = mapped_column(String(35))

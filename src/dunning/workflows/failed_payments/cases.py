@@ -251,6 +251,7 @@ def write_notice(
             "key": key,
             "kind": notice.kind.value,
             "case_id": case.id,
+            "subscription_id": case.subscription_id,
             "customer_id": customer.id,
             "to_email": customer.email,
             "locale": customer.locale or "en",
