@@ -24,7 +24,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
@@ -33,10 +33,10 @@ from zoneinfo import ZoneInfo
 
 import css_inline
 from babel import Locale, UnknownLocaleError
-from babel.dates import format_date, format_skeleton, format_time, get_timezone_location
+from babel.dates import format_date, format_time, get_timezone_location
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
-from babel.numbers import format_currency, format_percent, get_currency_precision
+from babel.numbers import format_currency, get_currency_precision
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound, select_autoescape
 
 import dunning
@@ -343,18 +343,6 @@ class Formatter:
         if value is None:
             return None
         return format_date(_aware(value).astimezone(self.zone).date(), width, locale=self.locale)
-
-    def month(self, value: date | datetime | None) -> str | None:
-        """A month and year (``January 2027``, ``janvier 2027``); a datetime is read in the customer's timezone."""
-        if value is None:
-            return None
-        if isinstance(value, datetime):
-            value = _aware(value).astimezone(self.zone).date()
-        return format_skeleton("yMMMM", value, locale=self.locale)
-
-    def percent(self, value: int | Decimal) -> str:
-        """A percentage given in percent (``15`` is ``15%``, ``15 %``), so templates hold no literal percent sign."""
-        return format_percent(Decimal(value) / 100, locale=self.locale)
 
     def time(self, value: datetime | None) -> str | None:
         """The time of ``value`` in the customer's timezone, saying which (city or UTC offset)."""

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
+from babel.dates import format_skeleton
+from babel.numbers import format_percent
+
 from dunning.mail.render import N_
 
 if TYPE_CHECKING:
@@ -176,11 +179,14 @@ class LifecycleNotice:
             "card": fmt.card(brand, last4) if has_card else None,
             "renewal_date": fmt.date(renews_at),
             "renewal_date_short": fmt.date(renews_at, "long"),
-            "expiry_month": fmt.month(_expiry_month(facts)),
+            "expiry_month": _month(fmt, _expiry_month(facts)),
             "yearly_total": fmt.money(amount_minor * 12, currency) if amount_minor is not None else None,
             "annual_price": money("annual_price_minor"),
             "saving": money("saving_minor"),
-            "discount": fmt.percent(discount_percent) if discount_percent else None,
+            # Passed in as a value: a literal percent sign in a msgid would be read as a placeholder.
+            "discount": format_percent(discount_percent / 100, locale=fmt.locale)
+            if discount_percent
+            else None,
             "months_free": months_free if months_free in (1, 2) else None,
             "effective_date": fmt.date(facts.instant("effective_at")),
             "effective_date_short": fmt.date(facts.instant("effective_at"), "long"),
@@ -265,6 +271,11 @@ def _expiry_month(facts: _Facts) -> date | None:
     if not 1 <= month <= 12 or not 2000 <= year <= 9999:
         raise ValueError(f"facts.exp_month: no such card expiry {month}/{year}")
     return date(year, month, 1)
+
+
+def _month(fmt: Formatter, value: date | None) -> str | None:
+    """A month and year in the customer's locale (``December 2026``, ``décembre 2026``)."""
+    return format_skeleton("yMMMM", value, locale=fmt.locale) if value is not None else None
 
 
 def _price(fmt: Formatter, amount: str | None, interval: str | None, count: int) -> str | None:
