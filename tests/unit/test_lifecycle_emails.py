@@ -525,3 +525,10 @@ def test_card_expiry_month_is_the_same_in_every_zone(renderer: Renderer, zone: s
     """A card is good through the end of its month wherever the customer is: no zone moves the month."""
     email = renderer.render(make_notice("card_expiring", timezone=zone))
     assert "expires at the end of December 2026." in flat(email.text)
+
+
+def test_missing_profile_locale_and_zone_fall_back_to_english_and_utc(renderer: Renderer) -> None:
+    """A customer profile may hold no locale or zone: English, and dates in UTC (the 13th), not a failure."""
+    email = renderer.render(make_notice("renewal_notice", locale=None, timezone=None))
+    assert email.subject == "Your Acme subscription renews on January 13, 2027"
+    assert email.text.startswith("Hi Ada,")
