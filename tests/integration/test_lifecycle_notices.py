@@ -276,3 +276,112 @@ def test_duplicate_events_and_replays_never_send_a_notice_twice(world: Any) -> N
     with h.rt.sessions() as s:
         keys = list(s.execute(select(Job.key).where(Job.kind == "lifecycle_notice")).scalars())
     assert len(keys) == len(set(keys))
+
+
+def test_calendar_shows_what_the_workers_will_send_with_local_dates_and_reasons(world: Any) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from dunning.cli import app
+
+    h = world
+    h.customer(sub=None, tz="Europe/Paris")
+    now = h.rt.clock.now()
+    _subscription(
+        h,
+        interval="year",
+        amount_minor=49000,
+        current_period_end=_iso(now + timedelta(days=45)),
+        payment_method=VISA,
+    )
+    h.client.subscription_upserted(
+        {
+            "id": "sub_2",
+            "customer_id": "cus_1",
+            "plan": "pro",
+            "status": "trialing",
+            "amount_minor": 4900,
+            "currency": "EUR",
+            "interval": "month",
+            "trial_end": _iso(now + timedelta(days=10)),
+            "current_period_end": _iso(now + timedelta(days=10)),
+        },
+        occurred_at=_iso(now),
+    )
+    h.sent_events += 1
+    h.settle()
+    runner = CliRunner()
+    annual = runner.invoke(app, ["calendar", "sub_1", "--json"])
+    assert annual.exit_code == 0, annual.output
+    entries = json.loads(annual.output)
+    assert [(e["kind"], e["key"].rsplit(":", 1)[-1]) for e in entries] == [
+        ("renewal_notice", "30d"),
+        ("renewal_notice", "7d"),
+    ]
+    assert entries[0]["timezone"] == "Europe/Paris"
+    assert entries[0]["due_local"].endswith("11:00")  # 10:00 UTC is 11:00 in Paris in December
+    assert "renewals.offsets_days" in entries[0]["reason"]
+    # The same planner the workers run: what the calendar lists is what the job table holds.
+    with h.rt.sessions() as s:
+        pending = set(
+            s.execute(
+                select(Job.key).where(
+                    Job.kind == "lifecycle_notice", Job.subject == "sub_1", Job.status == "pending"
+                )
+            ).scalars()
+        )
+    assert pending == {f"lc:{e['key']}" for e in entries}
+    trial = json.loads(runner.invoke(app, ["calendar", "sub_2", "--json", "--days", "30"]).output)
+    # The card on file is the customer's (given with sub_1): the reminders confirm the first charge.
+    assert [(e["kind"], e["variant"]) for e in trial] == [("trial_reminder", "card")] * 3
+    both = json.loads(runner.invoke(app, ["calendar", "--customer", "cus_1", "--json"]).output)
+    assert {e["subscription_id"] for e in both} == {"sub_1", "sub_2"}
+    short = json.loads(runner.invoke(app, ["calendar", "sub_1", "--json", "--days", "20"]).output)
+    assert [e["key"].rsplit(":", 1)[-1] for e in short] == ["30d"]  # 45 - 30 = 15 days out; 38 is beyond 20
+    table = runner.invoke(app, ["calendar", "sub_1"])
+    assert table.exit_code == 0 and "renewal_notice" in table.output
+    unknown = runner.invoke(app, ["calendar", "sub_nope"])
+    assert unknown.exit_code == 2 and "unknown subscription" in unknown.output
+
+
+def test_impossible_dates_on_the_queue_are_parked_naming_the_field_and_lose_nothing(world: Any) -> None:
+    from dunning.store.models import DeadLetter, Subscription
+
+    h = world
+    h.customer(sub=None)
+    _subscription(
+        h,
+        interval="year",
+        current_period_end=_iso(h.rt.clock.now() + timedelta(days=60)),
+        payment_method=VISA,
+    )
+    now = h.rt.clock.now()
+    h.send(
+        {
+            "id": "evt_bad_trial",
+            "type": "subscription.upserted",
+            "occurred_at": _iso(now),
+            "data": {
+                "subscription": {
+                    "id": "sub_1",
+                    "customer_id": "cus_1",
+                    "plan": "pro",
+                    "status": "trialing",
+                    "amount_minor": 4900,
+                    "currency": "EUR",
+                    "interval": "month",
+                    "trial_end": _iso(now - timedelta(days=1)),
+                    "current_period_end": _iso(now + timedelta(days=30)),
+                }
+            },
+        }
+    )
+    h.settle()
+    with h.rt.sessions() as s:
+        parked = s.execute(select(DeadLetter)).scalars().all()
+        sub = s.get(Subscription, "sub_1")
+        assert sub is not None and sub.interval == "year"  # nothing about the subscription lost
+    assert [(p.field, "before the event" in p.reason) for p in parked] == [
+        ("data.subscription.trial_end", True)
+    ]
