@@ -2,7 +2,7 @@
 
 A link token is ``base64url(json).base64url(hmac)``. Its claims are separate
 fields: the purpose (what the link may do), the customer, the subject it is
-about (``case:<id>``, ``sub:<id>``) and an expiry. :meth:`LinkSigner.verify` takes the
+about (``case:<id>``, ``sub:<id>``, ``price:<migration>:<sub>:<offer>``) and an expiry. :meth:`LinkSigner.verify` takes the
 purpose the page expects and refuses any other, so a leaked link is good for
 one thing, for one customer, for a limited time.
 
@@ -34,7 +34,10 @@ UPDATE_PAYMENT_METHOD = "update_payment_method"
 MANAGE_ACCOUNT = "manage_account"
 #: The annual-switch offer's landing page: it shows the offer, and its button (a POST) accepts it.
 ACCEPT_ANNUAL_OFFER = "accept_annual_offer"
-PURPOSES: tuple[str, ...] = (UPDATE_PAYMENT_METHOD, MANAGE_ACCOUNT, ACCEPT_ANNUAL_OFFER)
+#: A price migration's choice page (subject ``price:<migration>:<subscription>:<offer>``): it shows
+#: the offer, and its button (a POST) records the choice.
+PRICE_CHOICE = "price_choice"
+PURPOSES: tuple[str, ...] = (UPDATE_PAYMENT_METHOD, MANAGE_ACCOUNT, ACCEPT_ANNUAL_OFFER, PRICE_CHOICE)
 
 #: Longer tokens are refused before any decoding. A real one is a few hundred
 #: characters; the worst case (a 255-character id of astral-plane characters,
@@ -51,6 +54,7 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,8000}\.[A-Za-z0-9_-]{1,100}", re.ASCII)
 _PORTAL_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,8000}\.[0-9a-f]{64}", re.ASCII)
 _CASE_SUBJECT = re.compile(r"case:([1-9][0-9]{0,9})", re.ASCII)
 _SUBSCRIPTION_PREFIX = "sub:"
+_PRICE_PREFIX = "price:"
 #: Subscription ids are at most 255 characters (the column); a longer one can name no subscription.
 _MAX_SUBSCRIPTION_ID = 255
 #: Case ids are 32-bit integers on PostgreSQL; a larger one can name no case.
@@ -111,6 +115,29 @@ def subscription_id_of(subject: str) -> str | None:
         return None
     found = subject[len(_SUBSCRIPTION_PREFIX) :]
     return found if 0 < len(found) <= _MAX_SUBSCRIPTION_ID else None
+
+
+def price_subject(migration_id: str, subscription_id: str, offer: str) -> str:
+    """The subject claim of a link about one offer of a price migration to one subscription."""
+    return f"{_PRICE_PREFIX}{migration_id}:{subscription_id}:{offer}"
+
+
+def price_parts_of(subject: str) -> tuple[str, str, str] | None:
+    """``(migration id, subscription id, offer)`` a price subject names, or None if it names none.
+
+    Migration ids hold no colon and offers are single words, so the subscription id (which may
+    contain colons) is everything between the migration id and the last colon.
+    """
+    if not subject.startswith(_PRICE_PREFIX):
+        return None
+    rest, colon, offer = subject[len(_PRICE_PREFIX) :].rpartition(":")
+    migration_id, colon2, subscription_id = rest.partition(":")
+    if (
+        not (colon and colon2 and migration_id and offer)
+        or not 0 < len(subscription_id) <= _MAX_SUBSCRIPTION_ID
+    ):
+        return None
+    return migration_id, subscription_id, offer
 
 
 def subject_kind(subject: str) -> str:
