@@ -263,3 +263,32 @@ def test_cancellations_soon_after_the_notice_pause_the_migration_with_an_alert(
     _until(h, RENEWAL + timedelta(days=1), step=timedelta(days=1))
     assert change_plan_calls(h, "sub_3") == []
     assert price_mails(h, REMINDER, "cus_3@example.com") == []
+
+
+def test_an_event_after_the_call_is_fixed_does_not_undo_it(world: Any) -> None:
+    h = world
+    _customers(h, 1)
+    launch(h, ["sub_1"])
+    _until(h, RENEWAL - timedelta(hours=13))
+    # What the application's first transaction stores before it calls (the job is not due yet here).
+    call = {
+        "plan": "pro",
+        "amount_minor": 5900,
+        "currency": "EUR",
+        "effective_at": RENEWAL.isoformat(),
+        "interval": None,
+        "interval_count": None,
+    }
+    with h.rt.sessions.begin() as s:
+        s.execute(
+            update(Job)
+            .where(Job.key == "price:pm_1:sub_1:apply")
+            .values(payload={"call": call, "choice": "none", "step_end": None})
+        )
+    # The billing system already shows the new amount: not a change that skips the member.
+    _upsert(h, 1, amount_minor=5900)
+    assert member(h).state == "reminded"
+    _until(h, RENEWAL + timedelta(days=1))
+    [sent] = change_plan_calls(h)
+    assert (sent.idempotency_key, sent.replay) == ("price:pm_1:sub_1:apply", False)
+    assert member(h).state == "applied"

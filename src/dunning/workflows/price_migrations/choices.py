@@ -20,7 +20,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from babel.dates import format_date
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dunning.engine.jobs import Dispatch
@@ -28,12 +27,12 @@ from dunning.engine.link_pages import LinkAnswer, LinkPage, LinkPages, Page, Ref
 from dunning.engine.links import PRICE_CHOICE, LinkClaims, price_parts_of
 from dunning.engine.notices import queue_email
 from dunning.mail.render import format_money, resolve_timezone
-from dunning.store.models import Customer, Job, PriceMigrationMember
+from dunning.store.models import Customer, PriceMigrationMember
 from dunning.store.unit import collecting
 from dunning.workflows.price_migrations.notices import CONFIRMED
 from dunning.workflows.price_migrations.rendering import email_facts
 from dunning.workflows.price_migrations.rules import CHOICES, NOTIFIED_STATES, Terms, job_key
-from dunning.workflows.price_migrations.state import load, note
+from dunning.workflows.price_migrations.state import call_recorded, load, note
 
 if TYPE_CHECKING:
     from dunning.runtime import Runtime
@@ -120,19 +119,17 @@ def _load(rt: Runtime, session: Session, claims: LinkClaims, *, lock: bool) -> C
     customer = session.get(Customer, member.customer_id)
     facts, offered = email_facts(rt, migration, member, sub, choice=member.choice)
     applies = _day(member.applies_at, customer)
-    if migration.status == "canceled":
-        return _sorry(
-            "Price change withdrawn", "This price change has been canceled: your price stays as it is."
-        )
-    fixed = session.execute(
-        select(Job.payload).where(Job.key == job_key(migration_id, sub_id, "apply"))
-    ).scalar_one_or_none()
-    if member.state == "applied" or (fixed and fixed.get("call")):
+    # What was applied stays applied, whatever became of the migration since.
+    if member.state == "applied" or call_recorded(session, migration_id, sub_id):
         if member.choice == offer:
             return _already(offer, facts, applies)
         return _sorry(
             "The new price applies already",
-            f"The price change for your subscription took effect on {applies}: the choice can no longer be changed.",
+            f"The price change for your subscription is set for {applies}: the choice can no longer be changed.",
+        )
+    if migration.status == "canceled":
+        return _sorry(
+            "Price change withdrawn", "This price change has been canceled: your price stays as it is."
         )
     if member.state not in NOTIFIED_STATES:
         return _sorry("Offer not available", "This price change no longer applies to your subscription.")

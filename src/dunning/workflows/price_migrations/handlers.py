@@ -38,7 +38,15 @@ from dunning.workflows.price_migrations.rules import (
     target,
     why_skip,
 )
-from dunning.workflows.price_migrations.state import check_alert, follow, live_members, move_job, note, skip
+from dunning.workflows.price_migrations.state import (
+    call_recorded,
+    check_alert,
+    follow,
+    live_members,
+    move_job,
+    note,
+    skip,
+)
 
 if TYPE_CHECKING:
     from dunning.runtime import Runtime
@@ -54,6 +62,8 @@ def react(session: Session, subscription_id: str, now: datetime, *, cause: str) 
     sub = session.get(Subscription, subscription_id)
     changed = 0
     for migration, member in members:
+        if call_recorded(session, migration.id, subscription_id):
+            continue  # the application is on its way to the billing system: the job finishes it
         terms = Terms.of(migration)
         reason = why_skip(terms, sub, member.current_amount_minor)
         if reason == "canceled":

@@ -88,6 +88,14 @@ def live_members(session: Session, subscription_id: str) -> list[tuple[PriceMigr
     return [(migration, member) for member, migration in rows]
 
 
+def call_recorded(session: Session, migration_id: str, subscription_id: str) -> bool:
+    """Whether the member's application job has fixed its ``change_plan`` (from then on nothing changes it)."""
+    payload = session.execute(
+        select(Job.payload).where(Job.key == job_key(migration_id, subscription_id, "apply"))
+    ).scalar_one_or_none()
+    return bool(payload and payload.get("call"))
+
+
 def add_job(
     session: Session,
     *,
