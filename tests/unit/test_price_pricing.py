@@ -322,3 +322,39 @@ def test_offers_described_for_operators() -> None:
         describe_offer(parse_offer("downgrade:basic:1900"), 5900, "EUR")
         == "downgrade: plan basic at 19.00 EUR"
     )
+
+
+# -- cohorts and MRR of a preview --------------------------------------------------------------
+
+
+def test_cohorts_by_current_amount_with_mrr_before_and_after() -> None:
+    from dunning.workflows.price_migrations.pricing import Group, summarize
+
+    jan, feb, mar = utc(2027, 1, 1), utc(2027, 2, 1), utc(2027, 3, 1)
+    summary = summarize(
+        [
+            Group(3900, 5900, 5128, 10, first_notice=jan, first_applies=mar),
+            Group(4900, 5900, 2041, 5, first_notice=jan, first_applies=feb),
+            Group(3900, 5900, 5128, 2, first_notice=feb, first_applies=feb),  # same cohort, another state
+            Group(4900, 5900, 2041, 3, kept=True),  # excluded: stays at 49
+            Group(1900, 5900, 21053, 4, gone=True),  # left the plan: in neither total
+        ],
+        "month",
+    )
+    assert [(c.current_minor, c.count, c.increase_minor, c.bp) for c in summary.cohorts] == [
+        (3900, 12, 2000, 5128),
+        (4900, 5, 1000, 2041),
+    ]
+    assert summary.cohorts[0].first_notice == jan and summary.cohorts[0].first_applies == feb
+    assert (summary.subscribers, summary.kept, summary.gone) == (17, 3, 4)
+    assert summary.mrr_before_minor == 12 * 3900 + 8 * 4900
+    assert summary.mrr_after_minor == 17 * 5900 + 3 * 4900
+
+
+def test_yearly_mrr_is_rounded_once() -> None:
+    from dunning.workflows.price_migrations.pricing import Group, summarize
+
+    # 7 x 1000/12 = 583.33 and 7 x 1001/12 = 583.92: rounding each term would give 7 x 83 = 581.
+    summary = summarize([Group(1000, 1001, 10, 7)], "year")
+    assert (summary.mrr_before_minor, summary.mrr_after_minor) == (583, 584)
+    assert summarize([], "month").cohorts == []

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import re
 from calendar import monthrange
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -265,3 +267,88 @@ def describe_offer(offer: dict[str, Any], new_minor: int, currency: str) -> str:
     if kind == "downgrade":
         return f"downgrade: plan {offer['plan']} at {format_minor(offer['amount_minor'], currency)}"
     return "annual lock: yearly billing at the current amount x 12 less the annual offer's discount"
+
+
+# -- cohorts -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Group:
+    """Members alike (one row of the preview's grouped query): same amounts, same fate."""
+
+    current_minor: int
+    new_minor: int
+    bp: int
+    count: int
+    kept: bool = False  # excluded or skipped: keeps the current price
+    gone: bool = False  # left the plan since planning (a draft's estimate): counted apart
+    first_notice: datetime | None = None
+    first_applies: datetime | None = None
+
+
+@dataclass
+class Cohort:
+    """Subscribers paying the same amount, and what the migration does to them."""
+
+    current_minor: int
+    new_minor: int
+    bp: int
+    count: int = 0
+    first_notice: datetime | None = None
+    first_applies: datetime | None = None
+
+    @property
+    def increase_minor(self) -> int:
+        return self.new_minor - self.current_minor
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A migration's impact: its cohorts (by current amount), head counts and MRR before and after."""
+
+    cohorts: list[Cohort]
+    subscribers: int
+    kept: int
+    gone: int
+    mrr_before_minor: int
+    mrr_after_minor: int
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def summarize(groups: Iterable[Group], interval: str) -> Summary:
+    """Cohorts by current amount, and MRR (monthly equivalent) before and after, rounded once at the end.
+
+    After: the new amount for the subscribers it applies to, the current one for those kept
+    out; those who left the plan count in neither.
+    """
+    cohorts: dict[tuple[int, int], Cohort] = {}
+    before = after = Fraction(0)
+    subscribers = kept = gone = 0
+    for g in groups:
+        if g.gone:
+            gone += g.count
+            continue
+        before += g.count * mrr_minor(g.current_minor, interval)
+        if g.kept:
+            kept += g.count
+            after += g.count * mrr_minor(g.current_minor, interval)
+            continue
+        subscribers += g.count
+        after += g.count * mrr_minor(g.new_minor, interval)
+        cohort = cohorts.setdefault(
+            (g.current_minor, g.new_minor), Cohort(g.current_minor, g.new_minor, g.bp)
+        )
+        cohort.count += g.count
+        cohort.first_notice = _earliest(cohort.first_notice, g.first_notice)
+        cohort.first_applies = _earliest(cohort.first_applies, g.first_applies)
+    return Summary(
+        cohorts=sorted(cohorts.values(), key=lambda c: (c.current_minor, c.new_minor)),
+        subscribers=subscribers,
+        kept=kept,
+        gone=gone,
+        mrr_before_minor=round_half_up(before),
+        mrr_after_minor=round_half_up(after),
+    )
