@@ -1,18 +1,20 @@
-"""A launched price migration for the workers' tests, written straight to the store.
+"""A launched price migration for the workers' tests, through the same calls as ``dunning prices``.
 
-What ``dunning prices launch`` leaves behind, kept small: the migration row
-(``launched``), one ``pending`` member per subscription and one ``price_notice``
-job per member, due now. The workers take it from there.
+Planned and launched by :mod:`dunning.workflows.price_migrations.members` (one
+``pending`` member per subscription, one ``price_notice`` job each, due now),
+paused, resumed and canceled by :mod:`~dunning.workflows.price_migrations.controls`.
+The workers take it from there.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-
-from dunning.store.models import Job, PriceMigration, PriceMigrationMember, Subscription
+from dunning.store.models import PriceMigration, PriceMigrationMember
+from dunning.workflows.price_migrations import controls, members
+from dunning.workflows.price_migrations.members import plan_migration
+from dunning.workflows.price_migrations.terms import MigrationTerms
 
 REASON = "New reporting features and a 24/7 support line"
 OFFERS: list[dict[str, Any]] = [
@@ -34,61 +36,27 @@ def launch(
     offers: list[dict[str, Any]] | None = None,
     cancel_alert_percent: int = 5,
 ) -> str:
-    """Launch a migration of plan ``pro`` (EUR, monthly) for ``subscriptions``; returns its id."""
+    """Plan and launch (``dunning prices plan`` + ``launch``) a migration of plan ``pro``, EUR, monthly.
+
+    ``subscriptions``: the subscriptions the test expects in it (every live ``pro`` one is).
+    """
     now = world.rt.clock.now()
+    terms = MigrationTerms(
+        plan="pro",
+        currency="EUR",
+        interval="month",
+        new_amount_minor=new_amount_minor,
+        effective_at=effective_at or now,
+        notice_days=notice_days,
+        grandfather_months=grandfather_months,
+        offers=tuple(OFFERS if offers is None else offers),
+        reason=REASON,
+        cancel_alert_percent=cancel_alert_percent,
+    )
     with world.rt.sessions.begin() as s:
-        s.add(
-            PriceMigration(
-                id=migration_id,
-                status="launched",
-                plan="pro",
-                currency="EUR",
-                interval="month",
-                new_amount_minor=new_amount_minor,
-                effective_at=effective_at or now,
-                notice_days=notice_days,
-                grandfather_months=grandfather_months,
-                offers=OFFERS if offers is None else offers,
-                reason=REASON,
-                guardrail_percent=50,
-                cancel_alert_percent=cancel_alert_percent,
-                cancel_alert_days=14,
-                created_at=now,
-                launched_at=now,
-            )
-        )
-        s.flush()
-        for sub in s.execute(select(Subscription).where(Subscription.id.in_(subscriptions))).scalars():
-            increase = new_amount_minor - sub.amount_minor
-            s.add(
-                PriceMigrationMember(
-                    migration_id=migration_id,
-                    subscription_id=sub.id,
-                    customer_id=sub.customer_id,
-                    current_amount_minor=sub.amount_minor,
-                    new_amount_minor=new_amount_minor,
-                    increase_minor=increase,
-                    increase_bp=increase * 10_000 // sub.amount_minor,
-                    above_guardrail=False,
-                    state="pending",
-                    notice_at=now,
-                )
-            )
-            s.add(
-                Job(
-                    key=f"price:{migration_id}:{sub.id}:notice",
-                    kind="price_notice",
-                    queue="dunning",
-                    subject=sub.id,
-                    due_at=now,
-                    payload={},
-                    status="pending",
-                    claims=0,
-                    runs=0,
-                    crashes=0,
-                    created_at=datetime.now(UTC),
-                )
-            )
+        plan_migration(s, terms, now=now, migration_id=migration_id)
+        launched = members.launch(s, migration_id, now=now)
+    assert launched.notices == len(subscriptions), launched
     world.settle()
     return migration_id
 
@@ -108,13 +76,11 @@ def migration(world: Any, migration_id: str = "pm_1") -> PriceMigration:
 
 
 def set_status(world: Any, status: str, migration_id: str = "pm_1") -> None:
-    """What ``prices pause`` / ``resume`` do to the row (the workers read nothing else)."""
+    """``dunning prices pause`` / ``resume`` / ``cancel``, as the commands run them."""
+    control = {"paused": controls.pause, "launched": controls.resume, "canceled": controls.cancel}[status]
     with world.rt.sessions.begin() as s:
-        row = s.get(PriceMigration, migration_id)
-        assert row is not None
-        row.status = status
-        if status == "launched":
-            row.paused_reason = None
+        changed, message = control(s, migration_id, now=world.rt.clock.now())
+    assert changed, message
 
 
 def change_plan_calls(world: Any, sub: str = "sub_1") -> list[Any]:
