@@ -143,7 +143,6 @@ def run_demo(
     sandbox = SandboxServer(secret="demo-billing-secret", seed=seed)
     procs: list[subprocess.Popen[bytes]] = []
     rt: Runtime | None = None
-    offers: OfferTaker | None = None
     try:
         with console.status("starting Redis, the sandbox billing API, the scheduler and workers..."):
             redis_url = redis_proc.start()
@@ -226,8 +225,6 @@ def run_demo(
         with console.status("stopping everything the demo started..."):
             for proc in procs:
                 _stop(proc)
-            if offers is not None:
-                offers.close()
             sandbox.stop()
             redis_proc.stop()
             if rt is not None:

@@ -4,11 +4,12 @@ A customer accepts the annual offer the way a real one does: the ``annual_offer`
 email's button (its first ``/l/<token>`` link), a GET of the landing page, then
 the page's confirm button, a POST carrying the page's ``confirm_code``. Both
 requests go through the product's real Starlette app (:func:`dunning.http.app.create_app`),
-in process, with Starlette's test client instead of a socket.
+in process: httpx over its ASGI transport instead of a socket.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -16,10 +17,10 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import httpx
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
-from starlette.testclient import TestClient
 
 from dunning.devtools.sandbox import SandboxServer
 from dunning.http.app import create_app
@@ -29,6 +30,7 @@ from dunning.workflows.lifecycle.notices import KINDS
 
 if TYPE_CHECKING:
     import dramatiq
+    from starlette.applications import Starlette
 
     from dunning.runtime import Runtime
 
@@ -53,7 +55,7 @@ class OfferTaker:
 
     def __init__(self, rt: Runtime, broker: dramatiq.Broker) -> None:
         self.rt = rt
-        self.http = TestClient(create_app(rt, broker), base_url="http://localhost:8000")
+        self.app: Starlette = create_app(rt, broker)
         self.accepted = 0
 
     def accept(self, subscription_id: str) -> bool:
@@ -76,18 +78,22 @@ class OfferTaker:
         if button is None:
             return False
         path = urlsplit(button.group(1).replace("&amp;", "&")).path
-        page = self.http.get(path)
-        code = _CONFIRM_CODE.search(page.text)
-        if page.status_code != 200 or code is None:
-            raise RuntimeError(f"the annual offer page of {subscription_id} answered {page.status_code}")
-        done = self.http.post(path, data={"confirm_code": code.group(1)})
-        if done.status_code != 200:
-            raise RuntimeError(f"confirming the annual offer of {subscription_id} answered {done.status_code}")
+        asyncio.run(self._open_and_confirm(subscription_id, path))
         self.accepted += 1
         return True
 
-    def close(self) -> None:
-        self.http.close()
+    async def _open_and_confirm(self, subscription_id: str, path: str) -> None:
+        transport = httpx.ASGITransport(app=self.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost:8000") as http:
+            page = await http.get(path)
+            code = _CONFIRM_CODE.search(page.text)
+            if page.status_code != 200 or code is None:
+                raise RuntimeError(f"the annual offer page of {subscription_id} answered {page.status_code}")
+            done = await http.post(path, data={"confirm_code": code.group(1)})
+            if done.status_code != 200:
+                raise RuntimeError(
+                    f"confirming the annual offer of {subscription_id} answered {done.status_code}"
+                )
 
 
 def renewed(sandbox: SandboxServer, at: datetime, subscription: dict[str, Any]) -> dict[str, Any]:
@@ -103,7 +109,12 @@ def renewed(sandbox: SandboxServer, at: datetime, subscription: dict[str, Any]) 
     if subscription["interval"] != "month" or billed.interval != "year" or billed.amount_minor is None:
         return subscription
     ends = (at + timedelta(days=365)).astimezone(UTC).isoformat().replace("+00:00", "Z")
-    return {**subscription, "interval": "year", "amount_minor": billed.amount_minor, "current_period_end": ends}
+    return {
+        **subscription,
+        "interval": "year",
+        "amount_minor": billed.amount_minor,
+        "current_period_end": ends,
+    }
 
 
 def register(sandbox: SandboxServer, subscription: dict[str, Any]) -> None:
@@ -161,7 +172,9 @@ def _pre_dunning(rt: Runtime) -> tuple[int, int]:
         if c is None or not c.pm_present or c.pm_source_at is None or not first <= c.pm_source_at < expires:
             continue
         if c.pm_exp_year is not None and c.pm_exp_month is not None:
-            card_expires = datetime(c.pm_exp_year + c.pm_exp_month // 12, c.pm_exp_month % 12 + 1, 1, tzinfo=UTC)
+            card_expires = datetime(
+                c.pm_exp_year + c.pm_exp_month // 12, c.pm_exp_month % 12 + 1, 1, tzinfo=UTC
+            )
             updated += card_expires > expires
     return len(warned), updated
 
