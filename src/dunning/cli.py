@@ -371,6 +371,15 @@ def demo(
     )
 
 
+def _register() -> None:
+    from dunning.commands.calendar import calendar_command
+
+    app.command("calendar")(calendar_command)
+
+
+_register()
+
+
 def main() -> None:
     """Console-script entry point."""
     from dunning.logs import install

@@ -3,8 +3,7 @@
 A real ``dunning serve`` process answers the links; the harness's worker runs
 the ``annual_switch`` job through the real runner against the sandbox billing
 server and sends the confirmation email to the real SMTP server. SQLite and
-PostgreSQL. The lifecycle workflow is registered for these tests only
-(:mod:`tests.support.lifecycle_links`) until the lead wires it.
+PostgreSQL.
 """
 
 from __future__ import annotations
@@ -97,6 +96,7 @@ def _offered(world: Any, *, interval: str = "month", sub: str = "sub_1") -> None
             Outbox(
                 key=key,
                 kind="annual_offer",
+                subscription_id=sub,
                 customer_id="cus_1",
                 to_email="cus_1@example.com",
                 locale="en",

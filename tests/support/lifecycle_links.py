@@ -1,14 +1,4 @@
-"""A test-only registration of the annual-switch pages and job, and ``dunning serve`` with it.
-
-The lead registers the real lifecycle workflow in :mod:`dunning.workflows.all`;
-until then the tests add this one: in the test process (the harness's worker
-runs the ``annual_switch`` job and sends the confirmation email), and in the
-``dunning serve`` child process, started through this module
-(``python -m tests.support.lifecycle_links serve --port N``).
-
-The confirmation email is rendered here in a few plain lines (the lifecycle
-templates are another part of the work), from the facts the switch recorded.
-"""
+"""``dunning serve`` as a child process for the customer-link tests, and a plain HTTP client for it."""
 
 from __future__ import annotations
 
@@ -18,63 +8,20 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from email.message import Message
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlencode
 
 from dunning.engine import registry
-from dunning.engine.registry import Workflow
-from dunning.workflows.lifecycle import annual_switch, links
-
-
-def _render(rt: Any, session: Any, outbox: Any, now: datetime) -> None:
-    if outbox.subject is not None:
-        return
-    facts = annual_switch.confirmation_facts(session, outbox)
-    assert facts is not None, outbox.key
-    outbox.subject = "You are switching to yearly billing"
-    outbox.text = f"{facts['plan']}: {facts['annual_price_minor']} {facts['currency']} a year from {facts['effective_at']}\n"
-    outbox.html = f"<p>{outbox.text}</p>"
-
-
-TEST_WORKFLOW = Workflow(
-    name="lifecycle_test",
-    jobs=annual_switch.JOBS,
-    links={**links.LINK_PAGES, **annual_switch.LINK_PAGES},
-    notice_kinds=(annual_switch.CONFIRMED_KIND,),
-    render_notice=_render,
-)
-
-_CACHED: tuple[Callable[..., Any], ...] = (
-    registry.workflows,
-    registry.event_handlers,
-    registry.job_handler,
-    registry.notice_owner,
-    registry.link_page,
-    registry.link_purposes,
-)
 
 
 @contextlib.contextmanager
 def registered() -> Iterator[None]:
-    """The registry with :data:`TEST_WORKFLOW` added, for the block (in this process)."""
-    import dunning.workflows.all as everything
-
-    before = everything.WORKFLOWS
-    everything.WORKFLOWS = (*before, TEST_WORKFLOW)
-    for cached in _CACHED:
-        cached.cache_clear()  # type: ignore[attr-defined]
-    try:
-        registry.check()
-        yield
-    finally:
-        everything.WORKFLOWS = before
-        for cached in _CACHED:
-            cached.cache_clear()  # type: ignore[attr-defined]
+    """The real registry (the lifecycle workflow is in :mod:`dunning.workflows.all`), checked."""
+    registry.check()
+    yield
 
 
 @dataclass(frozen=True)
@@ -85,7 +32,7 @@ class Answer:
 
 
 class LinkServer:
-    """``dunning serve`` (with :data:`TEST_WORKFLOW` registered) as a child process on a free port."""
+    """``dunning serve`` as a child process on a free port."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         from tests.support.servers import free_port  # not in the child, which needs none of it
@@ -146,11 +93,10 @@ class LinkServer:
 
 
 def main() -> None:
-    """``dunning`` with :data:`TEST_WORKFLOW` registered for the life of the process."""
+    """``dunning``, as the child process runs it."""
     from dunning.cli import main as dunning
 
-    with registered():
-        dunning()
+    dunning()
 
 
 if __name__ == "__main__":

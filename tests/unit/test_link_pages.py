@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dunning.domain.policy import policy_from_dict
 from dunning.engine.link_pages import LinkPage, Portal
 from dunning.engine.links import (
     ACCEPT_ANNUAL_OFFER,
@@ -25,7 +26,6 @@ from dunning.engine.links import (
     subscription_subject,
 )
 from dunning.engine.registry import Workflow, check, link_page, link_purposes
-from dunning.workflows.lifecycle.annual_switch import annual_terms
 
 NOW = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
 signer = LinkSigner("link-secret", "https://pay.example.com")
@@ -126,12 +126,25 @@ def test_http_names_no_workflow() -> None:
             assert not any(n.startswith("dunning.workflows") for n in names), (path.name, names)
 
 
+def annual_terms(amount: int, discount_percent: int | None, months_free: int | None) -> tuple[int, int]:
+    """The offer's money as the accept page computes it (the policy's one formula)."""
+    section: dict[str, int] = {}
+    if discount_percent is not None:
+        section["discount_percent"] = discount_percent
+    if months_free is not None:
+        section["months_free"] = months_free
+    if not section:
+        section["discount_percent"] = 0
+    rules = policy_from_dict({"annual_offer": section}).lifecycle_for(None).annual_offer
+    annual = rules.annual_price_minor(amount)
+    return annual, amount * 12 - annual
+
+
 def test_annual_terms_follow_the_spec() -> None:
     assert annual_terms(4900, 15, None) == (49_980, 8_820)  # 4900 * 12 * 85 // 100
     assert annual_terms(4900, None, 2) == (49_000, 9_800)
     assert annual_terms(999, 10, None) == (10_789, 1_199)  # 11,988 * 0.9 = 10,789.2, rounded down
-    assert annual_terms(4900, None, None) == (58_800, 0)
-    with pytest.raises(ValueError, match="exclusive"):
+    with pytest.raises(ValueError, match="months_free"):
         annual_terms(4900, 15, 1)
 
 

@@ -9,10 +9,14 @@ caller's transaction,
   already there, pending or finished, is left alone, so a duplicate event or a
   second scheduler adds nothing and a notice already sent is not sent again);
 - cancels the pending jobs of that kind for those subjects whose keys are no
-  longer wanted (a moved date makes a new key; the old one goes).
+  longer wanted (a moved date makes a new key; the old one goes);
+- moves a pending job whose key is still wanted to the time now wanted;
+- brings back a canceled job whose key is wanted again (a trial extended, then
+  the extension withdrawn; an offer held while a payment was collected, then
+  released), at the time now wanted.
 
 Set-based: one SELECT, one INSERT and at most one UPDATE per call, however
-many subjects it covers.
+many subjects it covers (plus one UPDATE per revived or moved job, which is rare).
 """
 
 from __future__ import annotations
@@ -75,7 +79,9 @@ def reconcile(
     if buffered - by_key.keys():
         unit.jobs = [job for job in unit.jobs if job["key"] not in buffered or job["key"] in by_key]
     stored = session.execute(
-        select(Job.key, Job.subject, Job.status).where(Job.kind == kind, Job.subject.in_(list(subjects)))
+        select(Job.key, Job.subject, Job.status, Job.due_at).where(
+            Job.kind == kind, Job.subject.in_(list(subjects))
+        )
     ).all()
     known = {row.key for row in stored} | buffered
     doomed = [(row.key, row.subject) for row in stored if row.status == "pending" and row.key not in by_key]
@@ -86,6 +92,29 @@ def reconcile(
             .values(status="canceled", finished_at=wall_now())
         )
     added = [job for key, job in by_key.items() if key not in known]
+    revived = [by_key[row.key] for row in stored if row.status == "canceled" and row.key in by_key]
+    # A wanted job whose time moved (a renewal moved within the same day keeps its key).
+    moved = [
+        by_key[row.key]
+        for row in stored
+        if row.status == "pending" and row.key in by_key and row.due_at != by_key[row.key].due_at
+    ]
+    for job in moved:  # rare: one statement each
+        session.execute(
+            update(Job).where(Job.key == job.key, Job.status == "pending").values(due_at=job.due_at)
+        )
+    for job in revived:  # rare: one statement each
+        session.execute(
+            update(Job)
+            .where(Job.key == job.key, Job.status == "canceled")
+            .values(
+                status="pending",
+                due_at=job.due_at,
+                payload=dict(job.payload),
+                finished_at=None,
+                last_error=None,
+            )
+        )
     if added:
         unit.add_jobs(
             [
@@ -101,4 +130,4 @@ def reconcile(
             ],
             now=now,
         )
-    return Reconciled(added, doomed)
+    return Reconciled(added + revived, doomed)

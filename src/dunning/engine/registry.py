@@ -34,7 +34,7 @@ EventHandler = Callable[["Runtime", "Session", "Event", datetime], Result]
 JobHandler = Callable[["Runtime", "Job"], Result]
 #: Why a notice due now is no longer true (e.g. its case was paid), or None to send it; the
 #: workflow writes a dropped notice on its timeline itself.
-NoticeCheck = Callable[["Session", "Outbox", datetime], "str | None"]
+NoticeCheck = Callable[["Runtime", "Session", "Outbox", datetime], "str | None"]
 #: Fills an outbox row's subject and bodies from the facts of the moment it is sent.
 NoticeRenderer = Callable[["Runtime", "Session", "Outbox", datetime], None]
 

@@ -26,14 +26,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dunning.billing.port import BillingRejected
-from dunning.broker.names import JOBS_QUEUE, MAIL_QUEUE
-from dunning.domain.notices import deliver_at
+from dunning.broker.names import JOBS_QUEUE
 from dunning.engine.jobs import Dispatch, finish
 from dunning.engine.link_pages import LinkAnswer, LinkPage, LinkPages, Page, Refused
 from dunning.engine.links import ACCEPT_ANNUAL_OFFER, LinkClaims
+from dunning.engine.notices import queue_email
 from dunning.engine.registry import JobHandler, Result
 from dunning.errors import PermanentJobError
-from dunning.mail.message import message_id_for
 from dunning.mail.render import format_money, resolve_timezone
 from dunning.store.db import transaction
 from dunning.store.models import Case, Customer, Job, Outbox
@@ -46,30 +45,10 @@ if TYPE_CHECKING:
 JOB_KIND = "annual_switch"
 OFFER_KIND = "annual_offer"
 CONFIRMED_KIND = "annual_switch_confirmed"
-#: Used while ``Policy.lifecycle_for`` does not exist yet (the policy's own default).
-# TODO(lead): drop with the fallback in _terms() once lifecycle_for is merged.
-DEFAULT_DISCOUNT_PERCENT = 15
 #: Case statuses during which offers are held (the failed-payment workflow's open and suspended).
 _OPEN_CASE = ("open", "suspended")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
 _KEY_MAX = 255  # jobs.key and outbox.key
-
-
-def annual_terms(amount_minor: int, discount_percent: int | None, months_free: int | None) -> tuple[int, int]:
-    """``(annual price, saving)`` in minor units for a monthly price, per the LIFECYCLE spec.
-
-    A discount takes ``discount_percent`` off twelve months (rounded down);
-    ``months_free`` charges ``12 - months_free`` months. Neither: no saving.
-    """
-    # TODO(lead): the planner's annual_offer.py computes the same facts; keep one copy (a pure module).
-    if discount_percent is not None and months_free is not None:
-        raise ValueError("discount_percent and months_free are exclusive")
-    yearly = amount_minor * 12
-    if months_free is not None:
-        annual = amount_minor * (12 - months_free)
-    else:
-        annual = yearly * (100 - (discount_percent or 0)) // 100
-    return annual, yearly - annual
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,21 +76,11 @@ class Offer:
         return f"{CONFIRMED_KIND}:{self.subscription_id}:{self.offered_on}"
 
 
-def _terms(rt: Runtime, plan: str) -> tuple[bool, int | None, int | None]:
-    """``(enabled, discount_percent, months_free)`` of the plan's annual offer."""
-    lifecycle_for = getattr(rt.policy, "lifecycle_for", None)
-    if lifecycle_for is None:  # TODO(lead): lifecycle_for is merged: call it directly, drop this branch.
-        return True, DEFAULT_DISCOUNT_PERCENT, None
-    offer = lifecycle_for(plan).annual_offer
-    return offer.enabled, offer.discount_percent, offer.months_free
-
-
 def offered_on(session: Session, subscription_id: str) -> str | None:
     """The date of the subscription's latest ``annual_offer`` email (from its key), or None."""
-    # TODO(lead): with outbox.<subscription column> (migration 0005), filter on it instead of the key prefix.
     prefix = f"{OFFER_KIND}:{subscription_id}:"
     keys = session.execute(
-        select(Outbox.key).where(Outbox.kind == OFFER_KIND, Outbox.key.startswith(prefix, autoescape=True))
+        select(Outbox.key).where(Outbox.kind == OFFER_KIND, Outbox.subscription_id == subscription_id)
     ).scalars()
     # A longer id that starts with this one leaves more than a date after the prefix: not ours.
     return max((k[len(prefix) :] for k in keys if _DATE.fullmatch(k[len(prefix) :])), default=None)
@@ -153,10 +122,12 @@ def _load(rt: Runtime, session: Session, claims: LinkClaims, *, lock: bool) -> O
             "Offer on hold",
             "A payment on this subscription is still to be settled. Once it is, this offer is yours again.",
         )
-    enabled, discount, months_free = _terms(rt, sub.plan)
-    if not enabled:
+    rules = rt.policy.lifecycle_for(sub.plan).annual_offer
+    if not rules.enabled:
         return _sorry("Offer not available", "This offer has ended.")
-    annual, saving = annual_terms(sub.amount_minor, discount, months_free)
+    # The same price the offer email stated (one formula, in the policy).
+    annual = rules.annual_price_minor(sub.amount_minor)
+    saving = sub.amount_minor * 12 - annual
     return Offer(
         subscription_id=sub.id,
         customer=customer,
@@ -165,8 +136,8 @@ def _load(rt: Runtime, session: Session, claims: LinkClaims, *, lock: bool) -> O
         monthly_minor=sub.amount_minor,
         annual_minor=annual,
         saving_minor=saving,
-        discount_percent=discount,
-        months_free=months_free,
+        discount_percent=rules.discount_percent,
+        months_free=rules.months_free,
         effective_at=sub.current_period_end,
         offered_on=date,
     )
@@ -237,7 +208,7 @@ def accept_offer(rt: Runtime, claims: LinkClaims) -> tuple[LinkAnswer, list[Disp
                     "kind": JOB_KIND,
                     "queue": JOBS_QUEUE,
                     "due_at": now,
-                    # TODO(lead): "subject": found.subscription_id, once jobs has the column (migration 0005).
+                    "subject": found.subscription_id,
                     "payload": {
                         "subscription_id": found.subscription_id,
                         "plan": found.plan,
@@ -282,32 +253,13 @@ def _write_confirmation(rt: Runtime, session: Session, offer: Offer, *, now: dat
             offer.subscription_id, None, now, "email", f"{CONFIRMED_KIND} not sent: customer unknown"
         )
         return
-    send_after = deliver_at(now, customer.timezone, rt.policy.for_plan(offer.plan).quiet_hours)
-    key = offer.email_key
-    unit_of(session).add_outbox(
-        {
-            "key": key,
-            "kind": CONFIRMED_KIND,
-            "case_id": None,
-            "customer_id": customer.id,
-            "to_email": customer.email,
-            "locale": customer.locale or "en",
-            "variant": None,
-            # TODO(lead): set the subscription column to offer.subscription_id (migration 0005). NOT
-            # "subject": outbox.subject is the email's subject line, and render-at-send fills only rows
-            # whose subject is None.
-            "subject": None,
-            "html": None,
-            "text": None,
-            "message_id": message_id_for(key),
-            "status": "pending",
-            "send_after": send_after,
-            "created_at": now,
-            "sent_at": None,
-            "attempts": 0,
-            "last_error": None,
-        },
-        {"key": f"send:{key}", "kind": "send_email", "queue": MAIL_QUEUE, "due_at": send_after},
+    queue_email(
+        session,
+        key=offer.email_key,
+        kind=CONFIRMED_KIND,
+        customer=customer,
+        subscription_id=offer.subscription_id,
+        quiet_hours=rt.policy.for_plan(offer.plan).quiet_hours,
         now=now,
     )
 
