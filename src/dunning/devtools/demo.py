@@ -2,8 +2,10 @@
 
 Starts a private Redis, the sandbox billing API, the scheduler and real
 Dramatiq worker processes; plays a seeded customer base through weeks of
-simulated time; writes every email as ``.eml`` with an ``index.html``; prints
-the report; stops everything it started.
+simulated time (failed payments from :mod:`.demo_scenario`, lifecycle
+subscribers from :mod:`.demo_lifecycle`, customers accepting the annual offer
+through the HTTP app); writes every email as ``.eml`` with an ``index.html``;
+prints the report; stops everything it started.
 """
 
 from __future__ import annotations
@@ -60,16 +62,20 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
     )
 
 
-def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+def _stop(procs: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
+    """Stop each process's whole group: all asked at once, so their shutdowns overlap."""
+    running = [proc for proc in procs if proc.poll() is None]
+    for proc in running:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in running:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
 
 
 def _wait(what: str, done: Callable[[], bool], procs: list[subprocess.Popen[bytes]], logs: Path) -> None:
@@ -159,6 +165,9 @@ def run_demo(
                 "DUNNING_LINK_SECRET": "demo-link-secret",
                 "DUNNING_TUNING_BACKOFF_BASE_S": "0.2",
                 "DUNNING_TUNING_QUEUE_LEASE_S": "30",
+                # Each simulated step is a chain of queues (events, jobs, mail); consumers idle since the
+                # last step would each wait up to Dramatiq's 1 s backoff before picking up their part.
+                "DUNNING_BROKER_IDLE_POLL_MS": "50",
             }
             env.pop("DUNNING_SMTP_URL", None)
             settings = load_settings(env)
@@ -223,8 +232,7 @@ def run_demo(
         return 1
     finally:
         with console.status("stopping everything the demo started..."):
-            for proc in procs:
-                _stop(proc)
+            _stop(procs)
             sandbox.stop()
             redis_proc.stop()
             if rt is not None:
