@@ -2,8 +2,10 @@
 
 Starts a private Redis, the sandbox billing API, the scheduler and real
 Dramatiq worker processes; plays a seeded customer base through weeks of
-simulated time; writes every email as ``.eml`` with an ``index.html``; prints
-the report; stops everything it started.
+simulated time (failed payments from :mod:`.demo_scenario`, lifecycle
+subscribers from :mod:`.demo_lifecycle`, customers accepting the annual offer
+through the HTTP app); writes every email as ``.eml`` with an ``index.html``;
+prints the report; stops everything it started.
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import func, select
 
 from dunning.client import Client
+from dunning.devtools.demo_lifecycle import build_lifecycle
+from dunning.devtools.demo_lifecycle_run import (
+    OfferTaker,
+    lifecycle_summary,
+    print_lifecycle,
+    register,
+    renewed,
+)
 from dunning.devtools.demo_scenario import DEMO_POLICY, Action, build_scenario
 from dunning.devtools.embedded_redis import RedisProcess
 from dunning.devtools.sandbox import SandboxServer
@@ -52,16 +62,20 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
     )
 
 
-def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+def _stop(procs: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
+    """Stop each process's whole group: all asked at once, so their shutdowns overlap."""
+    running = [proc for proc in procs if proc.poll() is None]
+    for proc in running:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in running:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
 
 
 def _wait(what: str, done: Callable[[], bool], procs: list[subprocess.Popen[bytes]], logs: Path) -> None:
@@ -77,13 +91,15 @@ def _wait(what: str, done: Callable[[], bool], procs: list[subprocess.Popen[byte
         delay = min(delay * 1.5, 0.05)
 
 
-def _send(client: Client, action: Action) -> None:
+def _send(client: Client, sandbox: SandboxServer, action: Action) -> None:
     at = action.at.isoformat().replace("+00:00", "Z")
     d = action.data
     if action.kind == "customer":
         client.customer_upserted(d, occurred_at=at)
     elif action.kind == "subscription":
         client.subscription_upserted(d, occurred_at=at)
+    elif action.kind == "renewal":
+        client.subscription_upserted(renewed(sandbox, action.at, d), occurred_at=at)
     elif action.kind == "fail":
         client.payment_failed(occurred_at=at, **d)
     elif action.kind == "card_update":
@@ -97,7 +113,9 @@ def _send(client: Client, action: Action) -> None:
 def _apply_to_sandbox(sandbox: SandboxServer, action: Action) -> None:
     """The billing system's own side of what happens (the sandbox is the billing system)."""
     d = action.data
-    if action.kind == "fail":
+    if action.kind in ("subscription", "renewal"):
+        register(sandbox, d)
+    elif action.kind == "fail":
         sandbox.state.add_invoice(
             d["invoice_id"],
             subscription_id=d["subscription_id"],
@@ -147,6 +165,9 @@ def run_demo(
                 "DUNNING_LINK_SECRET": "demo-link-secret",
                 "DUNNING_TUNING_BACKOFF_BASE_S": "0.2",
                 "DUNNING_TUNING_QUEUE_LEASE_S": "30",
+                # Each simulated step is a chain of queues (events, jobs, mail); consumers idle since the
+                # last step would each wait up to Dramatiq's 1 s backoff before picking up their part.
+                "DUNNING_BROKER_IDLE_POLL_MS": "50",
             }
             env.pop("DUNNING_SMTP_URL", None)
             settings = load_settings(env)
@@ -161,17 +182,29 @@ def run_demo(
                 _spawn(["worker", "--processes", str(processes), "--threads", "4"], env, logs / "worker.log")
             )
             client = Client(redis_url)
+            offers = OfferTaker(rt, client.broker)
         scenario = build_scenario(seed=seed, subscriptions=subscriptions, days=days, start=start)
+        # Its own random stream and ids: the failed-payment story above is the same with or without it.
+        story = build_lifecycle(seed=seed, subscriptions=subscriptions, days=days, start=start)
+        actions = sorted(scenario.actions + story.actions, key=lambda a: a.at)
         console.print(
             f"[bold]dunning demo[/bold]: {subscriptions} subscriptions, {scenario.failures} failed renewals, "
             f"{days} simulated days from {start:%Y-%m-%d}; {processes} worker processes; data in {directory}"
         )
-        _play(console, rt, client, sandbox, scenario.actions, start=start, days=days, procs=procs, logs=logs)
+        g = story.groups
+        console.print(
+            f"and {sum(g.values())} lifecycle subscribers: {g['annual']} yearly renewing, "
+            f"{g['trials_card']} trials with a card and {g['trials_no_card']} without, "
+            f"{g['expiring_cards']} expiring cards, {g['temporary_upgrades']} temporary upgrades, "
+            f"{g['long_tenure']} long-tenure monthly"
+        )
+        _play(console, rt, client, sandbox, offers, actions, start=start, days=days, procs=procs, logs=logs)
         from dunning.mail.files import FileSender
         from dunning.ops import print_report
 
         index = FileSender(settings.outbox_dir).write_index() if settings.outbox_dir.exists() else None
         print_report(console, rt)
+        print_lifecycle(console, lifecycle_summary(rt, sandbox))
         stats = sandbox.state.stats()
         charges = sum(stats["charges"].values())
         console.print(
@@ -199,12 +232,23 @@ def run_demo(
         return 1
     finally:
         with console.status("stopping everything the demo started..."):
-            for proc in procs:
-                _stop(proc)
+            _stop(procs)
             sandbox.stop()
             redis_proc.stop()
             if rt is not None:
                 rt.close()
+
+
+def _accept_offers(offers: OfferTaker, accepting: list[Action], queue: list[Action], now: datetime) -> None:
+    """Customers accept their annual offer; one whose offer email has not gone out yet tries next step."""
+    for action in accepting:
+        try:
+            done = offers.accept(action.data["subscription_id"])
+        except RuntimeError as exc:
+            raise DemoError(str(exc)) from None
+        if not done:
+            queue.append(Action(now + STEP, action.kind, action.data))
+            queue.sort(key=lambda a: a.at)
 
 
 def _play(
@@ -212,6 +256,7 @@ def _play(
     rt: Runtime,
     client: Client,
     sandbox: SandboxServer,
+    offers: OfferTaker,
     actions: list[Action],
     *,
     start: datetime,
@@ -266,15 +311,16 @@ def _play(
             # Customers first: other events name them, and consumers run in parallel.
             customers = [a for a in batch if a.kind == "customer"]
             for action in customers:
-                _send(client, action)
+                _send(client, sandbox, action)
             sent += len(customers)
             if customers:
                 _wait("customers", idle, procs, logs)
-            for action in batch:
-                if action.kind != "customer":
-                    _apply_to_sandbox(sandbox, action)
-                    _send(client, action)
-            sent += len(batch) - len(customers)
+            _accept_offers(offers, [a for a in batch if a.kind == "accept_offer"], queue, now)
+            events = [a for a in batch if a.kind not in ("customer", "accept_offer")]
+            for action in events:
+                _apply_to_sandbox(sandbox, action)
+                _send(client, sandbox, action)
+            sent += len(events)
             if batch or anything_due(now):
                 _wait(f"day {(now - start).days} to settle", idle, procs, logs)
             now = rt.clock.advance(STEP)  # type: ignore[attr-defined]
