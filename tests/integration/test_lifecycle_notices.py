@@ -321,6 +321,7 @@ def test_calendar_shows_what_the_workers_will_send_with_local_dates_and_reasons(
     ]
     assert entries[0]["timezone"] == "Europe/Paris"
     assert entries[0]["due_local"].endswith("11:00")  # 10:00 UTC is 11:00 in Paris in December
+    assert entries[0]["sends_local"] == entries[0]["due_local"]  # outside quiet hours (21:00-08:00)
     assert "renewals.offsets_days" in entries[0]["reason"]
     # The same planner the workers run: what the calendar lists is what the job table holds.
     with h.rt.sessions() as s:

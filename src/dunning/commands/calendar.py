@@ -45,11 +45,12 @@ def _print(console: Console, entries: list[dict[str, Any]], days: int) -> None:
         console.print(f"No notices in the next {days} days.")
         return
     table = Table(title=f"Notices in the next {days} days")
-    for column in ("when (customer's time)", "subscription", "kind", "reason"):
+    for column in ("due (customer's time)", "sends (after quiet hours)", "subscription", "kind", "reason"):
         table.add_column(column, overflow="fold")
     for entry in entries:
         table.add_row(
             f"{entry['due_local']} {entry['timezone']}" + (" (now)" if entry["now"] else ""),
+            entry["sends_local"] if entry["sends_local"] != entry["due_local"] else "",
             entry["subscription_id"],
             entry["kind"] + (f" ({entry['variant']})" if entry["variant"] else ""),
             entry["reason"],

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.orm import Session
 
+from dunning.domain.notices import deliver_at
 from dunning.store.models import Customer
 from dunning.workflows.lifecycle.loading import load_facts, subscriptions_of
 from dunning.workflows.lifecycle.planner import calendar
@@ -43,6 +44,8 @@ def upcoming(
             if notice.key in sub.sent_keys:
                 continue
             due = max(notice.due_at, now)
+            # What the customer sees: quiet hours hold a notice due at night until morning.
+            leaves = deliver_at(due, zone, rt.policy.for_plan(sub.plan).quiet_hours)
             entries.append(
                 {
                     "subscription_id": sub.id,
@@ -51,6 +54,8 @@ def upcoming(
                     "key": notice.key,
                     "due_at": due.isoformat(),
                     "due_local": due.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M"),
+                    "sends_at": leaves.isoformat(),
+                    "sends_local": leaves.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M"),
                     "timezone": zone,
                     "now": notice.due_at <= now,
                     "announced_at": notice.announced_at.isoformat(),
