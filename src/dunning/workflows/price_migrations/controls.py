@@ -47,6 +47,8 @@ def resume(session: Session, migration_id: str, *, now: datetime) -> tuple[bool,
     migration = get(session, migration_id)
     if migration.status == "launched":
         return False, f"{migration_id} is not paused: nothing to resume"
+    if migration.status == "canceled":
+        raise Refused("ID", f"migration {migration_id} is canceled: it cannot be resumed (plan a new one)")
     if migration.status != "paused":
         raise Refused(
             "ID", f"migration {migration_id} is {migration.status}: only a paused migration can be resumed"

@@ -218,6 +218,19 @@ def launch(
     # Fast refusal on the planned figures, before the statements that touch every member.
     if not override:
         _refuse_above_guardrail(session, migration, exclude)
+    # Set aside first: an excluded subscriber keeps the planned facts and gets no dates.
+    excluded = 0
+    if exclude:
+        excluded = session.execute(
+            statement(
+                """
+                UPDATE price_migration_members
+                SET state = 'excluded', reason = 'excluded at launch', applies_at = NULL
+                WHERE migration_id = :mid AND state = 'pending' AND subscription_id IN :subs
+                """
+            ).bindparams(bindparam("subs", expanding=True)),
+            {"mid": migration_id, "subs": list(exclude)},
+        ).rowcount
     params = {**_terms_params(migration, migration_id), **apply_params(migration, now), "now": now}
     bp = bp_sql("s.amount_minor", ":new")
     # Every member takes its subscription's facts of now; one whose subscription left the plan
@@ -239,7 +252,7 @@ def launch(
     skipped = session.execute(
         statement(
             f"""
-            UPDATE price_migration_members SET state = 'skipped', applies_at = NULL, reason = CASE
+            UPDATE price_migration_members SET state = 'skipped', notice_at = NULL, applies_at = NULL, reason = CASE
                 WHEN length(subscription_id) > {MAX_SUB_ID} THEN 'subscription id too long for a job key'
                 WHEN notice_at IS NULL THEN 'left the plan, or pays the new amount already, before launch'
                 END
@@ -249,17 +262,6 @@ def launch(
         ),
         {"mid": migration_id},
     ).rowcount
-    excluded = 0
-    if exclude:
-        excluded = session.execute(
-            statement(
-                """
-                UPDATE price_migration_members SET state = 'excluded', reason = 'excluded at launch'
-                WHERE migration_id = :mid AND state = 'pending' AND subscription_id IN :subs
-                """
-            ).bindparams(bindparam("subs", expanding=True)),
-            {"mid": migration_id, "subs": list(exclude)},
-        ).rowcount
     if not override:
         _refuse_above_guardrail(session, migration, exclude)
     pending = session.scalar(

@@ -279,9 +279,7 @@ def status(session: Session, migration_id: str) -> dict[str, Any]:
 def list_migrations(session: Session) -> list[dict[str, Any]]:
     """Every migration, newest first, with its number of members."""
     m = PriceMigrationMember
-    sizes = dict(
-        session.execute(select(m.migration_id, func.count()).group_by(m.migration_id)).tuples().all()
-    )
+    sizes = dict(session.execute(select(m.migration_id, func.count()).group_by(m.migration_id)).all())
     found = session.execute(
         select(PriceMigration).order_by(PriceMigration.created_at.desc(), PriceMigration.id)
     )
