@@ -321,24 +321,33 @@ def test_plan_preview_launch_status_cancel(db: PricesDb) -> None:
     assert "resumed" in db.ok("prices", "resume", mid).stdout
     assert "not paused" in db.ok("prices", "resume", mid).stdout
 
-    # The workers applied a1's price (Part B's job, simulated): cancel leaves it, cancels the rest.
+    # The workers (simulated) applied a1's price and notified a2: cancel leaves a1, cancels the rest.
     with transaction(db.sessions) as s:
-        s.execute(
-            update(PriceMigrationMember)
-            .where(PriceMigrationMember.subscription_id == "a1")
-            .values(state="applied")
-        )
-        s.execute(update(Job).where(Job.subject == "a1").values(status="done"))
+        for sub, state in (("a1", "applied"), ("a2", "notified")):
+            s.execute(
+                update(PriceMigrationMember)
+                .where(PriceMigrationMember.subscription_id == sub)
+                .values(state=state)
+            )
+        s.execute(update(Job).where(Job.subject.in_(["a1", "a2"])).values(status="done"))
     canceled = db.ok("prices", "cancel", mid).stdout
-    assert "1 prices already applied stay applied" in canceled
-    assert "4 subscribers keep their current price (4 pending jobs canceled)" in canceled
+    assert "1 price already applied stays applied; only what was not applied is canceled" in canceled
+    assert "4 subscribers keep their current price (3 pending jobs canceled)" in canceled
+    assert "1 of them had been told of the new price" in canceled
     states = {sub: m.state for sub, m in db.members(mid).items()}
     assert states == {"a1": "applied", "a2": "skipped", "a3": "skipped", "a4": "skipped", "a5": "skipped"} | {
         s: "excluded" for s in ("b1", "b2", "c1")
     }
-    assert {j.subject: j.status for j in db.jobs()} == {"a1": "done"} | {
-        s: "canceled" for s in ("a2", "a3", "a4", "a5")
+    assert {j.subject: j.status for j in db.jobs()} == {"a1": "done", "a2": "done"} | {
+        s: "canceled" for s in ("a3", "a4", "a5")
     }
+    with db.sessions() as s:
+        told = s.execute(
+            select(TimelineEntry.subscription_id, TimelineEntry.detail).where(
+                TimelineEntry.subscription_id == "a2"
+            )
+        ).all()
+    assert told == [("a2", f"price migration {mid} canceled: the price stays")]
     db.refused(f"migration {mid} is canceled: it cannot be resumed", "prices", "resume", mid)
     assert "already canceled" in db.ok("prices", "cancel", mid).stdout
     listed = db.json("prices", "list")

@@ -172,7 +172,7 @@ def plan_command(
     if as_json:
         typer.echo(json.dumps({"id": planned.id}))
         return
-    console.print(planned.id, markup=False, highlight=False)
+    console.print(planned.id, markup=False, highlight=False, soft_wrap=True)
     _plan_summary(err, terms, planned)
 
 
@@ -194,7 +194,7 @@ def _plan_summary(err: Any, terms: Any, planned: Any) -> None:
         )
     lines.append(f"  next: dunning prices preview {planned.id}")
     for line in lines:
-        err.print(line, markup=False, highlight=False)
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 # -- preview -----------------------------------------------------------------------------------
@@ -266,6 +266,7 @@ def launch_command(
         f"launched {done.id}: {done.notices:,} notices queued (sent at the product's email rate)",
         markup=False,
         highlight=False,
+        soft_wrap=True,
     )
     for count, what in (
         (done.excluded, "excluded: they keep their price and get nothing"),
@@ -273,7 +274,7 @@ def launch_command(
         (done.skipped, "skipped: they left the plan (or pay the new amount already) since planning"),
     ):
         if count:
-            console.print(f"  {count:,} {what}", markup=False, highlight=False)
+            console.print(f"  {count:,} {what}", markup=False, highlight=False, soft_wrap=True)
 
 
 # -- status, list ------------------------------------------------------------------------------
@@ -322,7 +323,7 @@ def _control(name: str, migration_id: str | None) -> None:
     mid = _need_id(migration_id)
     with _transaction() as (rt, session):
         _changed, message = getattr(controls, name)(session, mid, now=rt.clock.now())
-    console.print(message, markup=False, highlight=False)
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 @prices_app.command("pause")
