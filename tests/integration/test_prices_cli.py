@@ -265,6 +265,7 @@ def test_plan_preview_launch_status_cancel(db: PricesDb) -> None:
     db.refused("guardrail: 2 subscribers are above", "prices", "launch", mid, "--exclude", "c1")
     assert db.jobs() == []
     assert {m.state for m in db.members(mid).values()} == {"pending"}
+    rival = json.loads(db.ok(*plan_args("--json")).stdout)["id"]  # two drafts may coexist
     db.set_clock(START + timedelta(days=1))
     launched = db.ok("prices", "launch", mid, "--exclude", "c1", "--exclude", "b1", "--exclude", "b2")
     assert "5 notices queued" in launched.stdout and "3 excluded" in launched.stdout
@@ -313,6 +314,7 @@ def test_plan_preview_launch_status_cancel(db: PricesDb) -> None:
     assert after_launch["above_guardrail"] == []
     db.refused(f"migration {mid} is launched: only a draft can be launched", "prices", "launch", mid)
     db.refused("already running for pro EUR monthly", *plan_args())
+    db.refused(f"ID: migration {mid} is already running for pro EUR monthly", "prices", "launch", rival)
 
     assert "paused" in db.ok("prices", "pause", mid).stdout
     assert "already paused" in db.ok("prices", "pause", mid).stdout
@@ -351,7 +353,9 @@ def test_plan_preview_launch_status_cancel(db: PricesDb) -> None:
     db.refused(f"migration {mid} is canceled: it cannot be resumed", "prices", "resume", mid)
     assert "already canceled" in db.ok("prices", "cancel", mid).stdout
     listed = db.json("prices", "list")
-    assert [(m["id"], m["status"], m["subscribers"]) for m in listed] == [(mid, "canceled", 8)]
+    assert sorted((m["id"], m["status"], m["subscribers"]) for m in listed) == sorted(
+        [(mid, "canceled", 8), (rival, "draft", 8)]
+    )
     final = db.json("prices", "status", mid)
     assert final["counts"]["applied"] == 1 and final["counts"]["skipped"] == 4
     assert {"state": "skipped", "reason": "migration canceled", "count": 4} in final["reasons"]

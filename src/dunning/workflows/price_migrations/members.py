@@ -108,7 +108,20 @@ def check_terms(session: Session, terms: MigrationTerms) -> None:
             f"no {terms.currency} subscription on plan {terms.plan!r} is billed every {terms.interval} "
             f"(they are billed every {', '.join(intervals)})",
         )
-    running = session.scalar(
+    running = running_for(session, terms)
+    if running:
+        raise Refused(
+            "plan",
+            f"migration {running} is already running for {terms.plan} {terms.currency} {terms.interval}ly",
+        )
+
+
+def running_for(session: Session, terms: MigrationTerms | PriceMigration) -> str | None:
+    """The launched or paused migration of the same plan, currency and interval, if any.
+
+    One at a time: two would notify the same subscribers twice and race to apply.
+    """
+    return session.scalar(
         select(PriceMigration.id).where(
             PriceMigration.plan == terms.plan,
             PriceMigration.currency == terms.currency,
@@ -116,11 +129,6 @@ def check_terms(session: Session, terms: MigrationTerms) -> None:
             PriceMigration.status.in_(("launched", "paused")),
         )
     )
-    if running:
-        raise Refused(
-            "plan",
-            f"migration {running} is already running for {terms.plan} {terms.currency} {terms.interval}ly",
-        )
 
 
 def plan_migration(
@@ -209,6 +217,13 @@ def launch(
     migration = get(session, migration_id)
     if migration.status != "draft":
         raise Refused("ID", f"migration {migration_id} is {migration.status}: only a draft can be launched")
+    running = running_for(session, migration)
+    if running:
+        raise Refused(
+            "ID",
+            f"migration {running} is already running for {migration.plan} {migration.currency} "
+            f"{migration.interval}ly: cancel it or wait until it completes",
+        )
     members = PriceMigrationMember
     exclude = sorted(set(exclude))
     known = _count_in(session, migration_id, exclude)

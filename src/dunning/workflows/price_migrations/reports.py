@@ -64,7 +64,7 @@ def _draft_source(session: Session, migration: PriceMigration, now: datetime) ->
         SELECT m.*, s.id IS NULL AS gone, {apply_sql(session, "s.current_period_end")} AS est_applies_at,
                CAST(:now AS {"TIMESTAMPTZ" if _pg(session) else "TEXT"}) AS est_notice_at
         FROM price_migration_members m
-        LEFT JOIN subscriptions s ON s.id = m.subscription_id AND {SUBSCRIPTION_FILTER}
+        LEFT JOIN subscriptions s ON s.id = m.subscription_id AND {SUBSCRIPTION_FILTER} AND s.amount_minor < :new
         WHERE m.migration_id = :mid
     """
     params = {
@@ -73,6 +73,7 @@ def _draft_source(session: Session, migration: PriceMigration, now: datetime) ->
         "plan": migration.plan,
         "currency": migration.currency,
         "interval": migration.interval,
+        "new": migration.new_amount_minor,
         "false": False,
         **apply_params(migration, now),
     }
