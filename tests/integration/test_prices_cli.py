@@ -545,3 +545,16 @@ def test_on_subscriptions_that_came_through_the_events(world: Any) -> None:
     ]
     assert (found["mrr_before_minor"], found["mrr_after_minor"]) == (3900 + 2 * 4900, 3 * 5900)
     assert [r["subscription_id"] for r in found["above_guardrail"]] == ["sub_0"]
+
+
+def test_the_table_shows_the_first_20_above_the_guardrail_json_and_csv_all(db: PricesDb) -> None:
+    db.subscriptions(*({"id": f"g{i:02d}", "amount_minor": 1000 + i} for i in range(25)), {"id": "ok"})
+    mid = json.loads(db.ok(*plan_args("--json")).stdout)["id"]
+    table = db.ok("prices", "preview", mid).stdout
+    assert "Above the 50 % guardrail: 25 (the first 20 below; all of them with --json or --csv)" in table
+    assert "g00" in table and "g19" in table and "g20" not in table  # largest increases first
+    found = db.json("prices", "preview", mid)
+    assert found["above_guardrail_count"] == 25
+    assert [r["subscription_id"] for r in found["above_guardrail"]] == [f"g{i:02d}" for i in range(25)]
+    rows = list(csv.DictReader(io.StringIO(db.ok("prices", "preview", mid, "--csv").stdout)))
+    assert sum(r["above_guardrail"] == "yes" for r in rows) == 25 and len(rows) == 26

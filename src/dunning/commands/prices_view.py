@@ -105,17 +105,17 @@ def print_preview(console: Console, found: dict[str, Any]) -> None:
             when(c["first_applies_at"]),
         )
     console.print(table)
-    above = found["above_guardrail"]
-    if not above:
+    above, count = found["above_guardrail"], found["above_guardrail_count"]
+    if not count:
         console.print(f"Nobody is above the {found['guardrail_percent']} % guardrail.")
         return
     more = (
         f" (the first {GUARDRAIL_ROWS} below; all of them with --json or --csv)"
-        if len(above) > GUARDRAIL_ROWS
+        if count > GUARDRAIL_ROWS
         else ""
     )
     console.print(
-        f"Above the {found['guardrail_percent']} % guardrail: {len(above):,}{more}",
+        f"Above the {found['guardrail_percent']} % guardrail: {count:,}{more}",
         markup=False,
         highlight=False,
         soft_wrap=True,
