@@ -56,6 +56,31 @@ def _transaction(labels: Mapping[str, str] | None = None) -> Iterator[tuple[Runt
         _refused(exc, labels)
 
 
+def _echo_json(value: Any) -> None:
+    """Indented JSON, with each element of a list of objects on one line.
+
+    A preview can list hundreds of thousands of subscribers above the guardrail: the standard
+    indented dump runs in pure Python (seconds); one compact dump per element stays in C.
+    """
+    if isinstance(value, list):  # `list --json`: one migration per line
+        rows = ",\n".join(f"  {json.dumps(e)}" for e in value)
+        sys.stdout.write(f"[\n{rows}\n]\n" if value else "[]\n")
+        sys.stdout.flush()
+        return
+    lines = ["{"]
+    items = list(value.items())
+    for i, (key, item) in enumerate(items):
+        comma = "," if i < len(items) - 1 else ""
+        if isinstance(item, list) and item and all(isinstance(e, dict) for e in item):
+            body = ",\n".join(f"    {json.dumps(e)}" for e in item)
+            lines.append(f"  {json.dumps(key)}: [\n{body}\n  ]{comma}")
+        else:
+            lines.append(f"  {json.dumps(key)}: {json.dumps(item)}{comma}")
+    lines.append("}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+
+
 def _need_id(migration_id: str | None) -> str:
     from dunning.cli import fail
 
@@ -172,7 +197,7 @@ def plan_command(
     if as_json:
         typer.echo(json.dumps({"id": planned.id}))
         return
-    console.print(planned.id, markup=False, highlight=False)
+    console.print(planned.id, markup=False, highlight=False, soft_wrap=True)
     _plan_summary(err, terms, planned)
 
 
@@ -194,7 +219,7 @@ def _plan_summary(err: Any, terms: Any, planned: Any) -> None:
         )
     lines.append(f"  next: dunning prices preview {planned.id}")
     for line in lines:
-        err.print(line, markup=False, highlight=False)
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 # -- preview -----------------------------------------------------------------------------------
@@ -220,19 +245,20 @@ def preview_command(
         if as_csv:
             rows = member_rows(session, mid, now=now)
             first = next(rows, None)  # a refusal (unknown id) comes before any output
-            writer = csv.DictWriter(sys.stdout, fieldnames=CSV_COLUMNS, lineterminator="\n")
-            writer.writeheader()
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+            writer.writerow(CSV_COLUMNS)
             if first is not None:
                 writer.writerow(first)
                 writer.writerows(rows)
             sys.stdout.flush()
             return
+        from dunning.commands.prices_view import GUARDRAIL_ROWS, print_preview
+
         with _working("preview: adding up the cohorts"):
-            found = preview(session, mid, now=now)
+            found = preview(session, mid, now=now, guardrail_rows=None if as_json else GUARDRAIL_ROWS)
     if as_json:
-        typer.echo(json.dumps(found, indent=2))
+        _echo_json(found)
         return
-    from dunning.commands.prices_view import print_preview
 
     print_preview(console, found)
 
@@ -266,6 +292,7 @@ def launch_command(
         f"launched {done.id}: {done.notices:,} notices queued (sent at the product's email rate)",
         markup=False,
         highlight=False,
+        soft_wrap=True,
     )
     for count, what in (
         (done.excluded, "excluded: they keep their price and get nothing"),
@@ -273,7 +300,7 @@ def launch_command(
         (done.skipped, "skipped: they left the plan (or pay the new amount already) since planning"),
     ):
         if count:
-            console.print(f"  {count:,} {what}", markup=False, highlight=False)
+            console.print(f"  {count:,} {what}", markup=False, highlight=False, soft_wrap=True)
 
 
 # -- status, list ------------------------------------------------------------------------------
@@ -289,7 +316,7 @@ def status_command(migration_id: IdArg = None, as_json: JsonOpt = False) -> None
     with _transaction() as (_rt, session):
         found = status(session, mid)
     if as_json:
-        typer.echo(json.dumps(found, indent=2))
+        _echo_json(found)
         return
     from dunning.commands.prices_view import print_status
 
@@ -305,7 +332,7 @@ def list_command(as_json: JsonOpt = False) -> None:
     with _transaction() as (_rt, session):
         found = list_migrations(session)
     if as_json:
-        typer.echo(json.dumps(found, indent=2))
+        _echo_json(found)
         return
     from dunning.commands.prices_view import print_list
 
@@ -322,7 +349,7 @@ def _control(name: str, migration_id: str | None) -> None:
     mid = _need_id(migration_id)
     with _transaction() as (rt, session):
         _changed, message = getattr(controls, name)(session, mid, now=rt.clock.now())
-    console.print(message, markup=False, highlight=False)
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 @prices_app.command("pause")

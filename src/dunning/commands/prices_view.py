@@ -60,7 +60,7 @@ def print_preview(console: Console, found: dict[str, Any]) -> None:
         f"Price migration {found['id']}: {found['status']}{estimate}", markup=False, highlight=False
     )
     for line in _terms_lines(found):
-        console.print(f"  {line}", markup=False, highlight=False)
+        console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     aside = []
     if found["excluded_or_skipped"]:
         aside.append(f"{found['excluded_or_skipped']:,} excluded or skipped")
@@ -72,6 +72,7 @@ def print_preview(console: Console, found: dict[str, Any]) -> None:
         f"Subscribers affected: {found['subscribers']:,}" + (f" ({'; '.join(aside)})" if aside else ""),
         markup=False,
         highlight=False,
+        soft_wrap=True,
     )
     before, after = found["mrr_before_minor"], found["mrr_after_minor"]
     change = percent_text(increase_bp(before, after)) if before else "n/a"
@@ -80,6 +81,7 @@ def print_preview(console: Console, found: dict[str, Any]) -> None:
         f"MRR of these subscribers (monthly equivalent): {money(before)} -> {money(after)} ({sign}{money(after - before)}, {change})",
         markup=False,
         highlight=False,
+        soft_wrap=True,
     )
     table = Table(title="Cohorts (by current amount)", title_justify="left")
     for column, justify in (
@@ -103,19 +105,20 @@ def print_preview(console: Console, found: dict[str, Any]) -> None:
             when(c["first_applies_at"]),
         )
     console.print(table)
-    above = found["above_guardrail"]
-    if not above:
+    above, count = found["above_guardrail"], found["above_guardrail_count"]
+    if not count:
         console.print(f"Nobody is above the {found['guardrail_percent']} % guardrail.")
         return
     more = (
         f" (the first {GUARDRAIL_ROWS} below; all of them with --json or --csv)"
-        if len(above) > GUARDRAIL_ROWS
+        if count > GUARDRAIL_ROWS
         else ""
     )
     console.print(
-        f"Above the {found['guardrail_percent']} % guardrail: {len(above):,}{more}",
+        f"Above the {found['guardrail_percent']} % guardrail: {count:,}{more}",
         markup=False,
         highlight=False,
+        soft_wrap=True,
     )
     guard = Table()
     for column in ("subscription", "current", "new", "increase", "%"):
@@ -133,6 +136,7 @@ def print_preview(console: Console, found: dict[str, Any]) -> None:
         "launch refuses until each is excluded (--exclude SUB) or the guardrail overridden (--override-guardrail)",
         markup=False,
         highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -143,9 +147,10 @@ def print_status(console: Console, found: dict[str, Any]) -> None:
         f"Price migration {found['id']}: {found['status']}{paused}, {found['subscribers']:,} subscribers",
         markup=False,
         highlight=False,
+        soft_wrap=True,
     )
     for line in _terms_lines(found):
-        console.print(f"  {line}", markup=False, highlight=False)
+        console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     table = Table(title="Subscribers by state", title_justify="left")
     table.add_column("state")
     table.add_column("count", justify="right")

@@ -47,6 +47,8 @@ def resume(session: Session, migration_id: str, *, now: datetime) -> tuple[bool,
     migration = get(session, migration_id)
     if migration.status == "launched":
         return False, f"{migration_id} is not paused: nothing to resume"
+    if migration.status == "canceled":
+        raise Refused("ID", f"migration {migration_id} is canceled: it cannot be resumed (plan a new one)")
     if migration.status != "paused":
         raise Refused(
             "ID", f"migration {migration_id} is {migration.status}: only a paused migration can be resumed"
@@ -108,8 +110,15 @@ def cancel(session: Session, migration_id: str, *, now: datetime) -> tuple[bool,
     migration.canceled_at = now
     parts = [f"canceled {migration_id} (was {was})"]
     if applied:
-        parts.append(f"{applied} prices already applied stay applied; only what was not applied is canceled")
-    parts.append(f"{kept} subscribers keep their current price ({jobs} pending jobs canceled)")
+        parts.append(
+            f"{_n(applied, 'price')} already applied {'stays' if applied == 1 else 'stay'} applied; "
+            "only what was not applied is canceled"
+        )
+    parts.append(f"{_n(kept, 'subscriber')} keep their current price ({_n(jobs, 'pending job')} canceled)")
     if told:
-        parts.append(f"{told} of them had been told of the new price")
+        parts.append(f"{told:,} of them had been told of the new price")
     return True, "; ".join(parts)
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")

@@ -108,7 +108,20 @@ def check_terms(session: Session, terms: MigrationTerms) -> None:
             f"no {terms.currency} subscription on plan {terms.plan!r} is billed every {terms.interval} "
             f"(they are billed every {', '.join(intervals)})",
         )
-    running = session.scalar(
+    running = running_for(session, terms)
+    if running:
+        raise Refused(
+            "plan",
+            f"migration {running} is already running for {terms.plan} {terms.currency} {terms.interval}ly",
+        )
+
+
+def running_for(session: Session, terms: MigrationTerms | PriceMigration) -> str | None:
+    """The launched or paused migration of the same plan, currency and interval, if any.
+
+    One at a time: two would notify the same subscribers twice and race to apply.
+    """
+    return session.scalar(
         select(PriceMigration.id).where(
             PriceMigration.plan == terms.plan,
             PriceMigration.currency == terms.currency,
@@ -116,11 +129,6 @@ def check_terms(session: Session, terms: MigrationTerms) -> None:
             PriceMigration.status.in_(("launched", "paused")),
         )
     )
-    if running:
-        raise Refused(
-            "plan",
-            f"migration {running} is already running for {terms.plan} {terms.currency} {terms.interval}ly",
-        )
 
 
 def plan_migration(
@@ -209,6 +217,13 @@ def launch(
     migration = get(session, migration_id)
     if migration.status != "draft":
         raise Refused("ID", f"migration {migration_id} is {migration.status}: only a draft can be launched")
+    running = running_for(session, migration)
+    if running:
+        raise Refused(
+            "ID",
+            f"migration {running} is already running for {migration.plan} {migration.currency} "
+            f"{migration.interval}ly: cancel it or wait until it completes",
+        )
     members = PriceMigrationMember
     exclude = sorted(set(exclude))
     known = _count_in(session, migration_id, exclude)
@@ -218,6 +233,19 @@ def launch(
     # Fast refusal on the planned figures, before the statements that touch every member.
     if not override:
         _refuse_above_guardrail(session, migration, exclude)
+    # Set aside first: an excluded subscriber keeps the planned facts and gets no dates.
+    excluded = 0
+    if exclude:
+        excluded = session.execute(
+            statement(
+                """
+                UPDATE price_migration_members
+                SET state = 'excluded', reason = 'excluded at launch', applies_at = NULL
+                WHERE migration_id = :mid AND state = 'pending' AND subscription_id IN :subs
+                """
+            ).bindparams(bindparam("subs", expanding=True)),
+            {"mid": migration_id, "subs": list(exclude)},
+        ).rowcount
     params = {**_terms_params(migration, migration_id), **apply_params(migration, now), "now": now}
     bp = bp_sql("s.amount_minor", ":new")
     # Every member takes its subscription's facts of now; one whose subscription left the plan
@@ -239,7 +267,7 @@ def launch(
     skipped = session.execute(
         statement(
             f"""
-            UPDATE price_migration_members SET state = 'skipped', applies_at = NULL, reason = CASE
+            UPDATE price_migration_members SET state = 'skipped', notice_at = NULL, applies_at = NULL, reason = CASE
                 WHEN length(subscription_id) > {MAX_SUB_ID} THEN 'subscription id too long for a job key'
                 WHEN notice_at IS NULL THEN 'left the plan, or pays the new amount already, before launch'
                 END
@@ -249,17 +277,6 @@ def launch(
         ),
         {"mid": migration_id},
     ).rowcount
-    excluded = 0
-    if exclude:
-        excluded = session.execute(
-            statement(
-                """
-                UPDATE price_migration_members SET state = 'excluded', reason = 'excluded at launch'
-                WHERE migration_id = :mid AND state = 'pending' AND subscription_id IN :subs
-                """
-            ).bindparams(bindparam("subs", expanding=True)),
-            {"mid": migration_id, "subs": list(exclude)},
-        ).rowcount
     if not override:
         _refuse_above_guardrail(session, migration, exclude)
     pending = session.scalar(

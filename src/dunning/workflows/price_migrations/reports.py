@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import func, select
@@ -64,7 +65,7 @@ def _draft_source(session: Session, migration: PriceMigration, now: datetime) ->
         SELECT m.*, s.id IS NULL AS gone, {apply_sql(session, "s.current_period_end")} AS est_applies_at,
                CAST(:now AS {"TIMESTAMPTZ" if _pg(session) else "TEXT"}) AS est_notice_at
         FROM price_migration_members m
-        LEFT JOIN subscriptions s ON s.id = m.subscription_id AND {SUBSCRIPTION_FILTER}
+        LEFT JOIN subscriptions s ON s.id = m.subscription_id AND {SUBSCRIPTION_FILTER} AND s.amount_minor < :new
         WHERE m.migration_id = :mid
     """
     params = {
@@ -73,6 +74,7 @@ def _draft_source(session: Session, migration: PriceMigration, now: datetime) ->
         "plan": migration.plan,
         "currency": migration.currency,
         "interval": migration.interval,
+        "new": migration.new_amount_minor,
         "false": False,
         **apply_params(migration, now),
     }
@@ -98,8 +100,14 @@ def _source(session: Session, migration: PriceMigration, now: datetime) -> tuple
     return _launched_source(migration)
 
 
-def preview(session: Session, migration_id: str, *, now: datetime) -> dict[str, Any]:
-    """The impact of a migration: cohorts, MRR before and after, who is above the guardrail."""
+def preview(
+    session: Session, migration_id: str, *, now: datetime, guardrail_rows: int | None = None
+) -> dict[str, Any]:
+    """The impact of a migration: cohorts, MRR before and after, who is above the guardrail.
+
+    ``above_guardrail`` lists every such subscriber, largest increase first, or only the first
+    ``guardrail_rows`` (a table shows a few); ``above_guardrail_count`` counts them all.
+    """
     migration = get(session, migration_id)
     source, params = _source(session, migration, now)
     kept = ", ".join(f"'{state}'" for state in KEPT)
@@ -133,11 +141,18 @@ def preview(session: Session, migration_id: str, *, now: datetime) -> dict[str, 
         migration.interval,
     )
     m = PriceMigrationMember
-    above = session.execute(
+    guarded = (m.migration_id == migration_id, m.above_guardrail, m.state.not_in(KEPT))
+    query = (
         select(m.subscription_id, m.current_amount_minor, m.new_amount_minor, m.increase_bp)
-        .where(m.migration_id == migration_id, m.above_guardrail, m.state.not_in(KEPT))
+        .where(*guarded)
         .order_by(m.increase_bp.desc(), m.subscription_id)
-    ).all()
+    )
+    above = session.execute(query if guardrail_rows is None else query.limit(guardrail_rows)).all()
+    above_count = (
+        len(above)
+        if guardrail_rows is None or len(above) < guardrail_rows
+        else session.scalar(select(func.count()).where(*guarded))
+    )
     before, after = summary.mrr_before_minor, summary.mrr_after_minor
     return {
         **terms_json(migration),
@@ -163,6 +178,7 @@ def preview(session: Session, migration_id: str, *, now: datetime) -> dict[str, 
             }
             for c in summary.cohorts
         ],
+        "above_guardrail_count": above_count,
         "above_guardrail": [
             {
                 "subscription_id": row.subscription_id,
@@ -206,37 +222,64 @@ CSV_COLUMNS = (
 )
 
 
-def member_rows(session: Session, migration_id: str, *, now: datetime) -> Iterator[dict[str, Any]]:
-    """One row per member (``CSV_COLUMNS``), streamed in subscription id order, for finance."""
+def member_rows(session: Session, migration_id: str, *, now: datetime) -> Iterator[tuple[Any, ...]]:
+    """One tuple per member (``CSV_COLUMNS``), streamed in subscription id order, for finance.
+
+    A million rows: the few distinct amounts and percentages are formatted once each.
+    """
     migration = get(session, migration_id)
     source, params = _source(session, migration, now)
     digits = exponent(migration.currency)
+    money = lru_cache(maxsize=4096)(lambda minor: f"{Decimal(minor).scaleb(-digits):.{digits}f}")
+    percent = lru_cache(maxsize=4096)(lambda bp: f"{Decimal(bp) / 100:.2f}")
+    stamp = lru_cache(maxsize=64)(lambda value: iso(_instant(value)))  # a draft's notices share one instant
     result = session.execute(
-        statement(f"SELECT * FROM ({source}) AS members ORDER BY subscription_id"),
+        statement(
+            f"""
+            SELECT subscription_id, customer_id, state, current_amount_minor, new_amount_minor, increase_minor,
+                   increase_bp, above_guardrail, est_notice_at, est_applies_at, applied_at, choice, reason, gone
+            FROM ({source}) AS members ORDER BY subscription_id
+            """
+        ),
         params,
         execution_options={"stream_results": True, "yield_per": 5000},
     )
-    for row in result:
-        state = "skipped" if row.gone else row.state
-        yield {
-            "subscription_id": row.subscription_id,
-            "customer_id": row.customer_id,
-            "state": state,
-            "currency": migration.currency,
-            "interval": migration.interval,
-            "current_amount_minor": row.current_amount_minor,
-            "new_amount_minor": row.new_amount_minor,
-            "increase_minor": row.increase_minor,
-            "increase_percent": f"{Decimal(row.increase_bp) / 100:.2f}",
-            "above_guardrail": "yes" if row.above_guardrail else "no",
-            "current_amount": f"{Decimal(row.current_amount_minor).scaleb(-digits):.{digits}f}",
-            "new_amount": f"{Decimal(row.new_amount_minor).scaleb(-digits):.{digits}f}",
-            "notice_at": iso(_instant(row.est_notice_at)) if not row.gone else None,
-            "applies_at": iso(_instant(row.est_applies_at)),
-            "applied_at": iso(_instant(row.applied_at)),
-            "choice": row.choice,
-            "reason": "left the plan since planning" if row.gone else row.reason,
-        }
+    currency, interval = migration.currency, migration.interval
+    for (
+        sub,
+        customer,
+        state,
+        current,
+        new,
+        up,
+        bp,
+        above,
+        notice,
+        applies,
+        applied,
+        choice,
+        why,
+        gone,
+    ) in result:
+        yield (
+            sub,
+            customer,
+            "skipped" if gone else state,
+            currency,
+            interval,
+            current,
+            new,
+            up,
+            percent(bp),
+            "yes" if above else "no",
+            money(current),
+            money(new),
+            None if gone else stamp(notice),
+            iso(_instant(applies)),
+            iso(_instant(applied)),
+            choice,
+            "left the plan since planning" if gone else why,
+        )
 
 
 def status(session: Session, migration_id: str) -> dict[str, Any]:
@@ -279,9 +322,7 @@ def status(session: Session, migration_id: str) -> dict[str, Any]:
 def list_migrations(session: Session) -> list[dict[str, Any]]:
     """Every migration, newest first, with its number of members."""
     m = PriceMigrationMember
-    sizes = dict(
-        session.execute(select(m.migration_id, func.count()).group_by(m.migration_id)).tuples().all()
-    )
+    sizes = dict(session.execute(select(m.migration_id, func.count()).group_by(m.migration_id)).all())
     found = session.execute(
         select(PriceMigration).order_by(PriceMigration.created_at.desc(), PriceMigration.id)
     )
