@@ -9,10 +9,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from dunning.engine.jobs import cancel_scheduled_retries
-from dunning.store.bulk import allocate_ids, insert_rows, rows_by_ids
+from dunning.store.bulk import Link, TableRows, allocate_ids, insert_rows, insert_tables, rows_by_ids
 from dunning.store.db import make_engine, make_sessionmaker
 from dunning.store.migrate import upgrade
-from dunning.store.models import Case, Job, ProcessedEvent
+from dunning.store.models import Case, Job, Outbox, ProcessedEvent, TimelineEntry
 
 pytestmark = pytest.mark.integration
 
@@ -168,3 +168,103 @@ def test_rows_by_ids_returns_the_rows_asked_for_and_only_those(sessions) -> None
         assert sorted(tuple(r) for r in rows) == [("evt_1", "invoice.paid"), ("evt_3", "invoice.paid")]
         # Any number of ids goes through the same statement.
         assert len(rows_by_ids(s, ProcessedEvent.__table__, ("id",), [f"evt_{i}" for i in range(5)])) == 5
+
+
+def _email(key: str, now: datetime) -> dict:
+    return {
+        "key": key,
+        "kind": "payment_failed",
+        "case_id": 1,
+        "customer_id": "cus_1",
+        "to_email": "a@example.com",
+        "locale": "en",
+        "variant": "soft",
+        "subject": None,
+        "html": None,
+        "text": None,
+        "message_id": f"<{key}@example.com>",
+        "status": "pending",
+        "send_after": now,
+        "created_at": now,
+        "sent_at": None,
+        "attempts": 0,
+        "last_error": None,
+    }
+
+
+def test_several_tables_in_one_call_with_rows_linked_by_key(sessions) -> None:
+    """insert_tables: each table as insert_rows would; a linked row takes its parent's new id, or is skipped."""
+    now = datetime.now(UTC)
+    link = Link(field="outbox_key", parent="outbox", parent_key="key", column="outbox_id")
+    with sessions() as s, s.begin():
+        insert_rows(s, Outbox.__table__, [_email("old", now)])
+        insert_rows(s, Job.__table__, [{**_job("send:old", payload=None, due=now), "outbox_id": None}])
+    later = [
+        _job("retry:1", payload=None, due=now + timedelta(days=1)),
+        _job("send:late", payload=None, due=now),
+    ]
+    later[1]["outbox_key"] = "late"
+    due = [
+        {**_job(f"send:{k}", payload=None, due=now), "status": "claimed", "outbox_key": k}
+        for k in ("new", "old")
+    ]
+    event = {"id": "evt_1", "type": "invoice.paid", "occurred_at": now, "processed_at": now}
+    with sessions() as s, s.begin():
+        returned = insert_tables(
+            s,
+            [
+                TableRows(ProcessedEvent.__table__, [event]),
+                TableRows(
+                    Outbox.__table__,
+                    [_email("new", now), _email("late", now), _email("old", now)],
+                    on_conflict="key",
+                ),
+                TableRows(Job.__table__, later, on_conflict="key", link=link),
+                TableRows(Job.__table__, due, on_conflict="key", returning=("id", "queue"), link=link),
+                TableRows(TimelineEntry.__table__, []),
+            ],
+        )
+    with sessions() as s:
+        emails = {o.key: o.id for o in s.execute(select(Outbox)).scalars()}
+        jobs = {j.key: j for j in s.execute(select(Job)).scalars()}
+        assert set(emails) == {"old", "new", "late"}
+        assert set(jobs) == {"send:old", "retry:1", "send:late", "send:new"}
+        assert jobs["send:new"].outbox_id == emails["new"] and jobs["send:late"].outbox_id == emails["late"]
+        assert jobs["retry:1"].outbox_id is None  # not linked: keeps its own value
+        assert jobs["send:old"].outbox_id is None  # the email existed: its send job was not written again
+        assert returned == [(jobs["send:new"].id, "dunning")]  # only the part that asked, only rows written
+        assert s.execute(select(ProcessedEvent.id)).scalars().all() == ["evt_1"]
+
+
+def test_insert_tables_without_the_parent_skips_the_linked_rows_and_is_atomic(sessions) -> None:
+    now = datetime.now(UTC)
+    link = Link(field="outbox_key", parent="outbox", parent_key="key", column="outbox_id")
+    send = {**_job("send:x", payload=None, due=now), "outbox_key": "x"}
+    event = {"id": "evt_1", "type": "invoice.paid", "occurred_at": now, "processed_at": now}
+    with sessions() as s, s.begin():
+        insert_tables(
+            s,
+            [
+                TableRows(Outbox.__table__, [], on_conflict="key"),
+                TableRows(
+                    Job.__table__,
+                    [send, _job("retry:1", payload=None, due=now)],
+                    on_conflict="key",
+                    link=link,
+                ),
+                TableRows(ProcessedEvent.__table__, [event]),
+            ],
+        )
+    with sessions() as s:
+        assert s.execute(select(Job.key)).scalars().all() == ["retry:1"]
+    # A conflict where none is allowed fails the whole statement: the other tables keep nothing.
+    with pytest.raises(IntegrityError), sessions() as s, s.begin():
+        insert_tables(
+            s,
+            [
+                TableRows(Job.__table__, [_job("retry:2", payload=None, due=now)], on_conflict="key"),
+                TableRows(ProcessedEvent.__table__, [event]),
+            ],
+        )
+    with sessions() as s:
+        assert s.execute(select(Job.key)).scalars().all() == ["retry:1"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 import pytest
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
@@ -41,6 +43,10 @@ def test_a_batch_of_jobs_lands_on_their_queues_as_dramatiq_messages(broker: Redi
     # Each message is acknowledged by its own Redis id: they must all differ.
     redis_ids = {m.options["redis_message_id"] for m in [*jobs, *mail]}
     assert len(redis_ids) == 3
+    # Both ids are random UUIDs as Dramatiq makes them (str(uuid4())), never shared between messages.
+    ids = [m.message_id for m in [*jobs, *mail]] + sorted(redis_ids)
+    assert len(set(ids)) == 6
+    assert all(str(UUID(i)) == i and UUID(i).version == 4 for i in ids)
 
 
 def test_one_job_and_none(broker: RedisBroker) -> None:

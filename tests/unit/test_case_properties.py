@@ -12,7 +12,7 @@ back through ``on_charge_result``. Invariants are checked as it goes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -369,3 +369,28 @@ def test_other_policies_invariants(data: st.DataObject, policy: PlanPolicy, rede
 @given(data=st.data(), policy=st.sampled_from((NO_BUDGET, _ALT.for_plan("strict"))))
 def test_a_usable_card_always_has_a_retry_planned(data: st.DataObject, policy: PlanPolicy) -> None:
     simulate(data, policy, check_planned=True, actions=LIVENESS_ACTIONS, delays=HOURS)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    at=st.datetimes(
+        max_value=datetime(9000, 1, 1),
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-3))]
+        ),
+    ),
+    key=st.sampled_from(["7", "123456"]),
+)
+def test_times_in_keys_and_timeline_read_as_strftime_would(at: datetime, key: str) -> None:
+    """Retry keys and timeline lines spell times without strftime (it is slow); they must not change."""
+    d = open_case(
+        DEFAULT_POLICY.for_plan(None),
+        at,
+        case_key=key,
+        decline_code="insufficient_funds",
+        has_payment_method=True,
+    )
+    cut = at + DEFAULT_POLICY.for_plan(None).grace
+    assert d.timeline[0].endswith(f"access kept until {cut:%Y-%m-%d %H:%M}Z")
+    (retry,) = (j for j in d.jobs if j.kind is JobKind.RETRY)
+    assert retry.key == f"retry:{key}:s0:a0:{retry.due_at:%Y%m%dT%H%M%S}"

@@ -24,12 +24,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from tests.support.hostile import (
     VALID,
+    any_text,
     hostile_bodies,
     hostile_messages,
     hostile_values,
     message_bytes,
     mutated_envelopes,
     nested,
+    scalars,
 )
 
 from dunning.broker.consumer import NotAMessage, decode_message
@@ -198,3 +200,68 @@ def test_a_field_path_never_repeats_a_key_that_is_not_a_plain_name(key: str) -> 
     # The code's rule for a plain key: [A-Za-z0-9_-]{1,64} ("-" alone is plain, and shown).
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", key):
         assert key not in field or key in "<key>[0].n", field
+
+
+_Str = type("Str", (str,), {})  # a subclass of str: not a type the quick pass knows
+_odd_values = st.sampled_from(
+    [
+        float("inf"),
+        float("-inf"),
+        float("nan"),
+        10**20,
+        -(10**20),
+        10**19,
+        "\ud800",
+        "é",
+        (1,),
+        {1},
+        b"x",
+        {1: None},
+        _Str("x"),
+        True,
+        None,
+        1.5,
+    ]
+)
+_trees_with_odd_values = st.recursive(
+    st.one_of(scalars, _odd_values),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(any_text, children, max_size=4)
+    ),
+    max_leaves=8,
+)
+
+
+@FAST
+@given(_trees_with_odd_values, st.integers(min_value=0, max_value=6))
+def test_the_quick_pass_of_check_tree_only_accepts_what_the_full_walk_accepts(value: Any, depth: int) -> None:
+    """``check_tree`` skips its full walk when a quick pass finds nothing odd: that pass may only be stricter."""
+    from dunning.contract.untrusted_json import JsonRefused, _clean, _walk
+
+    if _clean(value, depth):
+        _walk(value, depth)  # must not raise
+    try:
+        _walk(value, depth)
+    except JsonRefused:
+        assert not _clean(value, depth)
+
+
+@FAST
+@given(hostile_bodies())
+def test_short_texts_decode_alike_with_or_without_the_number_hooks(body: bytes) -> None:
+    """``loads`` skips its number hooks on texts too short to hold a number over the limit: same verdicts."""
+    from dunning.contract.untrusted_json import _LONG, _SHORT, DECODE_MAX_NUMBER_CHARS
+
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    assume(len(text) <= DECODE_MAX_NUMBER_CHARS)
+
+    def verdict(decoder: json.JSONDecoder) -> Any:
+        try:
+            return ("value", repr(decoder.decode(text)))
+        except Exception as exc:
+            return ("refused", type(exc).__name__, str(exc))
+
+    assert verdict(_SHORT) == verdict(_LONG)

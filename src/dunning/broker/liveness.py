@@ -47,21 +47,25 @@ class RunLock:
     """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        # Every message takes and gives back a shared hold: those go through the bare lock (no
+        # Python-level Condition methods); the condition on the same lock serves the waits.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._shared = 0
         self._exclusive = False
         self._waiting = 0
 
     def acquire_shared(self) -> None:
-        with self._cond:
+        with self._lock:
             while self._exclusive or self._waiting:
                 self._cond.wait(0.5)
             self._shared += 1
 
     def release_shared(self) -> None:
-        with self._cond:
+        with self._lock:
             self._shared -= 1
-            if not self._shared:
+            # Only an alone run waits for the shared holds to end.
+            if not self._shared and self._waiting:
                 self._cond.notify_all()
 
     def acquire_exclusive(self) -> None:

@@ -11,11 +11,12 @@ exactly as if they had been committed.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import orjson
 from sqlalchemy.orm import Session
 
-from dunning.store.bulk import rows_by_ids
+from dunning.store.bulk import present_ids, rows_by_ids, select_together
 from dunning.store.models import ProcessedEvent
 from dunning.store.unit import unit_of
 
@@ -36,6 +37,23 @@ class BatchPart(Protocol):
         """Drop what was loaded (the barrier wrote everything buffered; rows may have changed)."""
 
 
+@runtime_checkable
+class SqlPrefetch(Protocol):
+    """What a part may add to :class:`BatchPart` so that its lookups join the engine's one statement.
+
+    On PostgreSQL the engine then loads the batch's processed event ids and every
+    such part's facts in one statement (one round trip) instead of one or more
+    each; ``prefetch`` is still what runs elsewhere (SQLite).
+    """
+
+    def prefetch_sql(self, events: list[Event]) -> tuple[str, tuple[Any, ...]] | None:
+        """A parenthesised scalar subquery loading (and locking) what ``prefetch`` would, and its
+        parameters (``%s``); None when the batch has nothing for this part."""
+
+    def prefetched(self, session: Session, events: list[Event], found: Any) -> None:
+        """Keep what the subquery returned (the same as ``prefetch`` would have loaded)."""
+
+
 class Batch:
     """``session.info["batch"]`` during a group commit."""
 
@@ -46,9 +64,25 @@ class Batch:
     def prefetch(self, session: Session, events: list[Event]) -> None:
         """Which events were applied already, and each part's own lookups."""
         ids = sorted({e.id for e in events})
-        self.processed = {r[0] for r in rows_by_ids(session, ProcessedEvent.__table__, ("id",), ids)}
+        if session.get_bind().dialect.name != "postgresql":
+            self.processed = {r[0] for r in rows_by_ids(session, ProcessedEvent.__table__, ("id",), ids)}
+            for part in self.parts.values():
+                part.prefetch(session, events)
+            return
+        # One statement: the processed ids, then the subquery of each part that offers one.
+        queries: list[tuple[str, tuple[Any, ...]]] = [present_ids(ProcessedEvent.__table__, ids)]
+        joined: list[Any] = []
         for part in self.parts.values():
-            part.prefetch(session, events)
+            query = part.prefetch_sql(events) if isinstance(part, SqlPrefetch) else None
+            if query is None:
+                part.prefetch(session, events)
+            else:
+                queries.append(query)
+                joined.append(part)
+        found = select_together(session, queries)
+        self.processed = set(orjson.loads(found[0]) if found[0] else ())
+        for part, value in zip(joined, found[1:], strict=True):
+            part.prefetched(session, events, value)
 
     def batchable(self, event: Event) -> bool:
         """True when every part can apply ``event`` without a barrier first (no part: never)."""

@@ -18,10 +18,33 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class _Signal:
+    """A one-way wake-up: :meth:`wait` returns once :meth:`set` has been called (any number of times).
+
+    A lock taken at birth and released by ``set``: every event of a group commit
+    makes and waits for one, and ``threading.Event`` (a Condition, a lock per
+    waiter, a waiter list) costs several times as much.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        # Only the thread that applies a batch (or hands the lead over) sets, one after the other.
+        if self._lock.locked():
+            self._lock.release()
+
+    def wait(self) -> None:
+        self._lock.acquire()
+
+
 @dataclass
 class _Slot(Generic[T, R]):
     item: T
-    ready: threading.Event = field(default_factory=threading.Event)
+    ready: _Signal = field(default_factory=_Signal)
     result: R | Exception | None = None
     lead: bool = False
 

@@ -15,11 +15,18 @@ more. The text of the statement depends only on the table and its
 columns, so psycopg prepares it once per connection and the server plans it
 once. SQLite keeps SQLAlchemy's Core ``executemany`` (it runs in-process,
 where a statement per row costs little).
+
+:func:`insert_tables` goes one step further: the inserts of several tables are
+the ``WITH`` queries of a single statement, so a whole unit of work is one
+round trip. Each statement costs the client about 60-100 µs of CPU (psycopg
+and SQLAlchemy, whatever its size), which at one statement per table was a
+quarter of the ingest path's own CPU.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
@@ -56,6 +63,152 @@ def insert_rows(
     document = orjson.dumps(rows, option=orjson.OPT_NAIVE_UTC).decode()
     result = session.connection().exec_driver_sql(sql, (document,))
     return list(result.all()) if returning else []
+
+
+@dataclass(frozen=True)
+class Link:
+    """Rows that name a row of another table written by the same call, by that row's key.
+
+    A row whose ``field`` (a dict key, not a column) is set takes as ``column``
+    the id of the row of ``parent`` inserted by the same :func:`insert_tables`
+    whose ``parent_key`` column equals it; if that row was not inserted (it
+    existed already: the parent's ``on_conflict`` skipped it), the row is
+    skipped too. Rows without ``field`` keep their own ``column``.
+    """
+
+    field: str
+    parent: str
+    parent_key: str
+    column: str
+
+
+@dataclass(frozen=True)
+class TableRows:
+    """The rows of one table for :func:`insert_tables` (dicts with the same keys)."""
+
+    table: Table
+    rows: Sequence[dict[str, Any]]
+    on_conflict: str | None = None
+    returning: tuple[str, ...] = ()
+    link: Link | None = None
+
+
+def insert_tables(session: Session, parts: Sequence[TableRows]) -> list[tuple[Any, ...]]:
+    """Insert the rows of several tables in one statement (PostgreSQL), in the session's transaction.
+
+    Each part behaves as :func:`insert_rows` with its ``on_conflict``; parts
+    without rows are left out. At most one part may have ``returning``: its
+    inserted rows are what this returns. A part that another one links to must
+    come before it. On PostgreSQL the parts are the data-modifying ``WITH``
+    queries of one statement, whose text depends only on the tables and
+    columns (prepared once per connection); it costs one round trip and one
+    statement for the whole unit instead of one per table. On SQLite, one
+    ``executemany`` per table, in order.
+    """
+    parts = [p for p in parts if p.rows]
+    present = {p.table.name for p in parts}
+    # A parent without rows inserted none: the rows linked to it are skipped.
+    parts = [
+        replace(p, rows=[r for r in p.rows if r.get(p.link.field) is None], link=None)
+        if p.link is not None and p.link.parent not in present
+        else p
+        for p in parts
+    ]
+    parts = [p for p in parts if p.rows]
+    if len([p for p in parts if p.returning]) > 1:
+        raise ValueError("at most one part of insert_tables may return rows")
+    if not parts:
+        return []
+    if session.get_bind().dialect.name != "postgresql":
+        return _insert_tables_one_by_one(session, parts)
+    shapes = tuple(
+        (p.table, _columns(p), p.on_conflict, p.returning, p.link, _linked_keys(p, parts)) for p in parts
+    )
+    documents: list[str] = []
+    for p in parts:
+        documents.append(orjson.dumps(p.rows, option=orjson.OPT_NAIVE_UTC).decode())
+        if p.link is not None:
+            documents.append(orjson.dumps([r.get(p.link.field) for r in p.rows]).decode())
+    result = session.connection().exec_driver_sql(_tables_statement(shapes), tuple(documents))
+    return [tuple(r) for r in result.all()] if any(p.returning for p in parts) else []
+
+
+def _columns(part: TableRows) -> tuple[str, ...]:
+    columns = tuple(k for k in part.rows[0] if part.link is None or k != part.link.field)
+    if part.link is not None and part.link.column not in columns:
+        columns += (part.link.column,)
+    return columns
+
+
+def _linked_keys(part: TableRows, parts: Sequence[TableRows]) -> str | None:
+    """The key column by which a later part links to this one (it must then return it)."""
+    for other in parts:
+        if other.link is not None and other.link.parent == part.table.name:
+            return other.link.parent_key
+    return None
+
+
+@cache
+def _tables_statement(shapes: tuple[tuple[Any, ...], ...]) -> str:
+    ctes: list[str] = []
+    final = "SELECT 1 WHERE false"
+    for i, (table, columns, on_conflict, returning, link, linked_key) in enumerate(shapes):
+        names = ", ".join(table.c[name].name for name in columns)
+        if link is None:
+            source = f"SELECT {names} FROM json_populate_recordset(NULL::{table.name}, %s::json)"
+        else:
+            parent = next(j for j, shape in enumerate(shapes) if shape[0].name == link.parent)
+            # The rows, side by side with their link keys (a second JSON array, ``value``).
+            values = ", ".join(
+                f"CASE WHEN r.value IS NULL THEN r.{name} ELSE l.id END"
+                if name == link.column
+                else f"r.{name}"
+                for name in columns
+            )
+            source = (
+                f"SELECT {values} FROM ROWS FROM (json_populate_recordset(NULL::{table.name}, %s::json),"
+                f" json_array_elements_text(%s::json)) AS r"
+                f" LEFT JOIN t{parent} AS l ON l.{link.parent_key} = r.value"
+                f" WHERE r.value IS NULL OR l.id IS NOT NULL"
+            )
+        back = tuple(returning) + tuple(c for c in (linked_key, "id") if linked_key and c not in returning)
+        ctes.append(
+            f"t{i} AS (INSERT INTO {table.name} ({names}) {source}"
+            + (f" ON CONFLICT ({on_conflict}) DO NOTHING" if on_conflict else "")
+            + (f" RETURNING {', '.join(back)}" if back else "")
+            + ")"
+        )
+        if returning:
+            final = f"SELECT {', '.join(returning)} FROM t{i}"
+    return f"WITH {', '.join(ctes)} {final}"
+
+
+def _insert_tables_one_by_one(session: Session, parts: Sequence[TableRows]) -> list[tuple[Any, ...]]:
+    ids: dict[str, dict[Any, Any]] = {}
+    out: list[tuple[Any, ...]] = []
+    for part in parts:
+        rows: Sequence[dict[str, Any]] = part.rows
+        link = part.link
+        if link is not None:
+            known = ids[link.parent]
+            rows = []
+            for row in part.rows:
+                row = dict(row)
+                key = row.pop(link.field, None)
+                if key is not None:
+                    if key not in known:
+                        continue  # the parent existed already (and so does this row)
+                    row[link.column] = known[key]
+                row.setdefault(link.column, None)
+                rows.append(row)
+        key = _linked_keys(part, parts)
+        back = tuple(part.returning) + tuple(c for c in (key, "id") if key and c not in part.returning)
+        got = insert_rows(session, part.table, rows, on_conflict=part.on_conflict, returning=back)
+        if key:
+            ids[part.table.name] = {getattr(r, key): r.id for r in got}
+        if part.returning:
+            out = [tuple(getattr(r, c) for c in part.returning) for r in got]
+    return out
 
 
 def _insert_executemany(
@@ -113,18 +266,51 @@ def _sequence_sql(table: str) -> str:
 def rows_by_ids(session: Session, table: Table, columns: tuple[str, ...], ids: list[str]) -> list[Row[Any]]:
     """Rows of ``table`` whose ``id`` is in ``ids``.
 
-    On PostgreSQL a fixed statement with an array parameter, prepared once per
+    On PostgreSQL a fixed statement with one parameter, prepared once per
     connection whatever the number of ids (an ``IN (...)`` list is a new
-    statement for every length).
+    statement for every length): the ids as a JSON array (:func:`ids_param`).
     """
     if not ids:
         return []
     conn = session.connection()
     if conn.dialect.name == "postgresql":
-        return conn.exec_driver_sql(_rows_by_ids_sql(table.name, columns), (ids,)).all()
+        return conn.exec_driver_sql(_rows_by_ids_sql(table.name, columns), (ids_param(ids),)).all()
     return conn.execute(select(*(table.c[name] for name in columns)).where(table.c.id.in_(ids))).all()
+
+
+#: SQL for "the text values of the JSON array parameter", usable as ``column = ANY(...)`` (an index scan).
+ANY_OF_JSON = "ARRAY(SELECT json_array_elements_text(%s::json))"
+
+
+def ids_param(ids: Sequence[str]) -> str:
+    """Text ids as the parameter of :data:`ANY_OF_JSON`.
+
+    psycopg dumps a Python list as an array in Python, element by element
+    (about 25 µs for 16 ids); orjson writes the JSON array in well under 1 µs.
+    """
+    return orjson.dumps(list(ids)).decode()
+
+
+def present_ids(table: Table, ids: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
+    """For :func:`select_together`: which of ``ids`` are in ``table``, as a JSON array (or NULL)."""
+    return _present_ids_sql(table.name), (ids_param(ids),)
+
+
+@cache
+def _present_ids_sql(table: str) -> str:
+    return f"(SELECT json_agg(id) FROM {table} WHERE id = ANY({ANY_OF_JSON}))::text"
+
+
+def select_together(session: Session, queries: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+    """PostgreSQL: the values of several scalar subqueries, in one statement (one round trip).
+
+    ``queries``: (parenthesised subquery, its parameters) each; the values come back in order.
+    """
+    sql = "SELECT " + ", ".join(q for q, _ in queries)
+    params = tuple(p for _, ps in queries for p in ps)
+    return list(session.connection().exec_driver_sql(sql, params).one())
 
 
 @cache
 def _rows_by_ids_sql(table: str, columns: tuple[str, ...]) -> str:
-    return f"SELECT {', '.join(columns)} FROM {table} WHERE id = ANY(%s)"
+    return f"SELECT {', '.join(columns)} FROM {table} WHERE id = ANY({ANY_OF_JSON})"

@@ -3,9 +3,10 @@
 Appending rows one ORM object at a time costs a statement each and the unit
 of work's bookkeeping. The unit buffers plain rows (and the transient objects
 of cases opened in the transaction, whose ids it allocates up front) and,
-just before the commit, writes each table with one statement
-(:mod:`dunning.store.bulk`). The ingest path's group commit puts many events
-in one transaction, so the same statements then carry the rows of all of them.
+just before the commit, writes them all with one statement
+(:func:`dunning.store.bulk.insert_tables`). The ingest path's group commit puts
+many events in one transaction, so the same statement then carries the rows of
+all of them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from dunning.engine.jobs import Dispatch, local_worker, wall_now
-from dunning.store.bulk import allocate_ids, insert_rows
+from dunning.store.bulk import Link, TableRows, allocate_ids, insert_tables
 from dunning.store.models import Case, Invoice, Job, Outbox, ProcessedEvent, TimelineEntry
 
 _JOB_DEFAULTS: dict[str, Any] = {
@@ -108,6 +109,12 @@ class Unit:
             self._case_ids.extend(ids)
             self._top_case_id = max(self._top_case_id, ids[-1])
 
+    def take_case_ids(self, ids: Sequence[int]) -> None:
+        """Ids for cases about to be opened, allocated by the caller's own statement (PostgreSQL)."""
+        if ids:
+            self._case_ids.extend(ids)
+            self._top_case_id = max(self._top_case_id, *ids)
+
     def new_case(self, session: Session, case: NewCase) -> NewCase:
         """Give a transient case its id and write it at flush (whatever its facts are by then)."""
         if not self._case_ids:
@@ -184,45 +191,33 @@ class Unit:
         )
 
     def flush(self, session: Session) -> None:
-        """Write everything buffered, one statement per table (called before commit, and by barriers)."""
-        if self.processed_events:
-            insert_rows(session, ProcessedEvent.__table__, self.processed_events)
-            self.processed_events = []
-        if self.invoices:
-            insert_rows(session, Invoice.__table__, self.invoices)
-            self.invoices = []
-        if self.cases:
-            insert_rows(
-                session, Case.__table__, [{k: getattr(case, k) for k in _CASE_COLUMNS} for case in self.cases]
-            )
-            self.cases = []
-        outbox_ids: dict[str, int] = {}
-        if self.outbox:
-            rows = insert_rows(
-                session, Outbox.__table__, self.outbox, on_conflict="key", returning=("key", "id")
-            )
-            outbox_ids = {r.key: r.id for r in rows}
-            self.outbox = []
-        jobs: list[dict[str, Any]] = []
-        for job in self.jobs:
-            key = job.pop("outbox_key", None)
-            if key is not None:
-                if key not in outbox_ids:
-                    continue  # the email already existed: its send job does too
-                job["outbox_id"] = outbox_ids[key]
-            jobs.append(job)
-        self.jobs = []
-        self._cases_with_jobs.clear()
+        """Write everything buffered, in one statement (called before commit, and by barriers).
+
+        A send job names its email by the outbox key: it takes that row's id, and is
+        skipped with it when the email already existed (its send job does too).
+        """
+        jobs = self.jobs
         due = [j for j in jobs if j["status"] == "claimed"]
         later = [j for j in jobs if j["status"] != "claimed"]
-        if later:
-            insert_rows(session, Job.__table__, later, on_conflict="key")
-        if due:
-            rows = insert_rows(session, Job.__table__, due, on_conflict="key", returning=("id", "queue"))
-            self.dispatch.extend(Dispatch(r.queue, r.id) for r in sorted(rows))
-        if self.timeline:
-            insert_rows(session, TimelineEntry.__table__, self.timeline)
-            self.timeline = []
+        link = Link(field="outbox_key", parent=Outbox.__tablename__, parent_key="key", column="outbox_id")
+        rows = insert_tables(
+            session,
+            [
+                TableRows(ProcessedEvent.__table__, self.processed_events),
+                TableRows(Invoice.__table__, self.invoices),
+                TableRows(
+                    Case.__table__, [{k: getattr(case, k) for k in _CASE_COLUMNS} for case in self.cases]
+                ),
+                TableRows(Outbox.__table__, self.outbox, on_conflict="key"),
+                TableRows(Job.__table__, later, on_conflict="key", link=link),
+                TableRows(Job.__table__, due, on_conflict="key", returning=("id", "queue"), link=link),
+                TableRows(TimelineEntry.__table__, self.timeline),
+            ],
+        )
+        self.dispatch.extend(Dispatch(queue, job_id) for job_id, queue in sorted(rows))
+        self.processed_events, self.invoices, self.cases = [], [], []
+        self.outbox, self.jobs, self.timeline = [], [], []
+        self._cases_with_jobs.clear()
 
 
 def unit_of(session: Session) -> Unit:

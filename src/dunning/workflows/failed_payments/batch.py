@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import orjson
 from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from dunning import contract as c
 from dunning.engine.batch import batch_of
-from dunning.store.bulk import rows_by_ids
+from dunning.store.bulk import ANY_OF_JSON, ids_param, rows_by_ids
 from dunning.store.models import Case, Customer, Invoice, Subscription
 from dunning.store.unit import unit_of
 
@@ -92,6 +93,15 @@ class PaymentsBatch:
         """Load (and lock) what the batch's failures will read, in a fixed number of statements."""
         _prefetch(session, events, self)
 
+    def prefetch_sql(self, events: list[c.Event]) -> tuple[str, tuple[Any, ...]] | None:
+        """PostgreSQL: the same lookups as one scalar subquery, for the engine's single statement."""
+        invoices = _failed_invoices(events)
+        return _lookup_sql(invoices) if invoices else None
+
+    def prefetched(self, session: Session, events: list[c.Event], found: Any) -> None:
+        """Keep what :meth:`prefetch_sql`'s subquery returned."""
+        _take(session, _failed_invoices(events), found, self)
+
 
 def payments_batch(session: Session) -> PaymentsBatch | None:
     """This workflow's part of the session's group commit, if it is one."""
@@ -103,19 +113,31 @@ def payments_batch(session: Session) -> PaymentsBatch | None:
 # Every case has its invoice row (both are written when the case opens), so locking the
 # invoices in id order also finds the cases to lock; the unique invoice_id of cases
 # backs this up (a missed case fails the batch, and each event is then applied alone).
-_PG_INVOICES = (
-    "SELECT i.id, i.status, i.subscription_id, i.amount_minor, i.currency, c.id"
+#
+# On PostgreSQL the lookups of a batch are one statement (one round trip, one result row,
+# parsed by orjson): the invoices locked as above, the subscriptions and customers, and the
+# ids of the cases to open (one per invoice without a case).
+_PG_PREFETCH = (
+    "(WITH inv AS ("
+    " SELECT i.id, i.status, i.subscription_id, i.amount_minor, i.currency, c.id AS case_id"
     " FROM invoices i LEFT JOIN cases c ON c.invoice_id = i.id"
-    " WHERE i.id = ANY(%s) ORDER BY i.id FOR UPDATE OF i"
+    f" WHERE i.id = ANY({ANY_OF_JSON}) ORDER BY i.id FOR UPDATE OF i)"
+    " SELECT json_build_array("
+    "(SELECT json_agg(json_build_array(id, status, subscription_id, amount_minor, currency, case_id))"
+    " FROM inv),"
+    f" (SELECT json_agg(json_build_array({', '.join(SubscriptionFacts._fields)}))"
+    f" FROM subscriptions WHERE id = ANY({ANY_OF_JSON})),"
+    f" (SELECT json_agg(json_build_array({', '.join(CustomerFacts._fields)}))"
+    f" FROM customers WHERE id = ANY({ANY_OF_JSON})),"
+    " (SELECT json_agg(nextval(pg_get_serial_sequence('cases', 'id')))"
+    " FROM generate_series(1, %s - (SELECT count(case_id) FROM inv))))::text)"
 )
 
 
 def _lock_invoices(session: Session, invoice_ids: list[str]) -> list[Row[Any]]:
-    """(invoice facts..., case id or None) of the invoices known, locked in id order."""
-    conn = session.connection()
-    if conn.dialect.name == "postgresql":
-        return conn.exec_driver_sql(_PG_INVOICES, (invoice_ids,)).all()
+    """(invoice facts..., case id or None) of the invoices known, locked in id order (SQLite)."""
     # SQLite: the transaction already holds the database's write lock (BEGIN IMMEDIATE).
+    conn = session.connection()
     return conn.execute(
         select(
             Invoice.id,
@@ -131,15 +153,76 @@ def _lock_invoices(session: Session, invoice_ids: list[str]) -> list[Row[Any]]:
     ).all()
 
 
-def _prefetch(session: Session, events: list[c.Event], batch: PaymentsBatch) -> None:
+def _failed_invoices(events: list[c.Event]) -> dict[str, tuple[str, str]]:
+    """(customer, subscription) of each invoice a failure in ``events`` names."""
     invoices: dict[str, tuple[str, str]] = {}
     for e in events:
         if isinstance(e, c.InvoicePaymentFailed):
             inv = e.data.invoice
             invoices[inv.id] = (inv.customer_id, inv.subscription_id)
+    return invoices
+
+
+def _lookup_sql(invoices: dict[str, tuple[str, str]]) -> tuple[str, tuple[Any, ...]]:
+    """PostgreSQL: the batch's lookups as one scalar subquery (JSON text), and its parameters."""
+    params = (
+        ids_param(sorted(invoices)),
+        ids_param(sorted({sub for _, sub in invoices.values()})),
+        ids_param(sorted({cus for cus, _ in invoices.values()})),
+        len(invoices),
+    )
+    return _PG_PREFETCH, params
+
+
+def _prefetch(session: Session, events: list[c.Event], batch: PaymentsBatch) -> None:
+    invoices = _failed_invoices(events)
     if not invoices:
         return
-    rows = _lock_invoices(session, sorted(invoices))
+    if session.get_bind().dialect.name == "postgresql":
+        sql, params = _lookup_sql(invoices)
+        _take(
+            session,
+            invoices,
+            session.connection().exec_driver_sql(f"SELECT {sql}", params).scalar_one(),
+            batch,
+        )
+        return
+    invoice_ids = sorted(invoices)
+    subscriptions = rows_by_ids(
+        session,
+        Subscription.__table__,
+        SubscriptionFacts._fields,
+        sorted({sub for _, sub in invoices.values()}),
+    )
+    customers = rows_by_ids(
+        session, Customer.__table__, CustomerFacts._fields, sorted({cus for cus, _ in invoices.values()})
+    )
+    _keep(
+        session,
+        invoices,
+        list(_lock_invoices(session, invoice_ids)),
+        list(subscriptions),
+        list(customers),
+        batch,
+    )
+
+
+def _take(session: Session, invoices: dict[str, tuple[str, str]], found: str, batch: PaymentsBatch) -> None:
+    """Keep what the PostgreSQL subquery returned (:func:`_lookup_sql`)."""
+    rows, subscriptions, customers, case_ids = orjson.loads(found)
+    _keep(session, invoices, rows or [], subscriptions or [], customers or [], batch, case_ids or [])
+
+
+def _keep(
+    session: Session,
+    invoices: dict[str, tuple[str, str]],
+    rows: list[Any],
+    subscriptions: list[Any],
+    customers: list[Any],
+    batch: PaymentsBatch,
+    new_case_ids: list[int] | None = None,
+) -> None:
+    """Remember the batch's facts; lock the cases it will update; hold ids for the cases it will open."""
     batch.invoices = {r[0]: InvoiceFacts(*r[:5]) for r in rows}
     case_ids = sorted(r[5] for r in rows if r[5] is not None)
     batch.cases_by_invoice = dict.fromkeys(invoices)
@@ -155,15 +238,12 @@ def _prefetch(session: Session, events: list[c.Event], batch: PaymentsBatch) -> 
             batch.cases_by_invoice[case.invoice_id] = case
     # Plain rows: opening a case only reads them. Any other event first runs a barrier,
     # which drops them, so an event that changes a customer is seen by the ones after it.
-    for row in rows_by_ids(
-        session,
-        Subscription.__table__,
-        SubscriptionFacts._fields,
-        sorted({sub for _, sub in invoices.values()}),
-    ):
+    for row in subscriptions:
         batch.subscriptions[row[0]] = SubscriptionFacts(*row)
-    for row in rows_by_ids(
-        session, Customer.__table__, CustomerFacts._fields, sorted({cus for cus, _ in invoices.values()})
-    ):
+    for row in customers:
         batch.customers[row[0]] = CustomerFacts(*row)
-    unit_of(session).reserve_case_ids(session, len(invoices) - len(case_ids))
+    unit = unit_of(session)
+    if new_case_ids is None:
+        unit.reserve_case_ids(session, len(invoices) - len(case_ids))
+    else:
+        unit.take_case_ids(new_case_ids)

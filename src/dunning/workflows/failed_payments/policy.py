@@ -11,7 +11,7 @@ in one transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from dunning.domain.policy import PlanPolicy
@@ -127,8 +127,6 @@ def planned_retry_at(facts: CaseFacts, policy: PlanPolicy, index: int) -> dateti
     """The policy's time for scheduled retry ``index`` (0-based), or None past the last."""
     if index >= len(policy.retry_days):
         return None
-    from datetime import timedelta
-
     return facts.opened_at + timedelta(days=policy.retry_days[index])
 
 
@@ -166,8 +164,22 @@ def _retry_job(facts: CaseFacts, policy: PlanPolicy, case_key: str) -> Job | Non
     due = next_retry_at(facts, policy)
     if due is None:
         return None
-    key = f"retry:{case_key}:s{facts.scheduled_retries_made}:a{facts.attempts_made}:{due:%Y%m%dT%H%M%S}"
+    key = f"retry:{case_key}:s{facts.scheduled_retries_made}:a{facts.attempts_made}:{_stamp(due)}"
     return Job(JobKind.RETRY, key, due)
+
+
+def _stamp(at: datetime) -> str:
+    """``f"{at:%Y%m%dT%H%M%S}"``: strftime costs about 4 µs, and every opened case formats one."""
+    if at.year < 1000:  # strftime does not pad these years the same way everywhere
+        return f"{at:%Y%m%dT%H%M%S}"
+    return at.isoformat(timespec="seconds")[:19].replace("-", "").replace(":", "")
+
+
+def _minute(at: datetime) -> str:
+    """``f"{at:%Y-%m-%d %H:%M}"``, without strftime (see :func:`_stamp`)."""
+    if at.year < 1000:
+        return f"{at:%Y-%m-%d %H:%M}"
+    return at.isoformat(sep=" ", timespec="minutes")[:16]
 
 
 def _replan(job: Job | None, now: datetime) -> Job | None:
@@ -186,21 +198,19 @@ def open_case(
     side effect of the last retry, so it happens on time even when no retry is
     scheduled (hard decline, no card).
     """
-    from datetime import timedelta
-
+    cls = classify_decline(decline_code)
     facts = CaseFacts(
         status=CaseStatus.OPEN,
         opened_at=now,
         decline_code=decline_code,
         has_payment_method=has_payment_method,
+        needs_new_payment_method=cls is not DeclineClass.SOFT,
     )
-    cls = facts.decline_class
-    facts = replace(facts, needs_new_payment_method=cls is not DeclineClass.SOFT)
-    jobs: list[Job] = [Job(JobKind.SUSPEND, f"suspend:{case_key}", suspend_at(facts, policy))]
-    final_at = final_notice_at(facts, policy)
+    cut = suspend_at(facts, policy)
+    jobs: list[Job] = [Job(JobKind.SUSPEND, f"suspend:{case_key}", cut)]
     for i, day in enumerate(policy.reminder_days):
         jobs.append(Job(JobKind.NOTICE, f"notice:{case_key}:reminder-{i + 1}", now + timedelta(days=day)))
-    jobs.append(Job(JobKind.NOTICE, f"notice:{case_key}:final", final_at))
+    jobs.append(Job(JobKind.NOTICE, f"notice:{case_key}:final", cut - policy.final_notice_before))
     retry = _retry_job(facts, policy, case_key)
     if retry:
         jobs.append(retry)
@@ -208,9 +218,7 @@ def open_case(
         facts=facts,
         jobs=tuple(jobs),
         notices=(Notice(NoticeKind.PAYMENT_FAILED, "opened", _failure_variant(facts)),),
-        timeline=(
-            f"case opened: {decline_code} ({cls.value}); access kept until {suspend_at(facts, policy):%Y-%m-%d %H:%M}Z",
-        ),
+        timeline=(f"case opened: {decline_code} ({cls.value}); access kept until {_minute(cut)}Z",),
     )
 
 
