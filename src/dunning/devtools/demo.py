@@ -4,8 +4,9 @@ Starts a private Redis, the sandbox billing API, the scheduler and real
 Dramatiq worker processes; plays a seeded customer base through weeks of
 simulated time (failed payments from :mod:`.demo_scenario`, lifecycle
 subscribers from :mod:`.demo_lifecycle`, customers accepting the annual offer
-through the HTTP app, one small price migration from :mod:`.demo_prices`); writes every email as ``.eml`` with an ``index.html``;
-prints the report; stops everything it started.
+through the HTTP app, one small price migration from :mod:`.demo_prices`);
+writes every email as ``.eml`` with an ``index.html``; prints the report;
+stops everything it started.
 """
 
 from __future__ import annotations
