@@ -361,3 +361,45 @@ def test_a_renewal_after_a_price_change_reports_the_new_plan_and_price() -> None
     sub = renewed(sandbox, second.at, second.data)
     assert (sub["plan"], sub["amount_minor"], sub["interval"]) == ("starter", 900, "month")
     assert sub["current_period_end"] == second.data["current_period_end"]
+
+
+def test_the_price_block_of_the_summary() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from dunning.devtools.demo_prices_run import PriceSummary, print_prices
+
+    summary = PriceSummary(
+        id="pm_20261206_abc123",
+        terms={
+            "status": "launched",
+            "plan": "legacy",
+            "currency": "EUR",
+            "interval": "month",
+            "new_amount_minor": 2400,
+            "notice_days": 14,
+            "offers": [{"kind": "step_up", "percent": 10, "months": 3}, {"kind": "downgrade"}],
+        },
+        members=15,
+        counts={"pending": 0, "notified": 1, "reminded": 1, "deferred": 0, "applied": 11, "skipped": 2},
+        choices={"step_up": 2, "annual_lock": 0, "downgrade": 1, "none": 0},
+        skipped=Counter({"canceled": 1, "plan changed": 1}),
+        emails=Counter({"price_change_notice": 15, "price_change_reminder": 14, "price_choice_confirmed": 3}),
+        changes=11,
+        keys=11,
+        replays=1,
+        double_changes=0,
+    )
+    out = StringIO()
+    print_prices(Console(file=out, width=300), summary, CURRENT_MINOR)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == (
+        "price migration pm_20261206_abc123 (launched): legacy EUR monthly €20.00 -> €24.00, 14 days' notice"
+    )
+    assert lines[1] == (
+        "  15 members: 15 notified, 14 reminded, 11 applied, 2 skipped (1 canceled, 1 plan changed), 2 still to apply"
+    )
+    # Only the offers this migration makes (no annual_lock), and "none" (keep the plan at the new price).
+    assert lines[2] == "  choices: step_up 2, downgrade 1, none 0 (3 confirmation emails)*"
+    assert lines[3] == "  billing sandbox: 11 change_plan calls for it (11 keys, 1 replay), 0 double changes"

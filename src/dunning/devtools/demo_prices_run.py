@@ -16,7 +16,6 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import httpx
 from rich.console import Console
@@ -50,7 +49,6 @@ class PriceDesk:
         self.rt = rt
         self.app = app
         self.migration_id: str | None = None
-        self.notices = 0
 
     def launch(self, options: dict[str, Any]) -> str:
         """``dunning prices plan`` with ``options``, then ``dunning prices launch``; returns the id.
@@ -67,7 +65,7 @@ class PriceDesk:
         except Refused as exc:
             field = terms_module.OPTIONS.get(exc.field or "", exc.field)
             raise RuntimeError(f"dunning prices: {field}: {exc.reason}") from None
-        self.migration_id, self.notices = done.id, done.notices
+        self.migration_id = done.id
         return done.id
 
     def choose(self, subscription_id: str, offer: str) -> bool:
@@ -92,7 +90,7 @@ class PriceDesk:
             except LinkError:
                 continue  # the account button
             if (price_parts_of(claims.subject) or ("", "", ""))[2] == offer:
-                asyncio.run(self._open_and_confirm(subscription_id, urlsplit(f"/l/{token}").path))
+                asyncio.run(self._open_and_confirm(subscription_id, f"/l/{token}"))
                 return True
         raise RuntimeError(f"the price notice of {subscription_id} has no {offer} link")
 
@@ -191,7 +189,7 @@ def print_prices(console: Console, summary: PriceSummary, current_minor: int) ->
     console.print(f"  choices: {chosen} ({e[CONFIRMED]} confirmation emails)*")
     console.print(
         f"  billing sandbox: {summary.changes} change_plan calls for it ({summary.keys} keys,"
-        f" {summary.replays} replays), [bold]{summary.double_changes} double changes[/bold]"
+        f" {summary.replays} {'replay' if summary.replays == 1 else 'replays'}), [bold]{summary.double_changes} double changes[/bold]"
     )
     console.print(
         "[dim]* chosen as a customer does: the notice's link for the offer (GET /l/<token>) and the"
