@@ -6,7 +6,9 @@ the assertions hold for any start date: what the lifecycle story guarantees
 with two subscribers per group over the default 46 days (a card trial and a
 card-less one that adds a card convert, another lapses; one long-tenure
 subscriber accepts the offer; one owner of an expiring card updates it after
-the notice, within 40 days).
+the notice, within 40 days), and what the price story guarantees with its four
+legacy-plan subscribers (a step-up, a downgrade, one who does nothing: each
+price applies within 46 days; one cancels after the notice and is skipped).
 """
 
 from __future__ import annotations
@@ -83,3 +85,28 @@ def test_trials_switches_and_pre_dunning_card_updates(summary: str) -> None:
     cards = re.search(r"pre-dunning card updates: (\d+) of (\d+) customers warned", summary)
     assert cards and 1 <= int(cards.group(1)) <= int(cards.group(2)), summary
     assert "GET /l/<token>" in summary and "POST with its confirm_code" in summary
+
+
+def test_the_price_migration_block(summary: str) -> None:
+    head = re.search(
+        r"price migration (pm_\d{8}_[0-9a-f]{6}) \((\w+)\): legacy EUR monthly €20\.00 -> €24\.00, 14 days' notice",
+        summary,
+    )
+    assert head and head.group(2) == "completed", summary  # every member applied or skipped
+    counts = re.search(
+        r"(\d+) members: (\d+) notified, (\d+) reminded, (\d+) applied, (\d+) skipped \(canceled\),"
+        r" (\d+) still to apply",
+        summary,
+    )
+    assert counts, summary
+    members, notified, reminded, applied, skipped, left = map(int, counts.groups())
+    assert (members, notified, applied, skipped, left) == (4, 4, 3, 1, 0), summary
+    assert 3 <= reminded <= 4  # the canceler may be reminded before canceling
+    assert "choices: step_up 1, downgrade 1, none 0 (2 confirmation emails)*" in summary
+    calls = re.search(
+        r"billing sandbox: (\d+) change_plan calls for it \((\d+) keys, \d+ replays\), (\d+) double changes",
+        summary,
+    )
+    assert calls and (int(calls.group(1)), int(calls.group(2)), int(calls.group(3))) == (3, 3, 0), summary
+    assert "dunning prices plan --plan legacy --currency EUR --new-amount 2400" in summary
+    assert "the notice's link for the offer (GET /l/<token>)" in summary

@@ -1,4 +1,4 @@
-"""The demo's seeded customer base: the failed-payment story is pinned, the lifecycle story is valid and complete.
+"""The demo's seeded customer base: the failed-payment story is pinned, the lifecycle and price stories valid and complete.
 
 Pure: the stories are built and turned into contract events (the demo's own
 mapping, a Dramatiq stub broker, the sandbox billing state), no server runs.
@@ -20,10 +20,22 @@ from hypothesis import strategies as st
 from dunning.broker.names import EVENTS_QUEUE
 from dunning.client import Client
 from dunning.contract import parse_event
-from dunning.devtools.demo import _apply_to_sandbox, _send
+from dunning.devtools.demo import BY_HAND, _apply_to_sandbox, _send
 from dunning.devtools.demo_lifecycle import build_lifecycle, group_size
+from dunning.devtools.demo_lifecycle_run import renewed
+from dunning.devtools.demo_prices import (
+    CURRENT_MINOR,
+    NEW_MINOR,
+    build_prices,
+    command_line,
+    migration_options,
+    price_group_size,
+)
 from dunning.devtools.demo_scenario import Action, build_scenario
 from dunning.devtools.sandbox import SandboxServer
+from dunning.workflows.price_migrations import terms as terms_module
+from dunning.workflows.price_migrations.pricing import add_months, apply_at
+from dunning.workflows.price_migrations.rules import APPLY_LEAD, REMINDER_BEFORE
 
 START = datetime(2026, 12, 6, 9, tzinfo=UTC)
 STEP = timedelta(hours=6)
@@ -49,8 +61,8 @@ def _events(actions: list[Action], sandbox: SandboxServer | None = None) -> list
     broker.declare_queue(EVENTS_QUEUE)
     client, sandbox = Client(broker=broker), sandbox or SandboxServer(secret="test")
     for action in actions:
-        if action.kind == "accept_offer":
-            continue  # the customer on the HTTP app, not an event
+        if action.kind in BY_HAND and action.kind != "customer":
+            continue  # the customer on the HTTP app, or the operator's commands: not events
         _apply_to_sandbox(sandbox, action)
         _send(client, sandbox, action)
     return [parse_event(Message.decode(raw).args[0]) for raw in list(broker.queues[EVENTS_QUEUE].queue)]
@@ -239,3 +251,155 @@ def test_the_demo_policy_prices_the_upgrade_and_keeps_its_dunning_rules() -> Non
     assert (lifecycle.monthly_price("pro", "USD"), lifecycle.monthly_price("starter", "EUR")) == (4900, 900)
     assert policy.version == "demo-1"
     assert policy.for_plan("pro").end_action == "downgrade"
+
+
+# -- the price migration ---------------------------------------------------------------------------
+
+
+def _prices(seed: int = 7, subscriptions: int = 300, days: int = 46, start: datetime = START) -> list[Action]:
+    return build_prices(seed=seed, subscriptions=subscriptions, days=days, start=start).actions
+
+
+def test_the_price_story_has_its_own_ids_and_stream_and_valid_events_on_the_grid() -> None:
+    scenario = build_scenario(seed=7, subscriptions=300, days=46, start=START).actions
+    lifecycle, prices = _story(), _prices()
+    ids = {a.data["id"] for a in prices if a.kind in ("customer", "subscription")}
+    assert all(i.startswith(("cus_P", "sub_P")) for i in ids) and len(ids) == 2 * 15
+    others = {a.data.get("id") for a in scenario + lifecycle if a.kind in ("customer", "subscription")}
+    assert not ids & others
+    events = _events(prices)  # raises InvalidEvent naming the field on any refusal
+    assert len(events) == sum(a.kind not in BY_HAND or a.kind == "customer" for a in prices)
+    assert all(a.at >= START and (a.at - START) % STEP == timedelta(0) for a in prices)
+    assert [a.at for a in prices] == sorted(a.at for a in prices)
+    assert _fingerprint(_prices()) == _fingerprint(prices) != _fingerprint(_prices(seed=8))
+    # The other stories are those the README's figures come from, price story or not.
+    assert _fingerprint(_story()) == _fingerprint(lifecycle)
+
+
+def test_the_price_group_scales_and_has_every_answer_to_the_notice() -> None:
+    assert (price_group_size(300), price_group_size(10), price_group_size(1000)) == (15, 4, 50)
+    big = build_prices(seed=7, subscriptions=300, days=46, start=START)
+    assert Counter(big.roles.values()) == {"none": 11, "step_up": 2, "downgrade": 1, "cancel": 1}
+    small = build_prices(seed=7, subscriptions=10, days=46, start=START)
+    assert Counter(small.roles.values()) == {"none": 1, "step_up": 1, "downgrade": 1, "cancel": 1}
+    [launch] = [a for a in big.actions if a.kind == "price_launch"]
+    assert launch.at == START and launch.data == migration_options(START)
+    choices = {a.data["subscription_id"]: a.data["offer"] for a in big.actions if a.kind == "price_choice"}
+    assert choices == {sid: role for sid, role in big.roles.items() if role in ("step_up", "downgrade")}
+    [cancel] = [a for a in big.actions if a.kind == "cancel"]
+    assert big.roles[cancel.data["subscription_id"]] == "cancel"
+    # Every customer and subscription is known from the first step, when the operator plans.
+    assert {a.at for a in big.actions if a.kind in ("customer", "subscription")} == {START}
+
+
+def test_the_migration_is_what_dunning_prices_plan_accepts() -> None:
+    options = migration_options(START)
+    terms = terms_module.from_options(options, now=START)
+    assert (terms.plan, terms.currency, terms.interval) == ("legacy", "EUR", "month")
+    assert terms.new_amount_minor == NEW_MINOR == CURRENT_MINOR * 120 // 100  # +20 %, below the guardrail
+    assert terms.guardrail_percent == 50 and terms.grandfather_months == 0
+    assert terms.notice_days == 14 and terms.short_notice  # below the policy's 30: given explicitly
+    assert terms.effective_at == datetime(2026, 12, 7, tzinfo=UTC)
+    assert [o["kind"] for o in terms.offers] == ["step_up", "downgrade"]
+    line = command_line(options)
+    assert line.startswith("dunning prices plan --plan legacy --currency EUR --new-amount 2400 ")
+    assert "--notice-days 14" in line and line.count("--offer ") == 2 and '--reason "' in line
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    subscriptions=st.integers(10, 600),
+    start=st.datetimes(datetime(2026, 1, 1), datetime(2030, 12, 31)).map(
+        lambda d: d.replace(minute=0, second=0, microsecond=0, tzinfo=UTC)
+    ),
+)
+def test_within_46_days_every_price_applies_and_the_answers_come_in_time(
+    seed: int, subscriptions: int, start: datetime
+) -> None:
+    story = build_prices(seed=seed, subscriptions=subscriptions, days=46, start=start)
+    terms = terms_module.from_options(migration_options(start), now=start)
+    end = start + timedelta(days=46)
+    # Quiet hours may hold a notice back for up to a day: the latest the notice rule can count from.
+    late_notice = start + timedelta(days=1)
+    subs = {a.data["id"]: a.data for a in story.actions if a.kind == "subscription"}
+    for sid, role in story.roles.items():
+        first = datetime.fromisoformat(subs[sid]["current_period_end"])
+        applies = [
+            apply_at(first, "month", 1, terms.effective_at, 0, notice, 14) for notice in (start, late_notice)
+        ]
+        renewals = [a.at for a in story.actions if a.kind == "renewal" and a.data["id"] == sid]
+        if role == "cancel":
+            [cancel] = [a.at for a in story.actions if a.kind == "cancel"]
+            # After the 14 days the auto-pause watches, before the price's call is recorded.
+            assert late_notice + timedelta(days=14) < cancel < min(applies) - APPLY_LEAD
+            assert renewals == [r for r in renewals if r < cancel]
+            continue
+        assert max(applies) - APPLY_LEAD < end  # the change_plan is made inside the story
+        assert min(applies) - REMINDER_BEFORE > late_notice  # and a reminder goes before it
+        assert renewals == [add_months(first, k) for k in range(len(renewals))] and renewals[0] == first
+        choice = [
+            a.at for a in story.actions if a.kind == "price_choice" and a.data["subscription_id"] == sid
+        ]
+        if role == "none":
+            assert choice == []
+        else:
+            [at] = choice
+            assert start + timedelta(days=1) <= at < min(applies) - APPLY_LEAD
+
+
+def test_a_renewal_after_a_price_change_reports_the_new_plan_and_price() -> None:
+    story = build_prices(seed=7, subscriptions=300, days=46, start=START)
+    sid = next(sid for sid, role in story.roles.items() if role == "downgrade")
+    first, second = [a for a in story.actions if a.kind == "renewal" and a.data["id"] == sid][:2]
+    sandbox = SandboxServer(secret="test")
+    _events([a for a in story.actions if a.at <= START], sandbox)
+    body = {"plan": "starter", "amount_minor": 900, "currency": "EUR", "effective_at": second.at.isoformat()}
+    assert sandbox.state.act_on_subscription(sid, "change_plan", json.dumps(body).encode()).status == 200
+    # Before the renewal the change is effective at, the billing system still bills the old price.
+    assert renewed(sandbox, first.at, first.data) == first.data
+    sub = renewed(sandbox, second.at, second.data)
+    assert (sub["plan"], sub["amount_minor"], sub["interval"]) == ("starter", 900, "month")
+    assert sub["current_period_end"] == second.data["current_period_end"]
+
+
+def test_the_price_block_of_the_summary() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from dunning.devtools.demo_prices_run import PriceSummary, print_prices
+
+    summary = PriceSummary(
+        id="pm_20261206_abc123",
+        terms={
+            "status": "launched",
+            "plan": "legacy",
+            "currency": "EUR",
+            "interval": "month",
+            "new_amount_minor": 2400,
+            "notice_days": 14,
+            "offers": [{"kind": "step_up", "percent": 10, "months": 3}, {"kind": "downgrade"}],
+        },
+        members=15,
+        counts={"pending": 0, "notified": 1, "reminded": 1, "deferred": 0, "applied": 11, "skipped": 2},
+        choices={"step_up": 2, "annual_lock": 0, "downgrade": 1, "none": 0},
+        skipped=Counter({"canceled": 1, "plan changed": 1}),
+        emails=Counter({"price_change_notice": 15, "price_change_reminder": 14, "price_choice_confirmed": 3}),
+        changes=11,
+        keys=11,
+        replays=1,
+        double_changes=0,
+    )
+    out = StringIO()
+    print_prices(Console(file=out, width=300), summary, CURRENT_MINOR)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == (
+        "price migration pm_20261206_abc123 (launched): legacy EUR monthly €20.00 -> €24.00, 14 days' notice"
+    )
+    assert lines[1] == (
+        "  15 members: 15 notified, 14 reminded, 11 applied, 2 skipped (1 canceled, 1 plan changed), 2 still to apply"
+    )
+    # Only the offers this migration makes (no annual_lock), and "none" (keep the plan at the new price).
+    assert lines[2] == "  choices: step_up 2, downgrade 1, none 0 (3 confirmation emails)*"
+    assert lines[3] == "  billing sandbox: 11 change_plan calls for it (11 keys, 1 replay), 0 double changes"

@@ -4,8 +4,9 @@ Starts a private Redis, the sandbox billing API, the scheduler and real
 Dramatiq worker processes; plays a seeded customer base through weeks of
 simulated time (failed payments from :mod:`.demo_scenario`, lifecycle
 subscribers from :mod:`.demo_lifecycle`, customers accepting the annual offer
-through the HTTP app); writes every email as ``.eml`` with an ``index.html``;
-prints the report; stops everything it started.
+through the HTTP app, one small price migration from :mod:`.demo_prices`);
+writes every email as ``.eml`` with an ``index.html``; prints the report;
+stops everything it started.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from dunning.devtools.demo_lifecycle_run import (
     register,
     renewed,
 )
+from dunning.devtools.demo_prices import CURRENT_MINOR, build_prices, command_line, migration_options
+from dunning.devtools.demo_prices_run import PriceDesk, price_summary, print_prices
 from dunning.devtools.demo_scenario import DEMO_POLICY, Action, build_scenario
 from dunning.devtools.embedded_redis import RedisProcess
 from dunning.devtools.sandbox import SandboxServer
@@ -45,6 +48,8 @@ from dunning.store.models import Case, DeadLetter, Job, Outbox, ProcessedEvent
 
 STEP = timedelta(hours=6)
 STALL_S = 90.0
+#: What customers and the operator do by hand (the HTTP app, the prices commands), not billing events.
+BY_HAND = ("customer", "accept_offer", "price_choice", "price_launch")
 
 
 class DemoError(RuntimeError):
@@ -183,10 +188,12 @@ def run_demo(
             )
             client = Client(redis_url)
             offers = OfferTaker(rt, client.broker)
+            desk = PriceDesk(rt, offers.app)
         scenario = build_scenario(seed=seed, subscriptions=subscriptions, days=days, start=start)
         # Its own random stream and ids: the failed-payment story above is the same with or without it.
         story = build_lifecycle(seed=seed, subscriptions=subscriptions, days=days, start=start)
-        actions = sorted(scenario.actions + story.actions, key=lambda a: a.at)
+        prices = build_prices(seed=seed, subscriptions=subscriptions, days=days, start=start)
+        actions = sorted(scenario.actions + story.actions + prices.actions, key=lambda a: a.at)
         console.print(
             f"[bold]dunning demo[/bold]: {subscriptions} subscriptions, {scenario.failures} failed renewals, "
             f"{days} simulated days from {start:%Y-%m-%d}; {processes} worker processes; data in {directory}"
@@ -198,13 +205,30 @@ def run_demo(
             f"{g['expiring_cards']} expiring cards, {g['temporary_upgrades']} temporary upgrades, "
             f"{g['long_tenure']} long-tenure monthly"
         )
-        _play(console, rt, client, sandbox, offers, actions, start=start, days=days, procs=procs, logs=logs)
+        console.print(
+            f"and {len(prices.roles)} monthly subscribers on a legacy plan, whose price the operator raises"
+            f" at once (then `dunning prices launch ID`):\n  {command_line(migration_options(start))}",
+            markup=False,
+            highlight=False,
+        )
+        hands = {
+            "accept_offer": lambda a: offers.accept(a.data["subscription_id"]),
+            "price_choice": lambda a: desk.choose(a.data["subscription_id"], a.data["offer"]),
+        }
+        _play(
+            console, rt, client, sandbox, hands, desk, actions, start=start, days=days, procs=procs, logs=logs
+        )
         from dunning.mail.files import FileSender
         from dunning.ops import print_report
 
         index = FileSender(settings.outbox_dir).write_index() if settings.outbox_dir.exists() else None
         print_report(console, rt)
         print_lifecycle(console, lifecycle_summary(rt, sandbox))
+        double_changes = 0
+        if desk.migration_id is not None:
+            priced = price_summary(rt, sandbox, desk.migration_id)
+            print_prices(console, priced, CURRENT_MINOR)
+            double_changes = priced.double_changes
         stats = sandbox.state.stats()
         charges = sum(stats["charges"].values())
         console.print(
@@ -226,7 +250,7 @@ def run_demo(
         if index:
             console.print(f"emails: {index}  (open it in a browser; .eml files beside it)")
         console.print(f"finished in {time.monotonic() - started:.1f}s")
-        return 0 if stats["double_charges"] == 0 else 1
+        return 0 if stats["double_charges"] == 0 and double_changes == 0 else 1
     except DemoError as exc:
         console.print(f"[red]demo failed:[/red] {exc}")
         return 1
@@ -239,11 +263,13 @@ def run_demo(
                 rt.close()
 
 
-def _accept_offers(offers: OfferTaker, accepting: list[Action], queue: list[Action], now: datetime) -> None:
-    """Customers accept their annual offer; one whose offer email has not gone out yet tries next step."""
-    for action in accepting:
+def _by_hand(
+    hands: dict[str, Callable[[Action], bool]], batch: list[Action], queue: list[Action], now: datetime
+) -> None:
+    """Customers answer an email (annual offer, price notice); one whose email has not gone out tries next step."""
+    for action in (a for a in batch if a.kind in hands):
         try:
-            done = offers.accept(action.data["subscription_id"])
+            done = hands[action.kind](action)
         except RuntimeError as exc:
             raise DemoError(str(exc)) from None
         if not done:
@@ -256,7 +282,8 @@ def _play(
     rt: Runtime,
     client: Client,
     sandbox: SandboxServer,
-    offers: OfferTaker,
+    hands: dict[str, Callable[[Action], bool]],
+    desk: PriceDesk,
     actions: list[Action],
     *,
     start: datetime,
@@ -286,13 +313,10 @@ def _play(
             return outstanding(s, now=now) == 0
 
     def anything_due(until: datetime) -> bool:
+        # Claimed jobs too: the scheduler may claim a job the moment the clock moves, before the
+        # worker runs it; a step that did not wait for it would let it run at a later step.
         with rt.sessions() as s:
-            return (
-                s.execute(
-                    select(func.count()).select_from(Job).where(Job.status == "pending", Job.due_at <= until)
-                ).scalar_one()
-                > 0
-            )
+            return outstanding(s, now=until) > 0
 
     with Progress(
         TextColumn("[bold]day {task.fields[day]:>2}[/bold]"),
@@ -315,14 +339,21 @@ def _play(
             sent += len(customers)
             if customers:
                 _wait("customers", idle, procs, logs)
-            _accept_offers(offers, [a for a in batch if a.kind == "accept_offer"], queue, now)
-            events = [a for a in batch if a.kind not in ("customer", "accept_offer")]
+            _by_hand(hands, batch, queue, now)
+            events = [a for a in batch if a.kind not in BY_HAND]
             for action in events:
                 _apply_to_sandbox(sandbox, action)
                 _send(client, sandbox, action)
             sent += len(events)
             if batch or anything_due(now):
                 _wait(f"day {(now - start).days} to settle", idle, procs, logs)
+            # The operator's commands, once the subscriptions they select are stored.
+            for action in (a for a in batch if a.kind == "price_launch"):
+                try:
+                    desk.launch(action.data)
+                except RuntimeError as exc:
+                    raise DemoError(str(exc)) from None
+                _wait("the price notices", idle, procs, logs)
             now = rt.clock.advance(STEP)  # type: ignore[attr-defined]
             step += 1
             if step % 2 == 0 or now >= end:

@@ -100,12 +100,17 @@ def renewed(sandbox: SandboxServer, at: datetime, subscription: dict[str, Any]) 
     """The subscription the billing system reports after a renewal at ``at``.
 
     A monthly subscription that accepted the annual offer was switched by ``change_plan`` on the
-    billing sandbox: it renews as a yearly one at the annual price.
+    billing sandbox: it renews as a yearly one at the annual price. One whose plan or price a
+    price migration changed (``change_plan`` effective at this renewal or earlier) renews on it.
     """
     try:
         billed = sandbox.state.subscription(subscription["id"])
     except KeyError:
         return subscription
+    if billed.interval in (None, "month") and billed.plan_effective_at and billed.amount_minor is not None:
+        effective = datetime.fromisoformat(billed.plan_effective_at.replace("Z", "+00:00"))
+        if effective <= at:
+            return {**subscription, "plan": billed.plan, "amount_minor": billed.amount_minor}
     if subscription["interval"] != "month" or billed.interval != "year" or billed.amount_minor is None:
         return subscription
     ends = (at + timedelta(days=365)).astimezone(UTC).isoformat().replace("+00:00", "Z")
