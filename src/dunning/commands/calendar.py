@@ -45,12 +45,20 @@ def _print(console: Console, entries: list[dict[str, Any]], days: int) -> None:
         console.print(f"No notices in the next {days} days.")
         return
     table = Table(title=f"Notices in the next {days} days")
-    for column in ("due (customer's time)", "sends (after quiet hours)", "subscription", "kind", "reason"):
-        table.add_column(column, overflow="fold")
+    # Kinds and ids stay whole (people grep them); the reason wraps on a narrow terminal.
+    table.add_column("when (customer's time)", overflow="fold")
+    for column in ("subscription", "kind"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("reason", overflow="fold", min_width=16)
     for entry in entries:
         table.add_row(
-            f"{entry['due_local']} {entry['timezone']}" + (" (now)" if entry["now"] else ""),
-            entry["sends_local"] if entry["sends_local"] != entry["due_local"] else "",
+            f"{entry['due_local']} {entry['timezone']}"
+            + (" (now)" if entry["now"] else "")
+            + (
+                f", sent {entry['sends_local'][-5:]} after quiet hours"
+                if entry["sends_local"] != entry["due_local"]
+                else ""
+            ),
             entry["subscription_id"],
             entry["kind"] + (f" ({entry['variant']})" if entry["variant"] else ""),
             entry["reason"],
