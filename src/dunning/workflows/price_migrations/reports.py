@@ -35,7 +35,8 @@ def iso(at: datetime | None) -> str | None:
 
 
 def _percent(bp: int) -> float:
-    return float(Decimal(bp) / 100)
+    """Hundredths of a percent as a number with two decimals (5128 -> 51.28: the nearest float prints so)."""
+    return bp / 100
 
 
 def terms_json(migration: PriceMigration) -> dict[str, Any]:
@@ -147,7 +148,10 @@ def preview(
         .where(*guarded)
         .order_by(m.increase_bp.desc(), m.subscription_id)
     )
-    above = session.execute(query if guardrail_rows is None else query.limit(guardrail_rows)).all()
+    # Core, not ORM rows: this list can hold hundreds of thousands of subscribers.
+    above = (
+        session.connection().execute(query if guardrail_rows is None else query.limit(guardrail_rows)).all()
+    )
     above_count = (
         len(above)
         if guardrail_rows is None or len(above) < guardrail_rows
@@ -181,13 +185,13 @@ def preview(
         "above_guardrail_count": above_count,
         "above_guardrail": [
             {
-                "subscription_id": row.subscription_id,
-                "current_amount_minor": row.current_amount_minor,
-                "new_amount_minor": row.new_amount_minor,
-                "increase_minor": row.new_amount_minor - row.current_amount_minor,
-                "increase_percent": _percent(row.increase_bp),
+                "subscription_id": sub,
+                "current_amount_minor": current,
+                "new_amount_minor": new,
+                "increase_minor": new - current,
+                "increase_percent": _percent(bp),
             }
-            for row in above
+            for sub, current, new, bp in above
         ],
     }
 
