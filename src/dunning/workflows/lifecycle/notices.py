@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from babel.dates import format_skeleton
 from babel.numbers import format_percent
 
+from dunning.mail.links import checked_links
 from dunning.mail.render import N_
 
 if TYPE_CHECKING:
@@ -206,17 +207,7 @@ class LifecycleNotice:
         }
 
     def _checked_links(self) -> dict[str, str]:
-        links: dict[str, str] = {}
-        for name, url in self.links.items():
-            if name not in LINK_PURPOSES:
-                raise ValueError(f"links.{name}: unknown link (expected one of {', '.join(LINK_PURPOSES)})")
-            if not url:
-                continue
-            if not str(url).lower().startswith(("https://", "http://")):
-                # Our own signed links are always http(s); anything else in an email is a bug, or worse.
-                raise ValueError(f"links.{name}: expected an http(s) URL")
-            links[name] = str(url)
-        return links
+        return checked_links(self.links, LINK_PURPOSES)
 
 
 class _Facts:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from babel.numbers import format_percent
 from babel.units import format_unit
 
+from dunning.mail.links import checked_links
 from dunning.mail.render import N_
 from dunning.workflows.price_migrations.rules import CHOICES
 
@@ -142,16 +143,7 @@ class PriceNotice:
         }
 
     def _checked_links(self) -> dict[str, str]:
-        links: dict[str, str] = {}
-        for name, url in self.links.items():
-            if name not in LINK_NAMES:
-                raise ValueError(f"links.{name}: unknown link (expected one of {', '.join(LINK_NAMES)})")
-            if not url:
-                continue
-            if not str(url).lower().startswith(("https://", "http://")):
-                raise ValueError(f"links.{name}: expected an http(s) URL")
-            links[name] = str(url)
-        return links
+        return checked_links(self.links, LINK_NAMES)
 
 
 def _text(facts: Mapping[str, Any], key: str) -> str | None:
