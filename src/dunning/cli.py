@@ -371,6 +371,17 @@ def demo(
     )
 
 
+def _register() -> None:
+    from dunning.commands.calendar import calendar_command
+    from dunning.commands.prices import prices_app
+
+    app.command("calendar")(calendar_command)
+    app.add_typer(prices_app, name="prices")
+
+
+_register()
+
+
 def main() -> None:
     """Console-script entry point."""
     from dunning.logs import install

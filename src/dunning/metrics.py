@@ -15,9 +15,18 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from dunning.ops import queue_depths
-from dunning.store.models import Case, ChargeAttempt, DeadLetter, Job, Outbox
+from dunning.store.models import (
+    Case,
+    ChargeAttempt,
+    DeadLetter,
+    Job,
+    Outbox,
+    PriceMigration,
+    PriceMigrationMember,
+)
 
 if TYPE_CHECKING:
     from dunning.runtime import Runtime
@@ -102,6 +111,43 @@ class DunningCollector(Collector):
             ):
                 emails.add_metric([kind, status], n)
             yield emails
+            yield from _price_migrations(s)
+
+
+def _price_migrations(s: Session) -> Iterator[Metric]:
+    """Migrations by status, members of the running ones by state, and the cancellation alert."""
+    migrations = GaugeMetricFamily(
+        "dunning_price_migrations", "Price migrations by status", labels=["status"]
+    )
+    for status, n in s.execute(select(PriceMigration.status, func.count()).group_by(PriceMigration.status)):
+        migrations.add_metric([status], n)
+    yield migrations
+    members = GaugeMetricFamily(
+        "dunning_price_migration_members",
+        "Members of launched or paused price migrations by state",
+        labels=["migration", "state"],
+    )
+    for migration_id, state, n in s.execute(
+        select(PriceMigrationMember.migration_id, PriceMigrationMember.state, func.count())
+        .join(PriceMigration, PriceMigration.id == PriceMigrationMember.migration_id)
+        .where(PriceMigration.status.in_(("launched", "paused")))
+        .group_by(PriceMigrationMember.migration_id, PriceMigrationMember.state)
+    ):
+        members.add_metric([migration_id, state], n)
+    yield members
+    # The alert: 1 for each migration that paused itself because notified subscribers canceled.
+    alert = GaugeMetricFamily(
+        "dunning_price_migration_auto_paused",
+        "Price migrations paused by their cancellation alert (see `dunning prices status`)",
+        labels=["migration"],
+    )
+    for (migration_id,) in s.execute(
+        select(PriceMigration.id).where(
+            PriceMigration.status == "paused", PriceMigration.paused_reason.like("auto-paused%")
+        )
+    ):
+        alert.add_metric([migration_id], 1)
+    yield alert
 
 
 def registry_for(rt: Runtime, client: redis.Redis) -> CollectorRegistry:

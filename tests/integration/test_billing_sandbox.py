@@ -281,6 +281,50 @@ def test_subscription_calls_change_sandbox_state(sandbox: SandboxServer, client:
         client.suspend("sub_unknown", "sub_unknown:suspend")
 
 
+def test_change_plan_sends_the_billing_interval_only_when_given(
+    sandbox: SandboxServer, client: HttpBillingClient
+) -> None:
+    sandbox.state.add_subscription(
+        "sub_1", customer_id="cus_1", plan="pro", amount_minor=4_900, currency="EUR"
+    )
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    # A contract v1 body, byte for byte. The client, given no interval, sends exactly this body:
+    # under the same key the sandbox replays it (a different body would be 422 idempotency_key_reused).
+    v1 = b'{"plan":"basic","amount_minor":1900,"currency":"EUR","effective_at":"2026-12-01T00:00:00Z"}'
+    raw = httpx.post(
+        f"{sandbox.url}/subscriptions/sub_1/change_plan",
+        content=v1,
+        headers={
+            SIGNATURE_HEADER: sign(SECRET, v1),
+            "Idempotency-Key": "k-v1",
+            "Content-Type": "application/json",
+        },
+    )
+    assert raw.status_code == 200, raw.text
+    client.change_plan("sub_1", "k-v1", plan="basic", amount_minor=1_900, currency="EUR", effective_at=at)
+    assert sandbox.state.stats()["replays"] == 1
+    assert sandbox.state.subscription("sub_1").interval is None
+
+    client.change_plan(
+        "sub_1",
+        "k-year",
+        plan="pro",
+        amount_minor=49_980,
+        currency="EUR",
+        effective_at=at,
+        interval="year",
+        interval_count=1,
+    )
+    sub = sandbox.state.subscription("sub_1")
+    assert (sub.plan, sub.amount_minor, sub.interval, sub.interval_count) == ("pro", 49_980, "year", 1)
+    for bad in ({"interval": "fortnight"}, {"interval": "year", "interval_count": 0}):
+        with pytest.raises(BillingRejected, match="422 invalid_field"):
+            client.change_plan(
+                "sub_1", f"k-bad-{len(bad)}", plan="x", amount_minor=1, currency="EUR", effective_at=at, **bad
+            )
+    assert sandbox.state.subscription("sub_1").plan == "pro"
+
+
 def test_mutation_that_never_gets_through_is_unavailable(
     sandbox: SandboxServer, client: HttpBillingClient
 ) -> None:

@@ -30,6 +30,7 @@ COMMANDS = [
     ["dlq", "requeue"],
     ["dlq", "purge"],
     ["report"],
+    ["calendar"],
 ]
 
 

@@ -34,8 +34,9 @@ def test_redis_wiped_mid_run_claimed_jobs_come_back_through_leases(
         sc.setup_customers()
         sc.send_failures()
         sc.settle()
-        # Slow charges keep the day's work queued and in flight when Redis goes.
-        sc.sandbox.state.set_faults(latency_ms=100)
+        # Slow charges keep the day's work queued and in flight when Redis goes (100 ms was not
+        # always enough once dispatch got faster: every message could be fetched before the wipe).
+        sc.sandbox.state.set_faults(latency_ms=300)
         claimed_at_wipe: list[int] = []
         running_at_wipe: list[int] = []
 

@@ -400,3 +400,66 @@ def test_a_nul_in_a_customer_name_is_refused() -> None:
     ev = event("customer.upserted")
     ev["data"]["customer"]["name"] = "Jane\x00Doe"
     assert refuse(ev).field == "data.customer.name"
+
+
+# --- v1.1 and the dates a schema cannot compare (issue 10) ---------------------------
+
+
+def _subscription_event(**overrides: object) -> dict[str, object]:
+    sub: dict[str, object] = {
+        "id": "sub_1",
+        "customer_id": "cus_1",
+        "plan": "pro",
+        "status": "trialing",
+        "amount_minor": 4900,
+        "currency": "EUR",
+        "interval": "month",
+        "current_period_end": "2027-01-10T00:00:00Z",
+        "trial_end": "2027-01-10T00:00:00Z",
+    }
+    sub.update(overrides)
+    return {
+        "id": "evt_dates",
+        "type": "subscription.upserted",
+        "occurred_at": "2026-12-10T00:00:00Z",
+        "data": {"subscription": sub},
+    }
+
+
+def test_started_at_is_accepted_as_v1_1_tenure() -> None:
+    event = parse_event(_subscription_event(started_at="2026-01-01T00:00:00Z"))
+    assert event.data.subscription.started_at is not None  # type: ignore[union-attr]
+    assert event.data.subscription.started_at.year == 2026  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"trial_end": "2026-12-01T00:00:00Z"}, "data.subscription.trial_end"),
+        (
+            {
+                "status": "active",
+                "temporary_upgrade": {"plan": "max", "ends_at": "2026-12-09T00:00:00Z", "revert_to": "pro"},
+            },
+            "data.subscription.temporary_upgrade.ends_at",
+        ),
+        ({"started_at": "2027-02-01T00:00:00Z"}, "data.subscription.started_at"),
+        ({"interval": "fortnight"}, "data.subscription.interval"),
+        (
+            {"payment_method": {"present": True, "exp_month": 13, "exp_year": 2027}},
+            "data.subscription.payment_method.exp_month",
+        ),
+    ],
+)
+def test_impossible_lifecycle_dates_are_refused_naming_the_field(
+    overrides: dict[str, object], field: str
+) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        parse_event(_subscription_event(**overrides))
+    assert info.value.field == field
+    assert info.value.event_id == "evt_dates"
+
+
+def test_a_past_trial_end_is_fine_once_the_trial_is_over() -> None:
+    event = parse_event(_subscription_event(status="active", trial_end="2026-12-01T00:00:00Z"))
+    assert event.data.subscription.status == "active"  # type: ignore[union-attr]

@@ -16,7 +16,16 @@ def test_every_event_type_of_the_contract_has_a_handler() -> None:
 
 def test_registered_workflows_claim_distinct_kinds() -> None:
     check()
-    assert [w.name for w in workflows()] == ["failed_payments"]
+    assert [w.name for w in workflows()] == ["failed_payments", "lifecycle", "price_migrations"]
+    # The failed-payment handler stores the facts the lifecycle and price handlers read: it runs first.
+    names = [h.__module__ for h in event_handlers("subscription.upserted")]
+    assert names == [
+        "dunning.workflows.failed_payments.handlers",
+        "dunning.workflows.lifecycle.handlers",
+        "dunning.workflows.price_migrations.handlers",
+    ]
+    # Failed payments, the hot path, pay nothing for lifecycle notices.
+    assert len(event_handlers("invoice.payment_failed")) == 1
 
 
 def test_two_workflows_claiming_one_job_kind_are_refused() -> None:

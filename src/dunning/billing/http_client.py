@@ -220,12 +220,22 @@ class HttpBillingClient:
         amount_minor: int,
         currency: str,
         effective_at: datetime,
+        interval: str | None = None,
+        interval_count: int | None = None,
     ) -> None:
-        """Downgrade, or apply a migrated price, from ``effective_at`` (naive datetimes are taken as UTC)."""
-        payload = {
+        """Downgrade, switch billing interval, or apply a migrated price, from ``effective_at``.
+
+        Naive datetimes are taken as UTC. ``interval`` and ``interval_count`` go in the body
+        only when given (contract v1.1), so a v1 billing API sees exactly what it did before.
+        """
+        payload: dict[str, Any] = {
             "plan": plan,
             "amount_minor": amount_minor,
             "currency": currency,
             "effective_at": _iso_utc(effective_at),
         }
+        if interval is not None:
+            payload["interval"] = interval
+        if interval_count is not None:
+            payload["interval_count"] = interval_count
         self._mutate(f"/subscriptions/{_segment(subscription_id)}/change_plan", idempotency_key, payload)

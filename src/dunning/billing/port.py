@@ -89,6 +89,12 @@ class BillingPort(Protocol):
         amount_minor: int,
         currency: str,
         effective_at: datetime,
+        interval: str | None = None,
+        interval_count: int | None = None,
     ) -> None:
-        """Downgrade, or apply a migrated price, from ``effective_at``."""
+        """Downgrade, switch billing interval, or apply a migrated price, from ``effective_at``.
+
+        ``interval`` / ``interval_count`` (contract v1.1): the new billing period, e.g. ``"year"``
+        and 1 for a switch to annual billing; None keeps the subscription's own.
+        """
         ...

@@ -280,13 +280,27 @@ class RefusingRedisConsumer(_RedisConsumer):
 
 
 class DunningRedisBroker(RedisBroker):
-    """Dramatiq's Redis broker whose consumers park bytes that are not a message (``park(row)``)."""
+    """Dramatiq's Redis broker whose consumers park bytes that are not a message (``park(row)``).
 
-    def __init__(self, *, park: Callable[[dict[str, Any]], None], **kwargs: Any) -> None:
+    ``idle_poll_ms``, when set, caps how long a consumer whose queue was empty waits before asking
+    Redis again (Dramatiq backs off up to the worker's timeout, 1 s): the demo's short simulated
+    steps, each a chain of queues, would otherwise wait on idle consumers most of the time.
+    """
+
+    def __init__(
+        self, *, park: Callable[[dict[str, Any]], None], idle_poll_ms: int | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.park = park
+        self.idle_poll_ms = idle_poll_ms
         self.find_fetched = self.client.register_script(_FIND_FETCHED)
 
     @property
     def consumer_class(self) -> type[RefusingRedisConsumer]:
         return RefusingRedisConsumer
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> RefusingRedisConsumer:
+        """A consumer of ``queue_name``; its idle backoff is at most ``idle_poll_ms`` when that is set."""
+        if self.idle_poll_ms is not None:
+            timeout = min(timeout, self.idle_poll_ms)
+        return self.consumer_class(self, queue_name, prefetch, timeout)

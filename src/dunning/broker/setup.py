@@ -84,8 +84,11 @@ def build_broker(url: str, *, heartbeat_timeout_ms: int | None = None) -> Dunnin
     ]
     # Per million broker commands, how many also run Dramatiq's maintenance (Dramatiq: 1000).
     maintenance = int(os.environ.get("DUNNING_BROKER_MAINTENANCE_CHANCE", "1000"))
+    # Longest wait of a consumer on an empty queue before it asks again (unset: Dramatiq's, up to 1 s).
+    idle_poll = os.environ.get("DUNNING_BROKER_IDLE_POLL_MS")
     return DunningRedisBroker(
         park=_park_in_database,
+        idle_poll_ms=max(1, int(idle_poll)) if idle_poll else None,
         client=client,
         middleware=middleware,
         heartbeat_timeout=heartbeat_timeout_ms,

@@ -100,6 +100,8 @@ class Subscription(_Model):
     currency: Currency
     interval: Literal["day", "week", "month", "year"]
     interval_count: int = Field(default=1, ge=1, le=36)
+    #: v1.1: when the customer first subscribed (tenure); default: when we first saw the subscription.
+    started_at: Timestamp | None = None
     trial_end: Timestamp | None = None
     current_period_end: Timestamp
     cancel_at_period_end: bool = False
@@ -318,10 +320,40 @@ def _parse(raw: Any) -> Event:
             "type", f"unknown event type; expected one of {', '.join(EVENT_TYPES)}", event_id=event_id
         )
     try:
-        return _adapter.validate_python(raw)
+        event = _adapter.validate_python(raw)
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         raise InvalidEvent(_loc(tuple(first["loc"])), first["msg"], event_id=event_id) from None
+    if isinstance(event, SubscriptionUpserted):
+        _check_dates(event)
+    return event
+
+
+def _check_dates(event: SubscriptionUpserted) -> None:
+    """Dates that cannot be true when the event happened (a schema cannot compare two fields)."""
+    sub = event.data.subscription
+    if sub.status == "trialing" and sub.trial_end is not None and sub.trial_end < event.occurred_at:
+        raise InvalidEvent(
+            "data.subscription.trial_end",
+            f"a trialing subscription's trial cannot end ({sub.trial_end.isoformat()}) before the event"
+            f" occurred ({event.occurred_at.isoformat()})",
+            event_id=event.id,
+        )
+    upgrade = sub.temporary_upgrade
+    if upgrade is not None and upgrade.ends_at < event.occurred_at:
+        raise InvalidEvent(
+            "data.subscription.temporary_upgrade.ends_at",
+            f"the upgrade ends ({upgrade.ends_at.isoformat()}) before the event occurred"
+            f" ({event.occurred_at.isoformat()}); send the subscription without temporary_upgrade instead",
+            event_id=event.id,
+        )
+    if sub.started_at is not None and sub.started_at > event.occurred_at:
+        raise InvalidEvent(
+            "data.subscription.started_at",
+            f"the subscription cannot start ({sub.started_at.isoformat()}) after the event occurred"
+            f" ({event.occurred_at.isoformat()})",
+            event_id=event.id,
+        )
 
 
 def event_json_schema() -> dict[str, Any]:

@@ -70,6 +70,16 @@ end_action = "cancel"
 end_action = "downgrade"
 downgrade_plan = "starter"
 downgrade_amount_minor = 900
+
+# Lifecycle notices use the built-in defaults; these monthly list prices let a
+# temporary upgrade's prompt say what keeping Pro costs more a month.
+[prices.starter]
+EUR = 900
+USD = 900
+
+[prices.pro]
+EUR = 4900
+USD = 4900
 """
 
 

@@ -19,29 +19,67 @@ Example (every key optional; ``[plans.<plan>]`` tables override ``[defaults]``):
     end_action = "downgrade"
     downgrade_plan = "free"
     downgrade_amount_minor = 0
+
+Lifecycle notices (``dunning.domain.lifecycle_policy``; every section optional, each overridable
+per plan as ``[plans.<plan>.<section>]``, key by key)::
+
+    [renewals]
+    offsets_days = [30, 7]             # days before current_period_end
+    intervals = ["year"]               # billing intervals that get renewal notices
+
+    [card_expiry]
+    offsets_days = [30, 7]             # days before the card expires, when that is before the next charge
+
+    [annual_offer]
+    enabled = true
+    tenure_months = 3                  # since started_at (else since we first saw the subscription)
+    every_days = 180                   # at most one offer per this many days
+    discount_percent = 15              # 0 < p <= 50; or months_free = 1..6 (not both)
+
+    [trials]
+    offsets_days = [7, 3, 1]           # days before trial_end
+    outcome_delay_hours = 2            # converted/lapsed notice this long after trial_end
+
+    [temporary_upgrades]
+    offsets_days = [3, 1]              # days before ends_at; all but the first only for long tastes
+    long_taste_days = 7
+
+    [prices.pro]                       # monthly list prices (minor units), for upgrade price differences
+    EUR = 4900
+
+    [plans.pro.renewals]
+    offsets_days = [60, 30, 7]
 """
 
 from __future__ import annotations
 
 import itertools
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from dunning.errors import DunningError
+from dunning.domain.lifecycle_policy import (
+    DEFAULT_LIFECYCLE,
+    TOP_LEVEL_KEYS,
+    LifecyclePolicy,
+    lifecycle_from_dict,
+    split_plan_table,
+)
+from dunning.domain.policy_errors import PolicyError, validate_table
 
-
-class PolicyError(DunningError, ValueError):
-    """A policy file we refuse; the message starts with the dotted field path."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        self.field = field
-        self.reason = reason
-        super().__init__(f"{field}: {reason}")
+__all__ = [
+    "DEFAULT_POLICY",
+    "LifecyclePolicy",
+    "PlanPolicy",
+    "Policy",
+    "PolicyError",
+    "load_policy",
+    "policy_from_dict",
+]
 
 
 class _PlanFields(BaseModel):
@@ -139,10 +177,16 @@ class Policy:
     version: str
     default: PlanPolicy
     plans: dict[str, PlanPolicy]
+    lifecycle: LifecyclePolicy = DEFAULT_LIFECYCLE
+    lifecycle_plans: dict[str, LifecyclePolicy] = field(default_factory=dict)
 
     def for_plan(self, plan: str | None) -> PlanPolicy:
         """The policy of a plan, or the defaults."""
         return self.plans.get(plan or "", self.default)
+
+    def lifecycle_for(self, plan: str | None) -> LifecyclePolicy:
+        """The lifecycle-notice policy of a plan (its ``[plans.<plan>.<section>]`` overrides applied)."""
+        return self.lifecycle_plans.get(plan or "", self.lifecycle)
 
 
 def _resolve(fields: _PlanFields) -> PlanPolicy:
@@ -165,32 +209,15 @@ def _resolve(fields: _PlanFields) -> PlanPolicy:
 
 
 def _validate(prefix: str, data: Any) -> _PlanFields:
-    if not isinstance(data, dict):
-        raise PolicyError(prefix, "expected a table")
-    try:
-        return _PlanFields.model_validate(data)
-    except PolicyError as exc:
-        raise PolicyError(f"{prefix}.{exc.field}", exc.reason) from None
-    except ValidationError as exc:
-        err = exc.errors(include_url=False, include_input=False)[0]
-        loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
-        idx = "".join(f"[{p}]" for p in err["loc"] if isinstance(p, int))
-        where = f"{prefix}.{loc}{idx}" if loc else prefix
-        reason = err["msg"]
-        # A PolicyError raised inside a model validator arrives wrapped.
-        ctx_error = (err.get("ctx") or {}).get("error")
-        if isinstance(ctx_error, PolicyError):
-            where, reason = f"{prefix}.{ctx_error.field}", ctx_error.reason
-        elif reason.startswith("Value error, "):
-            reason = reason.removeprefix("Value error, ")
-        raise PolicyError(where, reason) from None
+    return validate_table(_PlanFields, prefix, data)
 
 
 def policy_from_dict(data: dict[str, Any]) -> Policy:
     """Validate a parsed policy document; errors name the field."""
-    unknown = set(data) - {"version", "defaults", "plans"}
+    unknown = set(data) - {"version", "defaults", "plans"} - TOP_LEVEL_KEYS
     if unknown:
-        raise PolicyError(sorted(unknown)[0], "unknown key (expected version, defaults, plans)")
+        expected = ", ".join(["version", "defaults", "plans", *sorted(TOP_LEVEL_KEYS)])
+        raise PolicyError(sorted(unknown)[0], f"unknown key (expected {expected})")
     version = data.get("version", "builtin")
     if not isinstance(version, str | int):
         raise PolicyError("version", "expected a string")
@@ -203,9 +230,17 @@ def policy_from_dict(data: dict[str, Any]) -> Policy:
     for name, overrides in plans_raw.items():
         if not isinstance(overrides, dict):
             raise PolicyError(f"plans.{name}", "expected a table")
-        merged = {**defaults_raw, **overrides}
+        flat, _ = split_plan_table(name, overrides)  # nested lifecycle sections are resolved below
+        merged = {**defaults_raw, **flat}
         plans[name] = _resolve(_validate(f"plans.{name}", merged))
-    return Policy(version=str(version), default=_resolve(defaults), plans=plans)
+    lifecycle, lifecycle_plans = lifecycle_from_dict(data, plans_raw)
+    return Policy(
+        version=str(version),
+        default=_resolve(defaults),
+        plans=plans,
+        lifecycle=lifecycle,
+        lifecycle_plans=lifecycle_plans,
+    )
 
 
 def load_policy(path: Path | None) -> Policy:

@@ -2,7 +2,7 @@
 
 A link token is ``base64url(json).base64url(hmac)``. Its claims are separate
 fields: the purpose (what the link may do), the customer, the subject it is
-about (``case:<id>``) and an expiry. :meth:`LinkSigner.verify` takes the
+about (``case:<id>``, ``sub:<id>``, ``price:<migration>:<sub>:<offer>``) and an expiry. :meth:`LinkSigner.verify` takes the
 purpose the page expects and refuses any other, so a leaked link is good for
 one thing, for one customer, for a limited time.
 
@@ -32,7 +32,12 @@ from dunning.errors import DunningError
 #: (resubscribe, switch back), which must not be an update-card link that still "works".
 UPDATE_PAYMENT_METHOD = "update_payment_method"
 MANAGE_ACCOUNT = "manage_account"
-PURPOSES: tuple[str, ...] = (UPDATE_PAYMENT_METHOD, MANAGE_ACCOUNT)
+#: The annual-switch offer's landing page: it shows the offer, and its button (a POST) accepts it.
+ACCEPT_ANNUAL_OFFER = "accept_annual_offer"
+#: A price migration's choice page (subject ``price:<migration>:<subscription>:<offer>``): it shows
+#: the offer, and its button (a POST) records the choice.
+PRICE_CHOICE = "price_choice"
+PURPOSES: tuple[str, ...] = (UPDATE_PAYMENT_METHOD, MANAGE_ACCOUNT, ACCEPT_ANNUAL_OFFER, PRICE_CHOICE)
 
 #: Longer tokens are refused before any decoding. A real one is a few hundred
 #: characters; the worst case (a 255-character id of astral-plane characters,
@@ -48,6 +53,10 @@ PORTAL_TOKEN_PARAM = "dunning_token"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,8000}\.[A-Za-z0-9_-]{1,100}", re.ASCII)
 _PORTAL_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,8000}\.[0-9a-f]{64}", re.ASCII)
 _CASE_SUBJECT = re.compile(r"case:([1-9][0-9]{0,9})", re.ASCII)
+_SUBSCRIPTION_PREFIX = "sub:"
+_PRICE_PREFIX = "price:"
+#: Subscription ids are at most 255 characters (the column); a longer one can name no subscription.
+_MAX_SUBSCRIPTION_ID = 255
 #: Case ids are 32-bit integers on PostgreSQL; a larger one can name no case.
 _MAX_CASE_ID = 2**31 - 1
 #: Expiry times must be representable as a datetime (year 9999 at most).
@@ -92,6 +101,55 @@ def case_id_of(subject: str) -> int | None:
     return int(found.group(1))
 
 
+def subscription_subject(subscription_id: str) -> str:
+    """The subject claim of a link about one subscription (lifecycle emails)."""
+    return f"{_SUBSCRIPTION_PREFIX}{subscription_id}"
+
+
+def subscription_id_of(subject: str) -> str | None:
+    """The subscription id a subject names, or None if it names no subscription.
+
+    Everything after ``sub:`` is the id (ids may themselves contain colons).
+    """
+    if not subject.startswith(_SUBSCRIPTION_PREFIX):
+        return None
+    found = subject[len(_SUBSCRIPTION_PREFIX) :]
+    return found if 0 < len(found) <= _MAX_SUBSCRIPTION_ID else None
+
+
+def price_subject(migration_id: str, subscription_id: str, offer: str) -> str:
+    """The subject claim of a link about one offer of a price migration to one subscription."""
+    return f"{_PRICE_PREFIX}{migration_id}:{subscription_id}:{offer}"
+
+
+def price_parts_of(subject: str) -> tuple[str, str, str] | None:
+    """``(migration id, subscription id, offer)`` a price subject names, or None if it names none.
+
+    Migration ids hold no colon and offers are single words, so the subscription id (which may
+    contain colons) is everything between the migration id and the last colon.
+    """
+    if not subject.startswith(_PRICE_PREFIX):
+        return None
+    rest, colon, offer = subject[len(_PRICE_PREFIX) :].rpartition(":")
+    migration_id, colon2, subscription_id = rest.partition(":")
+    if (
+        not (colon and colon2 and migration_id and offer)
+        or not 0 < len(subscription_id) <= _MAX_SUBSCRIPTION_ID
+    ):
+        return None
+    return migration_id, subscription_id, offer
+
+
+def subject_kind(subject: str) -> str:
+    """What a subject is about: the part before its first colon (``case``, ``sub``), or ``""``.
+
+    Workflows register their link pages per purpose and subject kind
+    (:attr:`dunning.engine.registry.Workflow.links`).
+    """
+    kind, colon, _ = subject.partition(":")
+    return kind if colon else ""
+
+
 @dataclass(frozen=True)
 class LinkClaims:
     """What a verified link is about. ``legacy`` marks a token made before claims were separate."""
@@ -126,6 +184,15 @@ class LinkSigner:
         """A full link, valid for ``ttl`` from ``now``."""
         token = self.token(purpose=purpose, customer=customer, subject=subject, expires_at=now + ttl)
         return f"{self.public_url}/l/{token}"
+
+    def form_code(self, token: str) -> str:
+        """The code a landing page puts in its confirm form, and its POST must send back.
+
+        Derived from the token, so only someone who opened the page (or holds the
+        secret) can send it: a bare POST to the link, as some prefetchers and
+        scanners make, acts on nothing.
+        """
+        return self._sign("form:" + token)
 
     def verify(self, token: str, *, purpose: str | tuple[str, ...], now: datetime) -> LinkClaims:
         """Check a token's signature, purpose and expiry; :class:`LinkError` for anything else.

@@ -60,7 +60,7 @@ def send_email(rt: Runtime, job: Job) -> Result:
             raise PermanentJobError(
                 f"outbox row {outbox.id}: no workflow writes notices of kind {outbox.kind!r}"
             )
-        if owner.stale is not None and owner.stale(session, outbox, rt.clock.now()) is not None:
+        if owner.stale is not None and owner.stale(rt, session, outbox, rt.clock.now()) is not None:
             outbox.status = "skipped"
             finish(session, job)
             return "skipped", []

@@ -1,4 +1,4 @@
-"""The registry of workflows: the events each reacts to, its job kinds and its notice kinds.
+"""The registry of workflows: the events each reacts to, its job kinds, notice kinds and link pages.
 
 The engine dispatches through this registry and names no workflow. The list of
 workflows is :data:`dunning.workflows.all.WORKFLOWS` (one line per workflow);
@@ -16,6 +16,9 @@ from datetime import datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from dunning.engine.link_pages import LinkPage, LinkPages
+from dunning.engine.links import subject_kind
+
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
@@ -31,7 +34,7 @@ EventHandler = Callable[["Runtime", "Session", "Event", datetime], Result]
 JobHandler = Callable[["Runtime", "Job"], Result]
 #: Why a notice due now is no longer true (e.g. its case was paid), or None to send it; the
 #: workflow writes a dropped notice on its timeline itself.
-NoticeCheck = Callable[["Session", "Outbox", datetime], "str | None"]
+NoticeCheck = Callable[["Runtime", "Session", "Outbox", datetime], "str | None"]
 #: Fills an outbox row's subject and bodies from the facts of the moment it is sent.
 NoticeRenderer = Callable[["Runtime", "Session", "Outbox", datetime], None]
 
@@ -52,6 +55,8 @@ class Workflow:
     stale: NoticeCheck | None = None
     #: Makes this workflow's part of a group commit (None: it loads nothing ahead).
     batch_part: Callable[[], BatchPart] | None = None
+    #: Customer links it answers: ``(purpose, subject kind)`` -> page (:mod:`dunning.engine.link_pages`).
+    links: LinkPages = field(default_factory=dict)
 
 
 @cache
@@ -79,19 +84,34 @@ def notice_owner(kind: str) -> Workflow | None:
     return next((w for w in workflows() if kind in w.notice_kinds), None)
 
 
+@cache
+def link_page(purpose: str, subject: str) -> LinkPage | None:
+    """The page that answers a link of ``purpose`` about ``subject`` (None: no workflow serves it)."""
+    key = (purpose, subject_kind(subject))
+    return next((w.links[key] for w in workflows() if key in w.links), None)
+
+
+@cache
+def link_purposes() -> tuple[str, ...]:
+    """Every purpose some workflow answers: the purposes a customer link may have."""
+    return tuple(dict.fromkeys(purpose for w in workflows() for purpose, _ in w.links))
+
+
 def batch_parts() -> dict[str, BatchPart]:
     """A fresh part of a group commit for each workflow that keeps one."""
     return {w.name: w.batch_part() for w in workflows() if w.batch_part is not None}
 
 
 def check(found: tuple[Workflow, ...] | None = None) -> None:
-    """Refuse a registry where two workflows claim one job kind or notice kind, or a name twice."""
+    """Refuse a registry where two workflows claim one job kind, notice kind or link page, or a name twice."""
     found = workflows() if found is None else found
-    for what in ("name", "jobs", "notice_kinds"):
+    for what in ("name", "jobs", "notice_kinds", "links"):
         seen: dict[str, str] = {}
         for w in found:
             keys = [w.name] if what == "name" else list(getattr(w, what))
             for key in keys:
+                if isinstance(key, tuple):
+                    key = " on ".join(key)
                 if key in seen:
                     raise ValueError(f"workflows: {what} {key!r} is claimed by {seen[key]} and {w.name}")
                 seen[key] = w.name

@@ -17,6 +17,7 @@ from dunning.http.links import customer_link_endpoint
 from dunning.signing import SIGNATURE_HEADER, SignatureError, verify
 
 if TYPE_CHECKING:
+    from dunning.engine.jobs import Dispatch
     from dunning.runtime import Runtime
 
 
@@ -67,7 +68,12 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
             )
         return JSONResponse({"accepted": event.id}, status_code=202)
 
-    link = customer_link_endpoint(rt)
+    def send_jobs_now(dispatch: list[Dispatch]) -> None:
+        from dunning.broker.enqueue import send_jobs
+
+        send_jobs(_client().broker, dispatch)
+
+    link = customer_link_endpoint(rt, send_jobs_now)
 
     def ops_denied(request: Request) -> Response | None:
         """None if the request may read ops data (``/``, ``/metrics``), else the 401 to send (dunning.http.auth)."""
@@ -142,7 +148,7 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
     return Starlette(
         routes=[
             Route("/events", events, methods=["POST"]),
-            Route("/l/{token}", link, methods=["GET"]),
+            Route("/l/{token}", link, methods=["GET", "POST"]),
             Route("/healthz", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/", ops, methods=["GET"]),

@@ -94,6 +94,15 @@ class Subscription(Base):
     current_period_end: Mapped[datetime] = mapped_column(UtcDateTime)
     trial_end: Mapped[datetime | None] = mapped_column(UtcDateTime)
     cancel_at_period_end: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Tenure starts here (contract v1.1 ``started_at``), else when we first saw the subscription.
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    first_seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # A temporary upgrade (a taste of a higher tier) and when we first heard of it: the
+    # taste's length decides how many reminders it gets.
+    upgrade_plan: Mapped[str | None] = mapped_column(String(255))
+    upgrade_ends_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    upgrade_revert_to: Mapped[str | None] = mapped_column(String(255))
+    upgrade_seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     # What we told the billing system about access; the billing system owns the rest.
     access: Mapped[str] = mapped_column(String(12), default="active")
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -200,6 +209,9 @@ class Job(Base):
     kind: Mapped[str] = mapped_column(String(20))
     queue: Mapped[str] = mapped_column(String(40))
     case_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    # What a job without a case is about (a subscription id for lifecycle notices): reconcile
+    # finds the pending jobs of the subjects it replans by this column.
+    subject: Mapped[str | None] = mapped_column(String(255), index=True)
     outbox_id: Mapped[int | None] = mapped_column(Integer)
     # none_as_null: "no payload" must be SQL NULL, which the retry-replacement query relies on.
     payload: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
@@ -247,6 +259,8 @@ class Outbox(Base):
     key: Mapped[str] = mapped_column(String(255), unique=True)  # kind:case:step
     kind: Mapped[str] = mapped_column(String(40))
     case_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    # The subscription the email is about (its timeline; "when did we last make this offer").
+    subscription_id: Mapped[str | None] = mapped_column(String(255), index=True)
     customer_id: Mapped[str] = mapped_column(String(255))
     to_email: Mapped[str] = mapped_column(String(320))
     locale: Mapped[str] = mapped_column(String(35))
@@ -293,6 +307,73 @@ class DeadLetter(Base):
     error_type: Mapped[str] = mapped_column(String(80))
     parked_at: Mapped[datetime] = mapped_column(UtcDateTime)
     requeued_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class PriceMigration(Base):
+    """A price change for the subscriptions on one plan, currency and interval (``dunning prices``).
+
+    ``draft`` -> ``launched`` (-> ``paused`` -> ``launched``) -> ``completed``, or ``canceled``
+    at any point before completion (what was applied stays applied).
+    """
+
+    __tablename__ = "price_migrations"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    status: Mapped[str] = mapped_column(String(12))
+    plan: Mapped[str] = mapped_column(String(255))
+    currency: Mapped[str] = mapped_column(String(3))
+    interval: Mapped[str] = mapped_column(String(10))
+    new_amount_minor: Mapped[int] = mapped_column(BigInteger)
+    effective_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    notice_days: Mapped[int] = mapped_column(Integer)
+    grandfather_months: Mapped[int] = mapped_column(Integer)
+    # [{"kind": "step_up", "percent": 10, "months": 6}, {"kind": "annual_lock"},
+    #  {"kind": "downgrade", "plan": "basic", "amount_minor": 1900}]
+    offers: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    reason: Mapped[str] = mapped_column(Text)
+    guardrail_percent: Mapped[int] = mapped_column(Integer)
+    # Auto-pause: more than this share of notified subscribers canceling within the window.
+    cancel_alert_percent: Mapped[int] = mapped_column(Integer, default=5)
+    cancel_alert_days: Mapped[int] = mapped_column(Integer, default=14)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    launched_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    paused_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Why it is paused (an operator, or the cancellation alert), shown by ``prices status``.
+    paused_reason: Mapped[str | None] = mapped_column(Text)
+    canceled_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class PriceMigrationMember(Base):
+    """One subscription in a migration: its terms, its planned dates, where it stands, its choice.
+
+    Computed set-based at plan time (``INSERT ... SELECT`` from subscriptions) and kept
+    up to date by the workflow; ``state``: pending | excluded | notified | reminded |
+    applied | skipped | deferred.
+    """
+
+    __tablename__ = "price_migration_members"
+    __table_args__ = (Index("ix_price_migration_members_state", "migration_id", "state"),)
+
+    migration_id: Mapped[str] = mapped_column(ForeignKey("price_migrations.id"), primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(String(255), primary_key=True, index=True)
+    customer_id: Mapped[str] = mapped_column(String(255))
+    current_amount_minor: Mapped[int] = mapped_column(BigInteger)
+    new_amount_minor: Mapped[int] = mapped_column(BigInteger)
+    increase_minor: Mapped[int] = mapped_column(BigInteger)
+    # Hundredths of a percent (1234 = 12.34 %): exact, and sortable in SQL.
+    increase_bp: Mapped[int] = mapped_column(Integer)
+    above_guardrail: Mapped[bool] = mapped_column(Boolean, default=False)
+    state: Mapped[str] = mapped_column(String(12))
+    notice_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    notified_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    reminded_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    applies_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    applied_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # step_up | annual_lock | downgrade | none (the customer said "keep the new price"); NULL: no choice yet.
+    choice: Mapped[str | None] = mapped_column(String(20))
+    choice_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    reason: Mapped[str | None] = mapped_column(Text)  # why skipped, deferred or excluded
 
 
 class SimulatedClock(Base):

@@ -30,6 +30,7 @@ _JOB_DEFAULTS: dict[str, Any] = {
     "crashes": 0,
     "retry_at": None,
     "case_id": None,
+    "subject": None,
     "outbox_id": None,
     "payload": None,
     "lease_until": None,

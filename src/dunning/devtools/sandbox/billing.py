@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from .model import (
     FAULT_KINDS,
     HARD_DECLINES,
+    INTERVALS,
     NEW_CARD_SUCCESS,
     SOFT_DECLINES,
     SUBSCRIPTION_ACTIONS,
@@ -332,6 +333,17 @@ class SandboxBilling:
             effective_at = data.get("effective_at")
             if not isinstance(effective_at, str) or not is_aware_iso(effective_at):
                 raise Invalid(422, "invalid_field", "effective_at")
+            interval, count = data.get("interval"), data.get("interval_count")
+            if interval is not None and interval not in INTERVALS:
+                raise Invalid(422, "invalid_field", "interval")
+            if count is not None and (
+                not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 36
+            ):
+                raise Invalid(422, "invalid_field", "interval_count")
             sub.plan, sub.amount_minor, sub.currency = plan, amount, currency
             sub.plan_effective_at = effective_at
+            if interval is not None:
+                sub.interval = interval
+            if count is not None:
+                sub.interval_count = count
         return Answer(200, {"status": "ok", "subscription": asdict(sub)})

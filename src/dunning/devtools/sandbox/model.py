@@ -28,6 +28,7 @@ UNLISTED_DECLINE_SUCCESS = 0.20
 NEW_CARD_SUCCESS = 0.92
 FAULT_KINDS = ("timeout", "error", "lost_answer")
 SUBSCRIPTION_ACTIONS = ("suspend", "reinstate", "cancel", "change_plan")
+INTERVALS = ("day", "week", "month", "year")  # as in subscription.upserted
 
 
 @dataclass
@@ -64,6 +65,9 @@ class SandboxSubscription:
     canceled: bool = False
     cancel_reason: str | None = None
     plan_effective_at: str | None = None
+    # Set by a change_plan that names them (contract v1.1); None: never changed through the API.
+    interval: str | None = None
+    interval_count: int | None = None
 
 
 @dataclass

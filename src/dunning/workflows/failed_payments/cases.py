@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
-from dunning.broker.names import JOBS_QUEUE, MAIL_QUEUE
-from dunning.domain.notices import deliver_at
+from dunning.broker.names import JOBS_QUEUE
 from dunning.domain.policy import PlanPolicy
 from dunning.engine.jobs import Dispatch, cancel_case_jobs, cancel_scheduled_retries
 from dunning.engine.links import case_subject
-from dunning.mail.message import message_id_for
+from dunning.engine.notices import Recipient, queue_email
 from dunning.store.models import Case, Customer, Outbox
 from dunning.store.unit import CaseRow, unit_of
 from dunning.workflows.failed_payments.notices import ACTION_PURPOSES, NoticeContext
@@ -68,19 +67,6 @@ def _store_facts(case: CaseRow, facts: CaseFacts) -> None:
     case.card_update_retries_used = facts.card_update_retries_used
     case.last_attempt_at = facts.last_attempt_at
     case.suspended_at = facts.suspended_at
-
-
-class Recipient(Protocol):
-    """What queuing a notice reads of a customer (an ORM row, or a prefetched snapshot)."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def email(self) -> str: ...
-    @property
-    def locale(self) -> str | None: ...
-    @property
-    def timezone(self) -> str | None: ...
 
 
 @dataclass
@@ -245,35 +231,15 @@ def write_notice(
             f"{notice.kind.value} not sent: customer unknown",
         )
         return
-    send_after = deliver_at(now, customer.timezone, policy.quiet_hours)
-    unit_of(session).add_outbox(
-        {
-            "key": key,
-            "kind": notice.kind.value,
-            "case_id": case.id,
-            "customer_id": customer.id,
-            "to_email": customer.email,
-            "locale": customer.locale or "en",
-            "variant": notice.variant,
-            "subject": None,
-            "html": None,
-            "text": None,
-            "message_id": message_id_for(key),
-            "status": "pending",
-            "send_after": send_after,
-            "created_at": now,
-            "sent_at": None,
-            "attempts": 0,
-            "last_error": None,
-        },
-        {
-            "key": f"send:{key}",
-            "kind": "send_email",
-            "queue": MAIL_QUEUE,
-            "case_id": case.id,
-            "due_at": send_after,
-            "payload": None,
-        },
+    send_after = queue_email(
+        session,
+        key=key,
+        kind=notice.kind.value,
+        customer=customer,
+        subscription_id=case.subscription_id,
+        case_id=case.id,
+        variant=notice.variant,
+        quiet_hours=policy.quiet_hours,
         now=now,
     )
     quiet = f" for {send_after:%Y-%m-%d %H:%M}Z (quiet hours)" if send_after > now else ""

@@ -223,7 +223,7 @@ def _billing(rt: Runtime, job: Job) -> Result:
 _ONLY_WHILE_UNPAID = frozenset({"payment_failed", "payment_reminder", "final_notice", "access_suspended"})
 
 
-def stale(session: Session, outbox: Outbox, now: datetime) -> str | None:
+def stale(rt: Runtime, session: Session, outbox: Outbox, now: datetime) -> str | None:
     """Why a notice due now is no longer true (its case is settled), or None to send it.
 
     A dropped notice is written on the case's timeline with the reason.

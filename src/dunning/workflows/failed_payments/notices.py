@@ -86,6 +86,10 @@ class NoticeContext:
 
     def template_values(self, fmt: Formatter) -> dict[str, Any]:
         """Every variable the failed-payment templates use, formatted for this customer."""
+        if self.kind not in KINDS:
+            # Templates of all workflows share one loader: another workflow's kind would be
+            # found, and then fail on variables this context does not give.
+            raise ValueError(f"kind: unknown notice kind {self.kind!r} for a failed-payment notice")
         variant: str | None
         if self.kind == "payment_failed":
             variant = self.decline_class if self.decline_class in DECLINE_CLASSES else "generic"

@@ -1,4 +1,4 @@
-"""The failed-payment workflow as the engine sees it: its events, job kinds and notice kinds."""
+"""The failed-payment workflow as the engine sees it: its events, job kinds, notice kinds and link pages."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dunning.workflows.failed_payments.batch import WORKFLOW_NAME, PaymentsBatch
 from dunning.workflows.failed_payments.cases import render_outbox
 from dunning.workflows.failed_payments.handlers import HANDLERS
 from dunning.workflows.failed_payments.jobs import JOBS, stale
+from dunning.workflows.failed_payments.links import LINK_PAGES
 from dunning.workflows.failed_payments.notices import KINDS
 
 WORKFLOW = Workflow(
@@ -17,4 +18,5 @@ WORKFLOW = Workflow(
     render_notice=render_outbox,
     stale=stale,
     batch_part=PaymentsBatch,
+    links=LINK_PAGES,
 )

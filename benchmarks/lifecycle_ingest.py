@@ -1,0 +1,192 @@
+"""Ingest of ``subscription.upserted`` (the lifecycle planner and reconcile) against the same no-ops.
+
+    uv run python -m benchmarks.lifecycle_ingest --threads 32 --events 10000 --noop-messages 30000
+
+Same stack and method as :mod:`benchmarks.ingest` (PostgreSQL, a seeded
+customer base with history, real ``dunning worker`` processes on the events
+queue, events pre-built and pipelined onto Redis): each event changes an
+existing subscription so that the planner has work to do: a third become
+yearly with a renewal 20-60 days out (renewal notices), a third start a trial
+ending in 5-15 days (trial reminders), a third are monthly with a card
+expiring before the renewal and a temporary upgrade (pre-dunning and upgrade
+prompts). Done = the events' ids in ``processed_events``. The summary line
+compares the steady rate with the product's no-op and the plain Dramatiq no-op
+measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import redis
+
+from benchmarks._common import (
+    Stack,
+    build_raw_messages,
+    fmt_rate,
+    iso,
+    loadavg,
+    push_raw,
+    record,
+    say,
+    seed_customers,
+    stack,
+    steady_rate,
+    wait_for_count,
+)
+from benchmarks.ingest import (
+    EVENTS_QUEUE,
+    INGEST_ACTOR,
+    PLAIN_NOOP_ACTOR,
+    PLAIN_NOOP_QUEUE,
+    Workers,
+    run_noop,
+)
+
+
+def subscription_event(run: str, i: int, customer: int, rng: random.Random) -> dict[str, Any]:
+    """A ``subscription.upserted`` that gives the planner something to plan."""
+    now = datetime.now(UTC)
+    sub: dict[str, Any] = {
+        "id": f"sub_{customer:07d}",
+        "customer_id": f"cus_{customer:07d}",
+        "plan": "pro",
+        "status": "active",
+        "amount_minor": 4900,
+        "currency": "EUR",
+        "interval": "month",
+        "current_period_end": iso(now + timedelta(days=rng.randint(20, 60))),
+    }
+    shape = i % 3
+    if shape == 0:
+        sub.update(interval="year", amount_minor=49000)
+    elif shape == 1:
+        end = iso(now + timedelta(days=rng.randint(5, 15)))
+        sub.update(status="trialing", trial_end=end, current_period_end=end)
+    else:
+        sub["payment_method"] = {
+            "present": True,
+            "brand": "visa",
+            "last4": "4242",
+            "exp_month": now.month,
+            "exp_year": now.year,
+        }
+        sub["temporary_upgrade"] = {
+            "plan": "max",
+            "ends_at": iso(now + timedelta(days=rng.randint(5, 14))),
+            "revert_to": "pro",
+        }
+    return {
+        "id": f"evt_sub_{run}_{i}",
+        "type": "subscription.upserted",
+        "occurred_at": iso(now),
+        "data": {"subscription": sub},
+    }
+
+
+def processed(conn: psycopg.Connection, run: str) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM processed_events WHERE id LIKE %s", (f"evt_sub_{run}_%",)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def push(
+    st: Stack,
+    client: redis.Redis,
+    conn: psycopg.Connection,
+    run: str,
+    n: int,
+    customers: int,
+    rng: random.Random,
+    timeout: float,
+) -> dict[str, Any]:
+    # Distinct customers per run: each event is a real change (a repeat of the same facts plans nothing new).
+    picks = rng.sample(range(customers), n)
+    msgs = build_raw_messages(
+        EVENTS_QUEUE, INGEST_ACTOR, [(subscription_event(run, i, c, rng),) for i, c in enumerate(picks)]
+    )
+    t0 = time.perf_counter()
+    push_raw(client, EVENTS_QUEUE, msgs)
+    curve = wait_for_count(lambda: processed(conn, run), n, timeout=timeout, poll=0.1, t0=t0)
+    elapsed = curve[-1][0]
+    return {
+        "events": n,
+        "elapsed_s": round(elapsed, 3),
+        "rate_e2e": round(n / elapsed, 1),
+        "rate_steady": round(steady_rate(curve, n), 1),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=5000, help="subscription.upserted events in the timed run")
+    p.add_argument("--noop-messages", type=int, default=20000)
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--threads", type=int, default=8)
+    p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--seed", type=int, default=7)
+    args = p.parse_args()
+    customers = args.events + 1000
+    rng = random.Random(args.seed)
+    results: dict[str, Any] = {"loadavg_before": loadavg()}
+    with stack("lifecycle-ingest") as st:
+        say(f"seeding {customers} customers and subscriptions")
+        results["seed_s"] = round(seed_customers(st.db_url, customers, seed=args.seed), 2)
+        client = redis.Redis.from_url(st.redis.url)
+        conn = psycopg.connect(st.pg.conninfo("bench") + " application_name=bench", autocommit=True)
+        results["noop"] = run_noop(st, client, args)
+        results["noop_plain_dramatiq"] = run_noop(
+            st,
+            client,
+            args,
+            module="benchmarks.noop_actor_plain",
+            queue=PLAIN_NOOP_QUEUE,
+            actor=PLAIN_NOOP_ACTOR,
+        )
+        cmd = [
+            "-m",
+            "dunning",
+            "worker",
+            "--processes",
+            str(args.processes),
+            "--threads",
+            str(args.threads),
+            "-Q",
+            EVENTS_QUEUE,
+        ]
+        with Workers(cmd, st.env(), st.work / "lifecycle-workers.log", args.processes):
+            # The warm-up uses customers the timed run does not touch.
+            warm_rng = random.Random(args.seed + 1)
+            push(st, client, conn, "warm", 300, customers, warm_rng, timeout=120)
+            time.sleep(1.5)
+            say(f"timed run: {args.events} subscription.upserted events")
+            results["ingest"] = push(
+                st, client, conn, "run", args.events, customers, rng, timeout=args.timeout
+            )
+        row = conn.execute("SELECT count(*) FROM jobs WHERE kind = 'lifecycle_notice'").fetchone()
+        results["lifecycle_jobs"] = int(row[0]) if row else 0
+        conn.close()
+    plain = results["noop_plain_dramatiq"]["rate_steady"]
+    results["ingest_vs_plain_ratio"] = round(results["ingest"]["rate_steady"] / plain, 3)
+    results["ingest_vs_noop_ratio"] = round(
+        results["ingest"]["rate_steady"] / results["noop"]["rate_steady"], 3
+    )
+    results["loadavg_after"] = loadavg()
+    say(
+        f"SUMMARY subscription.upserted ingest {fmt_rate(results['ingest']['rate_steady'])} steady "
+        f"({fmt_rate(results['ingest']['rate_e2e'])} end to end), {results['lifecycle_jobs']} notice jobs planned | "
+        f"product no-op {fmt_rate(results['noop']['rate_steady'])} | plain Dramatiq no-op {fmt_rate(plain)} | "
+        f"ingest {100 * results['ingest_vs_plain_ratio']:.1f}% of plain (target >= 40%)"
+    )
+    record("lifecycle_ingest", {**vars(args), "customers": customers}, results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Reconcile wanted jobs with pending ones: what a planner says should exist becomes the job table.
+
+A workflow that plans from facts (the lifecycle notices, price migrations) does
+not keep a diary of what it scheduled: on every fact change it hands the engine
+the full set of jobs it wants for some subjects, and the engine, in the
+caller's transaction,
+
+- inserts the wanted jobs that are missing (the job key is UNIQUE: a job
+  already there, pending or finished, is left alone, so a duplicate event or a
+  second scheduler adds nothing and a notice already sent is not sent again);
+- cancels the pending jobs of that kind for those subjects whose keys are no
+  longer wanted (a moved date makes a new key; the old one goes);
+- moves a pending job whose key is still wanted to the time now wanted;
+- brings back a canceled job whose key is wanted again (a trial extended, then
+  the extension withdrawn; an offer held while a payment was collected, then
+  released), at the time now wanted.
+
+Set-based: one SELECT, one INSERT and at most one UPDATE per call, however
+many subjects it covers (plus one UPDATE per revived or moved job, which is rare).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from dunning.engine.jobs import wall_now
+from dunning.store.models import Job
+from dunning.store.unit import unit_of
+
+
+@dataclass(frozen=True, slots=True)
+class WantedJob:
+    """A job a planner wants to exist."""
+
+    key: str
+    subject: str
+    due_at: datetime
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    """What a reconcile changed: the jobs it added, and the keys (with subjects) it canceled."""
+
+    added: list[WantedJob]
+    canceled: list[tuple[str, str]]
+
+
+def reconcile(
+    session: Session,
+    *,
+    kind: str,
+    queue: str,
+    subjects: Collection[str],
+    wanted: Sequence[WantedJob],
+    now: datetime,
+) -> Reconciled:
+    """Make the pending ``kind`` jobs of ``subjects`` be exactly ``wanted`` (see the module doc).
+
+    ``wanted`` jobs must belong to ``subjects``. Jobs due now are claimed and sent after
+    commit, like every job the unit writes.
+    """
+    if not subjects:
+        return Reconciled([], [])
+    by_key = {job.key: job for job in wanted}
+    unit = unit_of(session)
+    wanted_subjects = set(subjects)
+    # Jobs this transaction planned already (two fact changes in one group commit) count as
+    # stored; those no longer wanted are dropped from the buffer instead of canceled.
+    buffered = {
+        job["key"] for job in unit.jobs if job["kind"] == kind and job.get("subject") in wanted_subjects
+    }
+    if buffered - by_key.keys():
+        unit.jobs = [job for job in unit.jobs if job["key"] not in buffered or job["key"] in by_key]
+    stored = session.execute(
+        select(Job.key, Job.subject, Job.status, Job.due_at).where(
+            Job.kind == kind, Job.subject.in_(list(subjects))
+        )
+    ).all()
+    known = {row.key for row in stored} | buffered
+    doomed = [(row.key, row.subject) for row in stored if row.status == "pending" and row.key not in by_key]
+    if doomed:
+        session.execute(
+            update(Job)
+            .where(Job.key.in_([key for key, _ in doomed]), Job.status == "pending")
+            .values(status="canceled", finished_at=wall_now())
+        )
+    added = [job for key, job in by_key.items() if key not in known]
+    revived = [by_key[row.key] for row in stored if row.status == "canceled" and row.key in by_key]
+    # A wanted job whose time moved (a renewal moved within the same day keeps its key).
+    moved = [
+        by_key[row.key]
+        for row in stored
+        if row.status == "pending" and row.key in by_key and row.due_at != by_key[row.key].due_at
+    ]
+    for job in moved:  # rare: one statement each
+        session.execute(
+            update(Job).where(Job.key == job.key, Job.status == "pending").values(due_at=job.due_at)
+        )
+    for job in revived:  # rare: one statement each
+        session.execute(
+            update(Job)
+            .where(Job.key == job.key, Job.status == "canceled")
+            .values(
+                status="pending",
+                due_at=job.due_at,
+                payload=dict(job.payload),
+                finished_at=None,
+                last_error=None,
+            )
+        )
+    if added:
+        unit.add_jobs(
+            [
+                {
+                    "key": job.key,
+                    "kind": kind,
+                    "queue": queue,
+                    "subject": job.subject,
+                    "due_at": job.due_at,
+                    "payload": dict(job.payload),
+                }
+                for job in added
+            ],
+            now=now,
+        )
+    return Reconciled(added + revived, doomed)

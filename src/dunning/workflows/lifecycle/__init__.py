@@ -1,0 +1,1 @@
+"""Lifecycle notices: renewals, card expiry, the annual offer, trials and temporary upgrades."""

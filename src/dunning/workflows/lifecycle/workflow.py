@@ -1,0 +1,20 @@
+"""The lifecycle-notice workflow as the engine sees it: its events, job kinds, notice kinds and link pages."""
+
+from __future__ import annotations
+
+from dunning.engine.registry import Workflow
+from dunning.workflows.lifecycle import annual_switch, links
+from dunning.workflows.lifecycle.handlers import HANDLERS
+from dunning.workflows.lifecycle.jobs import JOBS, stale
+from dunning.workflows.lifecycle.notices import KINDS
+from dunning.workflows.lifecycle.rendering import render_outbox
+
+WORKFLOW = Workflow(
+    name="lifecycle",
+    events=HANDLERS,
+    jobs={**JOBS, **annual_switch.JOBS},
+    notice_kinds=KINDS,
+    render_notice=render_outbox,
+    stale=stale,
+    links={**links.LINK_PAGES, **annual_switch.LINK_PAGES},
+)

@@ -1,0 +1,20 @@
+"""The price-migration workflow as the engine sees it: its events, job kinds, notice kinds and link pages."""
+
+from __future__ import annotations
+
+from dunning.engine.registry import Workflow
+from dunning.workflows.price_migrations import choices
+from dunning.workflows.price_migrations.handlers import HANDLERS
+from dunning.workflows.price_migrations.jobs import JOBS
+from dunning.workflows.price_migrations.notices import KINDS
+from dunning.workflows.price_migrations.rendering import render_outbox, stale
+
+WORKFLOW = Workflow(
+    name="price_migrations",
+    events=HANDLERS,
+    jobs=JOBS,
+    notice_kinds=KINDS,
+    render_notice=render_outbox,
+    stale=stale,
+    links=choices.LINK_PAGES,
+)
