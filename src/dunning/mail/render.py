@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import css_inline
-from babel import Locale, UnknownLocaleError
+from babel import Locale
 from babel.dates import format_date, format_time, get_timezone_location
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
@@ -41,13 +41,14 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFo
 
 import dunning
 
+from .locales import SHIPPED_LANGUAGES, SOURCE_LANGUAGE, resolve_locale
+
 
 def N_(message: str) -> str:
     """Mark a string for extraction by pybabel without translating it here."""
     return message
 
 
-SOURCE_LANGUAGE = "en"
 _TEXT_WIDTH = 76
 _SIG_SEPARATOR = "-- "
 
@@ -134,39 +135,6 @@ def resolve_timezone(name: str | None) -> tzinfo:
         return UTC
 
 
-@lru_cache(maxsize=1024)
-def _resolve_locale(raw: str | None, languages: frozenset[str]) -> tuple[str, Locale]:
-    """(catalog language, formatting locale) for a profile's locale string.
-
-    The formatting locale keeps the territory (``fr_CA`` formats times its own
-    way) but only when we have a catalog for its language: French numbers
-    around English sentences would read as a bug.
-    """
-    fallback = (SOURCE_LANGUAGE, Locale.parse(SOURCE_LANGUAGE))
-    if not raw or not isinstance(raw, str):
-        return fallback
-    # Accept BCP 47 ("fr-CA"), POSIX ("fr_CA.UTF-8") and bare languages alike.
-    cleaned = raw.strip().split(".")[0].split("@")[0].replace("-", "_")
-    parts = [p for p in cleaned.split("_") if p]
-    if not parts:
-        return fallback
-    language = parts[0].lower()
-    if language not in languages:
-        return fallback
-    candidates = []
-    if len(parts) > 1:
-        candidates.append(f"{language}_{parts[-1].upper()}")
-    candidates.append(language)
-    for candidate in candidates:
-        try:
-            locale = Locale.parse(candidate)
-        except (UnknownLocaleError, ValueError, TypeError):
-            continue
-        if locale.language == language:
-            return language, locale
-    return fallback
-
-
 def _aware(value: datetime) -> datetime:
     # The contract says UTC-aware; a naive value is read as UTC rather than as server-local time.
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
@@ -240,10 +208,13 @@ class Renderer:
         folders = [email_dir, *sorted(p for p in email_dir.iterdir() if p.is_dir())]
         self._loader = FileSystemLoader(folders)
         locale_dir = self.templates_dir / "locale"
-        self._catalogs: dict[str, Path] = {}
-        if locale_dir.is_dir():
-            for po in sorted(locale_dir.glob("*/LC_MESSAGES/messages.po")):
-                self._catalogs[po.parent.parent.name] = po
+        # Only the shipped languages: a stray catalog nobody checks for completeness
+        # would mix English and other sentences in one email.
+        self._catalogs: dict[str, Path] = {
+            language: po
+            for language in SHIPPED_LANGUAGES
+            if (po := locale_dir / language / "LC_MESSAGES" / "messages.po").is_file()
+        }
         self.languages: frozenset[str] = frozenset({SOURCE_LANGUAGE, *self._catalogs})
         self._envs: dict[str, Environment] = {}
         self._translations: dict[str, gettext_module.NullTranslations] = {}
@@ -289,7 +260,7 @@ class Renderer:
 
     def render(self, ctx: Renderable) -> RenderedEmail:
         """Render one notice in the customer's language and timezone."""
-        language, locale = _resolve_locale(ctx.locale, self.languages)
+        language, locale = resolve_locale(ctx.locale, self.languages)
         env = self.environment(language)
         translations = self._translations[language]
         try:
