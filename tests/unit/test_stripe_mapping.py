@@ -37,7 +37,11 @@ def test_customer_created_becomes_customer_upserted() -> None:
     assert event.id == "evt_1QcusCreated0001"
     assert event.occurred_at.isoformat() == "2026-12-11T12:00:00+00:00"
     customer = event.data.customer
-    assert (customer.id, customer.email, customer.name) == ("cus_Stripe001", "ada@example.com", "Ada Lovelace")
+    assert (customer.id, customer.email, customer.name) == (
+        "cus_Stripe001",
+        "ada@example.com",
+        "Ada Lovelace",
+    )
     assert customer.locale == "fi-FI"  # Stripe's preferred_locales[0]
     assert customer.timezone == "Europe/Helsinki"  # from metadata.timezone
 
