@@ -52,6 +52,8 @@ class Settings:
     portal_secret: str | None = None
     #: Bearer token for the ops page and ``/metrics``; None: loopback clients only (dunning.http.auth).
     ops_token: str | None = None
+    #: Stripe webhook signing secrets (``whsec_…``), several during a rotation; empty: endpoint disabled.
+    stripe_webhook_secrets: tuple[str, ...] = ()
 
     @property
     def outbox_dir(self) -> Path:
@@ -90,6 +92,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         },
         portal_secret=env.get("DUNNING_PORTAL_SECRET") or None,
         ops_token=_ops_token(env.get("DUNNING_OPS_TOKEN", "")),
+        stripe_webhook_secrets=tuple(
+            s.strip() for s in env.get("DUNNING_STRIPE_WEBHOOK_SECRETS", "").split(",") if s.strip()
+        ),
     )
 
 

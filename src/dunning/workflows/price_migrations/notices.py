@@ -129,7 +129,7 @@ class PriceNotice:
             "step_up_discount": format_percent(step_up["percent"] / 100, locale=fmt.locale)
             if step_up
             else None,
-            "step_up_duration": _months(step_up["months"], fmt) if step_up else None,
+            "step_up_duration": _months(step_up["months"], fmt.locale) if step_up else None,
             "annual_url": links.get("annual_lock"),
             "annual_price": price(annual["amount_minor"], "year", 1) if annual else None,
             "downgrade_url": links.get("downgrade"),
@@ -195,13 +195,13 @@ def _price(fmt: Formatter, amount: str, interval: str | None, count: int) -> str
     return str(fmt.gettext(message) % {"amount": amount, "count": count})
 
 
-def _months(count: int, fmt: Formatter) -> str:
-    """'3 months' in the customer's language.
+def _months(count: int, locale: Any) -> str:
+    """ "3 months" in the customer's language.
 
-    Babel's CLDR data has no long pattern for months in Portuguese and prints
-    the unit's id ("3 duration-month"); its short one there is the full word ("3 meses").
+    CLDR has no long form of this unit for Portuguese (Babel prints
+    "3 duration-month"); the short form there is the full word ("3 meses").
     """
-    text = format_unit(count, "duration-month", length="long", locale=fmt.locale)
-    if "duration-" in text:
-        text = format_unit(count, "duration-month", length="short", locale=fmt.locale)
+    text = str(format_unit(count, "duration-month", length="long", locale=locale))
+    if "duration" in text:
+        text = str(format_unit(count, "duration-month", length="short", locale=locale))
     return text
