@@ -21,7 +21,7 @@ def test_emails_that_fell_back_to_english_are_counted_by_requested_language(worl
     h.settle()
     sent = {row.locale: row for row in h.outbox() if row.status == "sent"}
     assert set(sent) == {"ja-JP", "ja", "zz_ZZ", "pt-BR", "fi"}
-    assert sent["ja-JP"].subject == "Your Acme payment didn't go through"  # English, as counted
+    assert sent["ja-JP"].subject == "Your payment of €49.00 for Acme didn't go through"  # English
     client = TestClient(create_app(h.rt, broker=h.broker), client=("127.0.0.1", 50000))
     body = client.get("/metrics").text
     lines = sorted(
