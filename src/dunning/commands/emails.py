@@ -64,7 +64,7 @@ def sample_message(renderer: Renderer, settings: Settings, kind: str, locale: st
     from dunning.store.models import Outbox
 
     rendered = renderer.render(sample_notice(kind, locale))
-    key = f"{kind}:sample"
+    key = f"{kind}:sample:{locale}"
     row = Outbox(
         key=key,
         kind=kind,
