@@ -283,8 +283,11 @@ class Renderer:
         # Subject and button label are defined once per kind (in the text
         # template) and shared with the HTML, so the two bodies cannot disagree.
         block_ctx = text_template.new_context(values)
-        values["subject"] = _one_line("".join(text_template.blocks["subject"](block_ctx)))
-        values["action_label"] = _one_line("".join(text_template.blocks["action_label"](block_ctx)))
+        try:
+            values["subject"] = _one_line("".join(text_template.blocks["subject"](block_ctx)))
+            values["action_label"] = _one_line("".join(text_template.blocks["action_label"](block_ctx)))
+        except Exception:
+            env.handle_exception()  # as Template.render does: the traceback then shows template lines
         text = _tidy_text(text_template.render(values))
         html = self._inliner.inline(html_template.render(values))
         return RenderedEmail(subject=values["subject"], html=html, text=text)
