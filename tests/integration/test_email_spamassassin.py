@@ -84,5 +84,6 @@ def test_every_email_scores_low_with_spamassassin(
             rules = sorted({r for lang in LANGUAGES for r in scores[(kind, lang)][1].split(",") if r})
             line = "".join(f"{scores[(kind, lang)][0]:>7.1f}" for lang in LANGUAGES)
             print(f"{kind:<26}{line}  {', '.join(rules)}")
+        print(f"{'(phishing-like control)':<26}{control[0] if control else float('nan'):>7.1f}")
     too_high = {k: v for k, v in scores.items() if v[0] >= MAX_SCORE}
     assert not too_high, f"scores of {MAX_SCORE} or more: {too_high}"
