@@ -110,3 +110,13 @@ def test_the_price_migration_block(summary: str) -> None:
     assert calls and (int(calls.group(1)), int(calls.group(2)), int(calls.group(3))) == (3, 3, 0), summary
     assert "dunning prices plan --plan legacy --currency EUR --new-amount 2400" in summary
     assert "the notice's link for the offer (GET /l/<token>)" in summary
+
+
+def test_the_gallery_of_every_email(summary: str) -> None:
+    found = re.search(r"every email in every language: (\S+index\.html)", summary)
+    assert found, summary[-2000:]
+    index = found.group(1)
+    with open(index, encoding="utf-8") as fh:
+        page = fh.read()
+    # 17 kinds in en, fr, de: an HTML and a text link each.
+    assert len(re.findall(r'href="[a-z_]+-[a-z]+\.(?:html|txt)"', page)) == 17 * 3 * 2

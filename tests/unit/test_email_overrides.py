@@ -48,6 +48,19 @@ def test_shipped_templates_pass_the_check() -> None:
     assert check_templates(renderer, KINDS, sample_notice) == []
 
 
+def test_every_kind_has_a_sample_and_a_kind_without_one_is_reported() -> None:
+    for workflow in workflows():
+        assert workflow.sample is not None, workflow.name
+        for kind in workflow.notice_kinds:
+            assert workflow.sample(kind, "en").kind == kind
+        with pytest.raises(KeyError):
+            workflow.sample("no_such_kind", "en")
+    problems = check_templates(Renderer(SHIPPED), ["payment_failed", "no_such_kind"], sample_notice)
+    assert problems == [
+        "templates: no sample notice of no_such_kind to check it with (its workflow's samples)"
+    ]
+
+
 def test_an_operator_template_replaces_the_shipped_one_and_only_that(tmp_path: Path) -> None:
     shipped_txt = (SHIPPED / "email/lifecycle/annual_offer.txt").read_text(encoding="utf-8")
     mine = shipped_txt.replace("{% block body %}", "{% block body %}\nOur own words about {{ plan }}.\n")

@@ -43,7 +43,14 @@ def check_templates(renderer: Renderer, kinds: Iterable[str], sample: Callable[[
         failed: dict[str, list[str]] = {}  # one line per problem, naming the languages it breaks
         for language in sorted(renderer.languages):
             try:
-                renderer.render(sample(kind, language))
+                notice = sample(kind, language)
+            except KeyError:
+                problems.append(
+                    f"templates: no sample notice of {kind} to check it with (its workflow's samples)"
+                )
+                break
+            try:
+                renderer.render(notice)
             except Exception as exc:
                 failed.setdefault(describe(exc), []).append(language)
         problems.extend(f"{line} ({kind} in {', '.join(langs)})" for line, langs in failed.items())
