@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from dunning.http.stripe_webhook import STRIPE_WEBHOOKS
 from dunning.ops import queue_depths
 from dunning.store.models import (
     Case,
@@ -154,4 +155,5 @@ def registry_for(rt: Runtime, client: redis.Redis) -> CollectorRegistry:
     """A registry holding only the dunning collector (scraped on demand)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DunningCollector(rt, client))
+    registry.register(STRIPE_WEBHOOKS)
     return registry

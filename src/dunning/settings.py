@@ -55,6 +55,8 @@ class Settings:
     #: The operator's template folder (``DUNNING_TEMPLATES_DIR``): its templates, layouts and catalogs
     #: come before the shipped ones (``templates/README.md``); None: the shipped ones only.
     templates_dir: Path | None = None
+    #: Stripe webhook signing secrets (``whsec_…``), several during a rotation; empty: endpoint disabled.
+    stripe_webhook_secrets: tuple[str, ...] = ()
 
     @property
     def outbox_dir(self) -> Path:
@@ -94,6 +96,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         portal_secret=env.get("DUNNING_PORTAL_SECRET") or None,
         ops_token=_ops_token(env.get("DUNNING_OPS_TOKEN", "")),
         templates_dir=_templates_dir(env.get("DUNNING_TEMPLATES_DIR", "")),
+        stripe_webhook_secrets=tuple(
+            s.strip() for s in env.get("DUNNING_STRIPE_WEBHOOK_SECRETS", "").split(",") if s.strip()
+        ),
     )
 
 

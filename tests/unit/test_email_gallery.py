@@ -18,12 +18,12 @@ def test_the_gallery_has_every_kind_in_every_language(tmp_path: Path) -> None:
     page = index.read_text(encoding="utf-8")
     links = set(re.findall(r'href="([^"]+)"', page))
     kinds = [k for w in workflows() for k in w.notice_kinds]
-    assert len(kinds) == 17 and sorted(renderer.languages) == ["de", "en", "fr"]
+    assert len(kinds) == 17 and {"de", "en", "fr"} <= renderer.languages
     for kind in kinds:
         for language in renderer.languages:
             stem = f"{kind}-{language}"
             assert {f"{stem}.html", f"{stem}.txt"} <= links
             email = renderer.render(sample_notice(kind, language))
             assert (tmp_path / "gallery" / f"{stem}.html").read_text(encoding="utf-8") == email.html
-    assert len(links) == 17 * 3 * 2
+    assert len(links) == 17 * len(renderer.languages) * 2
     assert "annual_offer<br><small>lifecycle, prompt</small>" in page
