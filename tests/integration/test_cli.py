@@ -31,6 +31,9 @@ COMMANDS = [
     ["dlq", "purge"],
     ["report"],
     ["calendar"],
+    ["emails"],
+    ["emails", "list"],
+    ["emails", "preview"],
 ]
 
 
