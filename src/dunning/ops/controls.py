@@ -63,10 +63,11 @@ def pause(rt: Runtime, kind: str, *, by: str) -> bool:
             insert(PausedKind)
             .values(kind=key, paused_at=wall_now(), paused_by=by[:255])
             .on_conflict_do_nothing(index_elements=["kind"])
-        ).rowcount
+            .returning(PausedKind.kind)
+        ).first()
         if done:
             record(session, by=by, action="pause", target=kind)
-    return bool(done)
+    return done is not None
 
 
 def resume(rt: Runtime, kind: str, *, by: str) -> tuple[bool, int]:
