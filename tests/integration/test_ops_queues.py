@@ -166,3 +166,111 @@ def test_a_retry_held_by_a_running_worker_is_counted_as_delayed(world) -> None:
     [worker] = [w for w in status.workers if w.delayed_held]
     assert worker.alive and worker.host == socket.gethostname() and worker.pid == os.getpid()
     assert worker.last_seen is not None and worker.last_seen_age_s is not None
+
+
+def test_scheduler_dry_run_lists_what_a_pass_would_enqueue_and_claims_nothing(
+    quiet, db_url: str, redis_server
+) -> None:
+    from dunning.ops.preview import preview
+    from dunning.store.db import transaction
+
+    h = quiet
+    now = h.rt.clock.now()
+    with transaction(h.rt.sessions) as s:
+        s.add(_job("b-due", status="pending", due_at=now - timedelta(minutes=1)))
+        s.add(_job("a-due", status="pending", due_at=now - timedelta(hours=1)))
+        s.add(_job("not-yet", status="pending", due_at=now + timedelta(minutes=1)))
+        backing_off = _job("backing-off", status="pending", due_at=now - timedelta(hours=2))
+        backing_off.retry_at = datetime.now(UTC) + timedelta(hours=1)
+        s.add(backing_off)
+        lost = _job("lost", status="claimed", due_at=now - timedelta(days=1))
+        lost.lease_until = datetime.now(UTC) - timedelta(minutes=1)
+        s.add(lost)
+    assert [(w.key, w.why) for w in preview(h.rt)] == [
+        ("a-due", "due"),
+        ("b-due", "due"),
+        ("lost", "lease expired"),
+    ]
+    out = _cli_json(h, db_url, redis_server.url, "scheduler", "--dry-run", "--json")
+    assert [(w["key"], w["why"]) for w in out] == [
+        ("a-due", "due"),
+        ("b-due", "due"),
+        ("lost", "lease expired"),
+    ]
+    # Nothing was claimed, nothing was sent.
+    assert {j.key: (j.status, j.claims) for j in h.jobs()} == {
+        "a-due": ("pending", 0),
+        "b-due": ("pending", 0),
+        "not-yet": ("pending", 0),
+        "backing-off": ("pending", 0),
+        "lost": ("claimed", 0),
+    }
+    assert h.broker.client.llen("dramatiq:dunning") == 0
+
+
+def test_dlq_filters_and_the_audit_of_requeue_and_purge(quiet, db_url: str, redis_server) -> None:
+    from dunning.store.db import transaction
+    from dunning.store.dead_letters import park
+
+    h = quiet
+    old = _row("mail", "old-mail") | {
+        "parked_at": datetime.now(UTC) - timedelta(days=3),
+        "reason": "SMTP said no",
+    }
+    park(h.rt, old)
+    park(
+        h.rt, _row("billing_events", "fresh-event") | {"actor": "ingest_event", "reason": "amount_minor: bad"}
+    )
+    with transaction(h.rt.sessions) as s:
+        dead = _job("poison", status="dead", due_at=h.rt.clock.now())
+        dead.finished_at = datetime.now(UTC) - timedelta(hours=5)
+        dead.last_error = "parked after 6 failed runs"
+        s.add(dead)
+
+    def refs(*args: str) -> list[str]:
+        return [
+            p["ref"][0] + p["what"].split()[0]
+            for p in _cli_json(h, db_url, redis_server.url, "dlq", "list", "--json", *args)
+        ]
+
+    assert refs() == ["mingest_event", "jretry_charge", "mdeliver_email"]
+    assert refs("--queue", "mail") == ["mdeliver_email"]
+    assert refs("--actor", "ingest_event") == ["mingest_event"]
+    assert refs("--actor", "run_job") == ["jretry_charge"]
+    assert refs("--reason", "smtp") == ["mdeliver_email"]
+    assert refs("--older-than", "2h") == ["jretry_charge", "mdeliver_email"]
+    assert refs("--newer-than", "1d") == ["mingest_event", "jretry_charge"]
+    assert refs("--older-than", "1d") == ["mdeliver_email"]
+
+    listed = {
+        p["what"].split()[0]: p["ref"]
+        for p in _cli_json(h, db_url, redis_server.url, "dlq", "list", "--json")
+    }
+    from typer.testing import CliRunner
+
+    from dunning.cli import app
+    from dunning.runtime import set_runtime
+
+    env = {
+        "DUNNING_DATABASE_URL": db_url,
+        "DUNNING_REDIS_URL": redis_server.url,
+        "DUNNING_HOME": str(h.rt.settings.home),
+    }
+    set_runtime(None)
+    try:
+        runner = CliRunner()
+        done = runner.invoke(app, ["dlq", "requeue", listed["retry_charge"], "--by", "carol"], env=env)
+        assert done.exit_code == 0, done.output
+        done = runner.invoke(app, ["dlq", "purge", listed["deliver_email"]], env=env)
+        assert done.exit_code == 0 and "purged 1" in done.output, done.output
+    finally:
+        set_runtime(h.rt)
+    audit = _cli_json(h, db_url, redis_server.url, "dlq", "audit", "--json")
+    import getpass
+
+    assert [(a["by"], a["action"], a["target"]) for a in audit] == [
+        (getpass.getuser(), "dlq.purge", listed["deliver_email"]),
+        ("carol", "dlq.requeue", listed["retry_charge"]),
+    ]
+    assert audit[0]["detail"] == "1 purged" and "back to pending" in audit[1]["detail"]
+    assert refs() == ["mingest_event"]
