@@ -66,7 +66,7 @@ class Recovery:
 
 @dataclass
 class Lifecycle:
-    """Lifecycle notices sent, trials ended and converted, annual offers taken."""
+    """Notices sent (every kind, in the window), trials ended and converted, annual offers taken."""
 
     notices_sent: dict[str, int] = field(default_factory=dict)
     trials_ended: int = 0
@@ -216,11 +216,8 @@ def _recovery(s: Any, start: datetime | None) -> Recovery:
 
 
 def _lifecycle(s: Any, start: datetime | None, now: datetime) -> Lifecycle:
-    from dunning.engine.registry import workflows
-
     life = Lifecycle()
-    kinds = next((w.notice_kinds for w in workflows() if w.name == "lifecycle"), ())
-    sent = select(Outbox.kind, func.count()).where(Outbox.status == "sent", Outbox.kind.in_(kinds))
+    sent = select(Outbox.kind, func.count()).where(Outbox.status == "sent")
     if start is not None:
         sent = sent.where(Outbox.sent_at >= start)
     life.notices_sent = dict(sorted(s.execute(sent.group_by(Outbox.kind)).all()))

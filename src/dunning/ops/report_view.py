@@ -82,7 +82,7 @@ def print_ops_report(console: Console, report: OpsReport) -> None:
         )
     console.print(a)
     life = report.lifecycle
-    lt = Table(title="Lifecycle")
+    lt = Table(title="Notices and lifecycle")
     lt.add_column("metric")
     lt.add_column("value", justify="right")
     for kind, n in life.notices_sent.items():
