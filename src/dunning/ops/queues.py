@@ -15,6 +15,7 @@ from sqlalchemy import and_, func, or_, select
 
 from dunning.broker.names import ALL_QUEUES
 from dunning.engine.jobs import wall_now
+from dunning.engine.pauses import ALL_KINDS
 from dunning.ops.broker_state import read_broker
 from dunning.store.models import DeadLetter, Job, PausedKind, Worker
 
@@ -164,7 +165,7 @@ def queue_status(rt: Runtime, client: redis.Redis | None = None) -> QueueStatus:
             s.execute(select(Job.queue, func.count()).where(Job.status == "dead").group_by(Job.queue)).all()
         )
         beats = s.execute(select(Worker).order_by(Worker.host, Worker.pid)).scalars().all()
-        paused = sorted(s.execute(select(PausedKind.kind)).scalars())
+        paused = sorted("all" if k == ALL_KINDS else k for k in s.execute(select(PausedKind.kind)).scalars())
     queues = [
         QueueRow(
             name=b.name,
@@ -206,7 +207,7 @@ def _sum_held(held: dict[str, tuple[int, int]]) -> tuple[int, int]:
 
 
 def _backlog(s: Any, now: datetime, wall: datetime) -> SchedulerBacklog:
-    from dunning.ops.controls import HELD_PREFIX
+    from dunning.engine.pauses import HELD_PREFIX
 
     pending_due = and_(Job.status == "pending", Job.due_at <= now)
     ready = or_(Job.retry_at.is_(None), Job.retry_at <= wall)
