@@ -163,6 +163,10 @@ def test_a_retry_held_by_a_running_worker_is_counted_as_delayed(world) -> None:
         time.sleep(0.05)
     # On no Redis list (the old count said 0), held by the worker until its time.
     assert (q.ready, q.delayed_waiting, q.delayed_held, q.delayed) == (0, 0, 1, 1)
+    # /metrics and the ops page (dunning.ops.queue_depths) count it too.
+    from dunning.ops import queue_depths
+
+    assert {d.name: d.delayed for d in queue_depths(h.broker.client)}["dunning"] == 1
     [worker] = [w for w in status.workers if w.delayed_held]
     assert worker.alive and worker.host == socket.gethostname() and worker.pid == os.getpid()
     assert worker.last_seen is not None and worker.last_seen_age_s is not None

@@ -38,16 +38,15 @@ class Snapshot:
 
 
 def queue_depths(client: redis.Redis, namespace: str = "dramatiq") -> list[QueueDepth]:
-    """Ready, delayed and dead message counts per queue, read with the keys Dramatiq uses."""
-    out = []
-    for q in ALL_QUEUES:
-        pipe = client.pipeline()
-        pipe.llen(f"{namespace}:{q}")
-        pipe.llen(f"{namespace}:{q}.DQ")
-        pipe.zcard(f"{namespace}:{q}.XQ")
-        ready, delayed, dead = pipe.execute()
-        out.append(QueueDepth(q, int(ready), int(delayed), int(dead)))
-    return out
+    """Ready, delayed and dead message counts per queue, read with the keys Dramatiq uses.
+
+    ``delayed`` counts retries waiting for their backoff wherever they are: on the ``.DQ``
+    list, or held in a worker's memory (:mod:`dunning.ops.broker_state`).
+    """
+    from dunning.ops.broker_state import read_broker
+
+    state = read_broker(client, ALL_QUEUES, namespace)
+    return [QueueDepth(b.name, b.ready, b.delayed, b.dead_broker) for b in state.queues]
 
 
 def queue_snapshot(rt: Runtime, url: str) -> Snapshot:
