@@ -278,3 +278,51 @@ def test_dlq_filters_and_the_audit_of_requeue_and_purge(quiet, db_url: str, redi
     ]
     assert audit[0]["detail"] == "1 purged" and "back to pending" in audit[1]["detail"]
     assert refs() == ["mingest_event"]
+
+
+def test_watch_redraws_until_ctrl_c_and_exits_cleanly(quiet, db_url: str, redis_server) -> None:
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    h = quiet
+    env = os.environ | {
+        "DUNNING_DATABASE_URL": db_url,
+        "DUNNING_REDIS_URL": redis_server.url,
+        "DUNNING_CLOCK": "simulated",
+        "DUNNING_HOME": str(h.rt.settings.home),
+        "COLUMNS": "120",
+        # Rich draws live (as on a terminal) on this pipe, so each redraw can be seen.
+        "TTY_COMPATIBLE": "1",
+        "TTY_INTERACTIVE": "1",
+    }
+    h.broker.enqueue(_message("mail", "deliver_email"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dunning", "queues", "--watch", "0.2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    chunks: list[str] = []
+    reader = threading.Thread(
+        target=lambda: chunks.extend(iter(lambda: proc.stdout.read(256), "")), daemon=True
+    )
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while "".join(chunks).count("Broker queues") < 3 and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.1)
+        drawn = "".join(chunks).count("Broker queues")
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        errors = proc.stderr.read()
+        proc.wait(timeout=20)
+        reader.join(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert drawn >= 3  # drawn, then redrawn in place
+    assert proc.returncode == 0, errors
+    assert "Traceback" not in errors
