@@ -136,9 +136,10 @@ def worker(
     unknown = set(queues or ()) - set(ALL_QUEUES)
     if unknown:
         fail(f"--queue: unknown queue {sorted(unknown)[0]!r}; queues are {', '.join(ALL_QUEUES)}")
-    rt = _runtime()
-    _require_schema(rt)
     from dunning.broker.setup import redis_url
+    from dunning.commands.emails import serving_runtime
+
+    rt = serving_runtime()
 
     # Children inherit the resolved URL, so they all share one (embedded) Redis.
     os.environ["DUNNING_REDIS_URL"] = redis_url(rt.settings)
@@ -210,10 +211,10 @@ def serve(
     """HTTP ingest (POST /events), customer links (/l/...), ops page (/) and /healthz."""
     import uvicorn
 
+    from dunning.commands.emails import serving_runtime
     from dunning.http.app import create_app
 
-    rt = _runtime()
-    _require_schema(rt)
+    rt = serving_runtime()
     uvicorn.run(create_app(rt), host=host, port=port, log_level="info")
 
 
@@ -270,6 +271,7 @@ def _register() -> None:
     from dunning.commands.calendar import calendar_command
     from dunning.commands.controls import pause_command, resume_command
     from dunning.commands.dlq import dlq_app
+    from dunning.commands.emails import emails_app
     from dunning.commands.ops_view import queues_command, report_command
     from dunning.commands.prices import prices_app
 
@@ -280,6 +282,7 @@ def _register() -> None:
     app.command("resume")(resume_command)
     app.command("calendar")(calendar_command)
     app.add_typer(prices_app, name="prices")
+    app.add_typer(emails_app, name="emails")
 
 
 _register()

@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING
 
 import redis
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from dunning.http.stripe_webhook import STRIPE_WEBHOOKS
+from dunning.mail.locales import fallback_label
 from dunning.ops import queue_depths
 from dunning.store.models import (
     Case,
@@ -111,7 +113,34 @@ class DunningCollector(Collector):
             ):
                 emails.add_metric([kind, status], n)
             yield emails
+            yield _locale_fallbacks(s)
             yield from _price_migrations(s)
+
+
+def _locale_fallbacks(s: Session) -> Metric:
+    """Emails sent in English because the customer's locale names a language we do not ship.
+
+    Counted from the outbox (one row per email, kept) like the other email
+    figures, so every worker's renders are seen and restarts reset nothing. The
+    label is the requested language only (``ja`` for ``ja-JP``) or ``invalid``:
+    bounded, whatever customers' profiles hold. A region of a shipped language
+    (``pt-BR``) and an empty locale are not fallbacks.
+    """
+    fallbacks = CounterMetricFamily(
+        "dunning_email_locale_fallback",
+        "Emails sent in English because the customer's locale has no catalog, by requested language",
+        labels=["requested"],
+    )
+    counts: dict[str, int] = {}
+    for locale, n in s.execute(
+        select(Outbox.locale, func.count()).where(Outbox.status == "sent").group_by(Outbox.locale)
+    ):
+        label = fallback_label(locale)
+        if label is not None:
+            counts[label] = counts.get(label, 0) + n
+    for label, n in sorted(counts.items()):
+        fallbacks.add_metric([label], n)
+    return fallbacks
 
 
 def _price_migrations(s: Session) -> Iterator[Metric]:
@@ -154,4 +183,5 @@ def registry_for(rt: Runtime, client: redis.Redis) -> CollectorRegistry:
     """A registry holding only the dunning collector (scraped on demand)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DunningCollector(rt, client))
+    registry.register(STRIPE_WEBHOOKS)
     return registry

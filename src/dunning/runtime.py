@@ -113,7 +113,7 @@ def build_runtime(
         clock=clock,
         policy=load_policy(settings.policy_path),
         billing=billing,
-        renderer=Renderer(),
+        renderer=Renderer(override_dir=settings.templates_dir),
         sender=sender or sender_from_url(settings.smtp_url, settings.outbox_dir),
         links=LinkSigner(settings.link_secret, settings.public_url),
         tuning=tuning,

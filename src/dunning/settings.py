@@ -52,6 +52,11 @@ class Settings:
     portal_secret: str | None = None
     #: Bearer token for the ops page and ``/metrics``; None: loopback clients only (dunning.http.auth).
     ops_token: str | None = None
+    #: The operator's template folder (``DUNNING_TEMPLATES_DIR``): its templates, layouts and catalogs
+    #: come before the shipped ones (``templates/README.md``); None: the shipped ones only.
+    templates_dir: Path | None = None
+    #: Stripe webhook signing secrets (``whsec_…``), several during a rotation; empty: endpoint disabled.
+    stripe_webhook_secrets: tuple[str, ...] = ()
 
     @property
     def outbox_dir(self) -> Path:
@@ -90,7 +95,21 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         },
         portal_secret=env.get("DUNNING_PORTAL_SECRET") or None,
         ops_token=_ops_token(env.get("DUNNING_OPS_TOKEN", "")),
+        templates_dir=_templates_dir(env.get("DUNNING_TEMPLATES_DIR", "")),
+        stripe_webhook_secrets=tuple(
+            s.strip() for s in env.get("DUNNING_STRIPE_WEBHOOK_SECRETS", "").split(",") if s.strip()
+        ),
     )
+
+
+def _templates_dir(value: str) -> Path | None:
+    """``DUNNING_TEMPLATES_DIR``: unset or empty means none; otherwise an existing folder."""
+    if not value.strip():
+        return None
+    path = Path(value.strip()).expanduser().resolve()
+    if not path.is_dir():
+        raise ValueError(f"DUNNING_TEMPLATES_DIR: no such folder {path}")
+    return path
 
 
 #: Shortest ops token accepted: it guards revenue figures, so it must not be guessable.

@@ -34,6 +34,9 @@ COMMANDS = [
     ["pause"],
     ["resume"],
     ["calendar"],
+    ["emails"],
+    ["emails", "list"],
+    ["emails", "preview"],
 ]
 
 

@@ -16,14 +16,32 @@ from dunning.engine.jobs import finish
 from dunning.engine.pauses import hold, paused
 from dunning.engine.registry import Result, notice_owner
 from dunning.errors import PermanentJobError
-from dunning.mail.message import build_message
+from dunning.mail.message import KIND_HEADER, NOTICE_HEADER, build_message
 from dunning.mail.render import RenderedEmail
 from dunning.mail.sending import AmbiguousSendError, PermanentSendError, TransientSendError
 from dunning.store.db import transaction
 from dunning.store.models import Job, Outbox
 
 if TYPE_CHECKING:
+    from email.message import EmailMessage
+
     from dunning.runtime import Runtime
+    from dunning.settings import Settings
+
+
+def outbox_message(settings: Settings, outbox: Outbox) -> EmailMessage:
+    """The email of a rendered outbox row, as :func:`send_email` hands it to the sender.
+
+    ``dunning emails preview`` builds its sample through here too, so a preview is what a customer gets.
+    """
+    return build_message(
+        RenderedEmail(subject=outbox.subject or "", html=outbox.html or "", text=outbox.text or ""),
+        to=outbox.to_email,
+        sender=settings.mail_from,
+        message_id=outbox.message_id,
+        headers={NOTICE_HEADER: outbox.key, KIND_HEADER: outbox.kind},
+        date=outbox.send_after,
+    )
 
 
 class _Superseded(Exception):
@@ -73,14 +91,7 @@ def send_email(rt: Runtime, job: Job) -> Result:
             raise PermanentJobError(f"outbox row {outbox.id}: workflow {owner.name} renders no notices")
         owner.render_notice(rt, session, outbox, rt.clock.now())
         outbox.attempts += 1
-        message = build_message(
-            RenderedEmail(subject=outbox.subject, html=outbox.html, text=outbox.text),
-            to=outbox.to_email,
-            sender=rt.settings.mail_from,
-            message_id=outbox.message_id,
-            headers={"X-Dunning-Notice": outbox.key, "X-Dunning-Kind": outbox.kind},
-            date=outbox.send_after,
-        )
+        message = outbox_message(rt.settings, outbox)
         outbox_id = outbox.id
 
     marked = False

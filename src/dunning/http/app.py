@@ -1,4 +1,4 @@
-"""``dunning serve``: signed HTTP ingest, customer links, health and a small ops page."""
+"""``dunning serve``: signed HTTP ingest, Stripe webhooks, customer links, health and a small ops page."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from dunning.contract import MAX_EVENT_BYTES, InvalidEvent, parse_event
 from dunning.http.links import customer_link_endpoint
+from dunning.http.stripe_webhook import stripe_webhook_endpoint
 from dunning.signing import SIGNATURE_HEADER, SignatureError, verify
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
         send_jobs(_client().broker, dispatch)
 
     link = customer_link_endpoint(rt, send_jobs_now)
+    stripe_webhook = stripe_webhook_endpoint(rt, _client, _read_capped)
 
     def ops_denied(request: Request) -> Response | None:
         """None if the request may read ops data (``/``, ``/metrics``), else the 401 to send (dunning.http.auth)."""
@@ -148,6 +150,7 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
     return Starlette(
         routes=[
             Route("/events", events, methods=["POST"]),
+            Route("/stripe/webhook", stripe_webhook, methods=["POST"]),
             Route("/l/{token}", link, methods=["GET", "POST"]),
             Route("/healthz", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
