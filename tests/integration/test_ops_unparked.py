@@ -16,7 +16,7 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_a_dead_letter_refused_during_an_outage_is_written_once_the_database_is_back(
+def test_dead_letters_refused_during_an_outage_are_written_once_the_database_is_back(
     pg_url: str, postgres_server, redis_server, smtp, tmp_path: Path, dunning_broker
 ) -> None:
     import dramatiq
@@ -52,24 +52,30 @@ def test_a_dead_letter_refused_during_an_outage_is_written_once_the_database_is_
                         options={},
                     )
                 )
+                # And bytes that are not a message at all, refused by the consumer itself.
+                with client.pipeline() as tx:
+                    tx.hset("dramatiq:billing_events.msgs", "not-a-message-1", b"{not json")
+                    tx.rpush("dramatiq:billing_events", "not-a-message-1")
+                    tx.execute()
                 deadline = time.monotonic() + 30
-                while client.llen(UNPARKED_KEY) < 1 and time.monotonic() < deadline:
+                while client.llen(UNPARKED_KEY) < 2 and time.monotonic() < deadline:
                     time.sleep(0.05)
             finally:
                 worker.stop(timeout=10_000)
-            assert client.llen(UNPARKED_KEY) == 1
-            assert client.zcard("dramatiq:billing_events.XQ") == 1  # Dramatiq's own set has it too
+            assert client.llen(UNPARKED_KEY) == 2
+            assert client.zcard("dramatiq:billing_events.XQ") == 2  # Dramatiq's own set has them too
             # While the database is down the scheduler's pass leaves the row where it is.
             assert write_unparked(h.rt, broker) == 0
-            assert client.llen(UNPARKED_KEY) == 1
+            assert client.llen(UNPARKED_KEY) == 2
         finally:
             postgres_server.start()
 
         assert list_parked(h.rt) == []
-        assert tick(h.rt, broker, recover=False).dead_letters_written == 1
+        assert tick(h.rt, broker, recover=False).dead_letters_written == 2
         assert client.llen(UNPARKED_KEY) == 0
-        [parked] = list_parked(h.rt)
-        assert parked.queue == "billing_events" and parked.what == "no_such_actor"
-        assert "no actor named 'no_such_actor'" in parked.reason
+        parked = {p.what: p for p in list_parked(h.rt)}
+        assert set(parked) == {"no_such_actor", "(not a message)"}
+        assert "no actor named 'no_such_actor'" in parked["no_such_actor"].reason
+        assert parked["(not a message)"].reason.startswith("not a Dramatiq message")
         assert tick(h.rt, broker, recover=False).dead_letters_written == 0
-        assert len(list_parked(h.rt)) == 1
+        assert len(list_parked(h.rt)) == 2
