@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import update
 
 from dunning.engine.jobs import finish
+from dunning.engine.pauses import hold, paused
 from dunning.engine.registry import Result, notice_owner
 from dunning.errors import PermanentJobError
 from dunning.mail.message import KIND_HEADER, NOTICE_HEADER, build_message
@@ -73,6 +74,10 @@ def send_email(rt: Runtime, job: Job) -> Result:
             outbox.last_error = note
             finish(session, job, status="dead", note=note)
             return "unknown", []
+        if paused(session, outbox.kind):
+            # On hold (``dunning pause``): back to pending, sent once resumed if still true then.
+            hold(session, job, outbox.kind, rt.clock.now())
+            return "held", []
         owner = notice_owner(outbox.kind)
         if owner is None:
             raise PermanentJobError(
