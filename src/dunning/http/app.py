@@ -1,4 +1,4 @@
-"""``dunning serve``: signed HTTP ingest, customer links, health and a small ops page."""
+"""``dunning serve``: signed HTTP ingest, customer links, health, a small ops page and the dashboard (``/ops``)."""
 
 from __future__ import annotations
 
@@ -156,8 +156,24 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
         )
         return HTMLResponse(page)
 
+    def resend(queue: str, actor: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+        # What `dunning dlq requeue` does with a dead message: the original, sent again as is.
+        from dramatiq import Message
+
+        _client().broker.enqueue(
+            Message(queue_name=queue, actor_name=actor, args=tuple(args), kwargs=kwargs, options={})
+        )
+
+    def configured_redis_url() -> str:
+        from dunning.broker.setup import redis_url
+
+        return redis_url(rt.settings)
+
+    from dunning.http.dashboard import dashboard_routes
+
     return Starlette(
         routes=[
+            *dashboard_routes(rt, configured_redis_url, resend),
             Route("/events", events, methods=["POST"]),
             Route("/l/{token}", link, methods=["GET", "POST"]),
             Route("/healthz", health, methods=["GET"]),
