@@ -168,7 +168,7 @@ def serve(tmp_path: Path, db_url: str, redis_url: str, **extra: str) -> Iterator
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 120  # a loaded CI machine starts Python slowly
             while True:
                 assert proc.poll() is None, log_path.read_text()
                 try:
