@@ -236,3 +236,23 @@ def test_alerts_and_dashboard_reference_exported_metrics_only(rt: Runtime, clien
         "dunning_billing_errors_total",
     ):
         assert needed in alerts, needed
+
+
+def test_a_real_flow_counts_its_billing_calls_and_emails(world: Any) -> None:
+    """Workers (the session's, which install the broker's Redis as the metrics store) count as they go."""
+    h = world
+    assert telemetry.installed() is not None, "setup_broker installs the metrics store"
+    h.customer()
+    h.fail(code="insufficient_funds", succeed_on_attempt=0)
+    h.settle()
+    assert h.notices() == ["payment_failed"]
+    h.advance(timedelta(days=4))  # the first scheduled retry: a billing call
+    pay_calls = len(h.pay_calls())
+    assert pay_calls >= 1
+    families = {f.name: f for f in telemetry.collect(h.broker.client)}
+    emails = samples(families["dunning_email_deliveries"])
+    sent = {dict(k[1])["kind"]: v for k, v in emails.items() if dict(k[1])["outcome"] == "sent"}
+    assert sent.get("payment_failed") == 1
+    latency = samples(families["dunning_billing_request_seconds"])
+    requests = latency[("dunning_billing_request_seconds_count", (("operation", "pay_invoice"),))]
+    assert requests == pay_calls  # the sandbox saw each one (no faults injected)
