@@ -7,7 +7,10 @@ collector reads them at scrape time. Any number of worker processes on any
 number of hosts then add to the same series, and a restart loses nothing.
 
 Recording is best effort: a metric must never fail or slow down the work it
-describes, so a Redis error is dropped (logged at debug). Nothing is recorded
+describes, so a Redis error is dropped (logged at debug), each command waits at
+most :data:`TIMEOUT_S`, and after an error nothing is tried for
+:data:`PAUSE_S` (a frozen or unreachable Redis costs one timeout per pause, not
+one per billing call). Nothing is recorded
 until a process calls :func:`install` (``setup_broker`` does, for workers, the
 scheduler and ``dunning serve``), so tests that build their own broker leave no
 metric keys behind.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -32,6 +36,10 @@ log = logging.getLogger(__name__)
 #: Redis key prefix of the metric hashes (outside Dramatiq's ``dramatiq:`` namespace).
 PREFIX = "dunning:metrics:"
 MAX_LABEL = 40
+#: Longest wait of one metric write; the broker's own client has no such limit.
+TIMEOUT_S = 0.5
+#: After a failed write, metrics are dropped for this long (monotonic seconds).
+PAUSE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -77,14 +85,38 @@ SPECS: dict[str, Spec] = {
 }
 
 _client: redis.Redis | None = None
+_paused_until = 0.0
 _lock = threading.Lock()
 
 
 def install(client: redis.Redis | None) -> None:
-    """Record this process's metrics in ``client``'s Redis from now on (None: stop recording)."""
-    global _client
+    """Record this process's metrics in ``client``'s Redis from now on (None: stop recording).
+
+    The writes go through a client of their own to the same server, with short timeouts.
+    """
+    global _client, _paused_until
+    own = None
+    if client is not None:
+        pool = client.connection_pool
+        kwargs = {**pool.connection_kwargs, "socket_timeout": TIMEOUT_S, "socket_connect_timeout": TIMEOUT_S}
+        own = redis.Redis(
+            connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+        )
     with _lock:
-        _client = client
+        _client, _paused_until = own, 0.0
+
+
+def _writer() -> redis.Redis | None:
+    client = _client
+    if client is None or time.monotonic() < _paused_until:
+        return None
+    return client
+
+
+def _failed(name: str, exc: Exception) -> None:
+    global _paused_until
+    _paused_until = time.monotonic() + PAUSE_S
+    log.debug("metric %s not recorded: %s", name, type(exc).__name__)
 
 
 def installed() -> redis.Redis | None:
@@ -98,18 +130,18 @@ def _field(values: tuple[str, ...]) -> str:
 
 def inc(name: str, *labels: str, amount: int = 1) -> None:
     """Add ``amount`` to the counter ``name`` for these label values."""
-    client = _client
+    client = _writer()
     if client is None:
         return
     try:
         client.hincrby(PREFIX + name, _field(labels), amount)
-    except redis.RedisError as exc:
-        log.debug("metric %s not recorded: %s", name, type(exc).__name__)
+    except (redis.RedisError, OSError) as exc:
+        _failed(name, exc)
 
 
 def observe(name: str, value: float, *labels: str) -> None:
     """Add one observation of ``value`` to the histogram ``name`` (one round trip)."""
-    client = _client
+    client = _writer()
     if client is None:
         return
     field = _field(labels)
@@ -120,8 +152,8 @@ def observe(name: str, value: float, *labels: str) -> None:
         pipe.hincrbyfloat(PREFIX + name, f"sum:{field}", value)
         pipe.hincrby(PREFIX + name, f"count:{field}", 1)
         pipe.execute()
-    except redis.RedisError as exc:
-        log.debug("metric %s not recorded: %s", name, type(exc).__name__)
+    except (redis.RedisError, OSError) as exc:
+        _failed(name, exc)
 
 
 def billing_call(operation: str, seconds: float, error: str | None) -> None:
