@@ -13,6 +13,7 @@ Who sees what (docs/operations.md, "Dashboard"):
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,8 @@ from dunning.http.pages import render
 if TYPE_CHECKING:
     from dunning.runtime import Runtime
 
+log = logging.getLogger(__name__)
+
 STATIC = Path(__file__).parent / "static"
 #: What a redirect after an action may ask the page to say (no free text travels in the URL).
 DONE = {
@@ -37,6 +40,7 @@ DONE = {
     "purged": "Dead letter {ref} purged.",
     "missing": "There is no dead letter {ref} (already requeued or purged?).",
     "refused": "Dead letter {ref} cannot be requeued: see `dunning dlq show {ref}`.",
+    "failed": "Dead letter {ref}: the action failed (database or broker unavailable?); nothing changed, try again.",
     "signed_out": "Signed out.",
 }
 _REF_CHARS = set("0123456789")
@@ -154,6 +158,10 @@ def dashboard_routes(rt: Runtime, redis_url: Callable[[], str], send: Callable[.
             done = "missing"
         except CannotRequeue:
             done = "refused"
+        except Exception:
+            # Redis or the database down: the transaction rolled back, the dead letter is still there.
+            log.warning("dashboard: %s of %s failed", action, ref, exc_info=True)
+            done = "failed"
         return RedirectResponse(f"/ops?done={done}&ref={ref}#dead-letters", status_code=303)
 
     return [

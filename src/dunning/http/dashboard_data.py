@@ -190,6 +190,8 @@ def search(rt: Runtime, query: str) -> Found:
 
 
 def _cases(s: Any, subscription_id: str) -> list[dict[str, Any]]:
+    from dunning.mail.render import format_money
+
     rows = s.execute(
         select(Case).where(Case.subscription_id == subscription_id).order_by(Case.opened_at.desc()).limit(20)
     ).scalars()
@@ -198,8 +200,7 @@ def _cases(s: Any, subscription_id: str) -> list[dict[str, Any]]:
             "invoice": c.invoice_id,
             "status": c.status,
             "outcome": c.outcome,
-            "amount_minor": c.amount_minor,
-            "currency": c.currency,
+            "amount": format_money(c.amount_minor, c.currency, "en"),
             "opened_at": c.opened_at,
         }
         for c in rows
