@@ -77,7 +77,9 @@ def test_sign_in_see_charts_search_and_requeue_a_dead_letter(
         page.on(
             "response", lambda r: errors.append(r.url) if "/static/" in r.url and r.status != 200 else None
         )
-        page.on("requestfailed", lambda r: errors.append(r.url))
+        page.on(
+            "requestfailed", lambda r: errors.append(f"{r.url} {r.failure}") if "/static/" in r.url else None
+        )
 
         # The token is set: a browser without a session gets the login form and nothing else.
         response = page.goto(f"{base}/ops")
