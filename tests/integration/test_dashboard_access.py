@@ -18,6 +18,8 @@ import redis
 from sqlalchemy import create_engine, text
 from tests.support.ops_dashboard import TOKEN, serve
 
+from dunning.signing import SIGNATURE_HEADER
+
 pytestmark = pytest.mark.integration
 
 REMOTE = {"X-Forwarded-For": "203.0.113.7"}
@@ -44,7 +46,14 @@ def _dead_letters(db_url: str) -> dict[int, Any]:
 def test_without_a_token_the_dashboard_is_read_only_and_local(
     tmp_path: Path, sqlite_url: str, redis_db: str
 ) -> None:
-    with serve(tmp_path, sqlite_url, redis_db) as (base, seeded):
+    with serve(tmp_path, sqlite_url, redis_db, DUNNING_INGEST_SECRET="ingest-secret") as (base, seeded):
+        # `dunning serve` counts its ingest refusals in Redis, and /metrics reports them.
+        bad = httpx.post(f"{base}/events", content=b"{}", headers={SIGNATURE_HEADER: "t=1,v1=00"})
+        assert bad.status_code == 401
+        metrics = httpx.get(f"{base}/metrics").text
+        assert 'dunning_ingest_refusals_total{reason="bad_signature"} 1.0' in metrics
+        assert "dunning_scheduler_lag_seconds" in metrics
+
         page = httpx.get(f"{base}/ops")
         assert page.status_code == 200
         assert "Read-only" in page.text and seeded["dead_ref"] in page.text

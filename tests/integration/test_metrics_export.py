@@ -28,6 +28,7 @@ from dunning.http.app import create_app
 from dunning.metrics import registry_for
 from dunning.runtime import Runtime, Tuning, build_runtime
 from dunning.settings import load_settings
+from dunning.signing import SIGNATURE_HEADER
 from dunning.store.db import transaction
 from dunning.store.migrate import upgrade
 from dunning.store.models import Case, Job, Worker
@@ -150,7 +151,7 @@ def test_scrape_time_gauges_and_redis_counters(rt: Runtime, client: redis.Redis)
 
     # Ingest refusals, counted by reason.
     with TestClient(create_app(rt, broker=None), base_url="http://127.0.0.1") as http:
-        assert http.post("/events", content=b"{}", headers={"X-Signature": "t=1,v1=00"}).status_code == 401
+        assert http.post("/events", content=b"{}", headers={SIGNATURE_HEADER: "t=1,v1=00"}).status_code == 401
         assert http.post("/events", content=b"x" * 300_000).status_code == 413
     telemetry.inc(telemetry.EMAIL_DELIVERIES, "dunning_reminder", "transient_failure")
 
