@@ -215,6 +215,13 @@ def serve(
     from dunning.http.app import create_app
 
     rt = serving_runtime()
+    import redis
+
+    from dunning import telemetry
+    from dunning.broker.setup import redis_url
+
+    # Ingest refusals are counted in Redis with the workers' metrics (dunning.telemetry).
+    telemetry.install(redis.Redis.from_url(redis_url(rt.settings)))
     uvicorn.run(create_app(rt), host=host, port=port, log_level="info")
 
 

@@ -105,7 +105,11 @@ def build_runtime(
             reader = make_sessionmaker(make_engine(settings.database_url, immediate=False, pool_size=2))
         clock = DatabaseClock(sessions, reader)
     if billing is None:
-        billing = HttpBillingClient(settings.billing_url or DEFAULT_SANDBOX_URL, settings.billing_secret)
+        from dunning.telemetry import billing_call
+
+        billing = HttpBillingClient(
+            settings.billing_url or DEFAULT_SANDBOX_URL, settings.billing_secret, observer=billing_call
+        )
     return Runtime(
         settings=settings,
         engine=engine,

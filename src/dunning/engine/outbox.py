@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import update
 
+from dunning import telemetry
 from dunning.engine.jobs import finish
 from dunning.engine.pauses import hold, paused
 from dunning.engine.registry import Result, notice_owner
@@ -86,13 +87,14 @@ def send_email(rt: Runtime, job: Job) -> Result:
         if owner.stale is not None and owner.stale(rt, session, outbox, rt.clock.now()) is not None:
             outbox.status = "skipped"
             finish(session, job)
+            telemetry.inc(telemetry.EMAIL_DELIVERIES, outbox.kind, "skipped")
             return "skipped", []
         if owner.render_notice is None:
             raise PermanentJobError(f"outbox row {outbox.id}: workflow {owner.name} renders no notices")
         owner.render_notice(rt, session, outbox, rt.clock.now())
         outbox.attempts += 1
         message = outbox_message(rt.settings, outbox)
-        outbox_id = outbox.id
+        outbox_id, kind = outbox.id, outbox.kind
 
     marked = False
 
@@ -127,15 +129,20 @@ def send_email(rt: Runtime, job: Job) -> Result:
     except _Superseded:
         with transaction(rt.sessions) as session:
             finish(session, job, note="another run sent it")
+        telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "superseded")
         return "superseded", []
     except TransientSendError as exc:
         settle("pending", str(exc)[:500])
+        telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "transient_failure")
         raise
     except PermanentSendError as exc:
         settle("failed", f"permanent SMTP failure: {exc}"[:500])
+        telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "permanent_failure")
         return "failed", []
     except AmbiguousSendError as exc:
         settle("unknown", f"parked: {exc}; check the mail server's log, then requeue or purge"[:500])
+        telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "unknown")
         return "unknown", []
     settle("sent", None)
+    telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "sent")
     return "sent", []
