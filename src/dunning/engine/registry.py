@@ -62,6 +62,9 @@ class Workflow:
     batch_part: Callable[[], BatchPart] | None = None
     #: Customer links it answers: ``(purpose, subject kind)`` -> page (:mod:`dunning.engine.link_pages`).
     links: LinkPages = field(default_factory=dict)
+    #: ``(rt, session, subscription_id, days)`` -> the notices it plans for that subscription in the
+    #: next ``days``, soonest first, as plain dicts (the ops dashboard's search shows them).
+    upcoming: Callable[[Any, Any, str, int], list[dict[str, Any]]] | None = None
 
 
 @cache
@@ -128,3 +131,12 @@ def check(found: tuple[Workflow, ...] | None = None) -> None:
                 if key in seen:
                     raise ValueError(f"workflows: {what} {key!r} is claimed by {seen[key]} and {w.name}")
                 seen[key] = w.name
+
+
+def upcoming_notices(rt: Any, session: Any, subscription_id: str, days: int) -> list[dict[str, Any]]:
+    """Every workflow's planned notices for a subscription in the next ``days``, soonest first."""
+    found: list[dict[str, Any]] = []
+    for workflow in workflows():
+        if workflow.upcoming is not None:
+            found.extend(workflow.upcoming(rt, session, subscription_id, days))
+    return sorted(found, key=lambda n: str(n.get("due_at", "")))

@@ -149,7 +149,7 @@ class Found:
 
 def search(rt: Runtime, query: str) -> Found:
     """Look a customer (id or email) or a subscription (id) up; an empty answer when nothing matches."""
-    from dunning.workflows.lifecycle.calendar_view import upcoming
+    from dunning.engine.registry import upcoming_notices
 
     query = query.strip()[:320]
     with rt.sessions() as s:
@@ -170,7 +170,7 @@ def search(rt: Runtime, query: str) -> Found:
                 )
         out = []
         for sub in subs:
-            _found, notices = upcoming(rt, s, subscription=sub.id, customer=None, days=UPCOMING_DAYS)
+            notices = upcoming_notices(rt, s, sub.id, UPCOMING_DAYS)
             out.append(
                 {
                     "id": sub.id,

@@ -65,3 +65,10 @@ def upcoming(
     entries.sort(key=lambda e: (e["due_at"], e["subscription_id"], e["key"]))
     limit = (now + timedelta(days=days)).isoformat()
     return bool(facts), [e for e in entries if e["due_at"] <= limit]
+
+
+def upcoming_for_subscription(
+    rt: Runtime, session: Session, subscription_id: str, days: int
+) -> list[dict[str, Any]]:
+    """:func:`upcoming` for one subscription (the registry's ``Workflow.upcoming``)."""
+    return upcoming(rt, session, subscription=subscription_id, customer=None, days=days)[1]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dunning.engine.registry import Workflow
-from dunning.workflows.lifecycle import annual_switch, links
+from dunning.workflows.lifecycle import annual_switch, calendar_view, links
 from dunning.workflows.lifecycle.handlers import HANDLERS
 from dunning.workflows.lifecycle.jobs import JOBS, stale
 from dunning.workflows.lifecycle.notices import KINDS
@@ -20,4 +20,5 @@ WORKFLOW = Workflow(
     render_notice=render_outbox,
     stale=stale,
     links={**links.LINK_PAGES, **annual_switch.LINK_PAGES},
+    upcoming=calendar_view.upcoming_for_subscription,
 )
