@@ -161,6 +161,15 @@ def test_sign_in_see_charts_search_and_requeue_a_dead_letter(
         ]
         client.close()
         assert any(b'"evt_parked"' in body for body in queued if body)
+        # The click is in the ops audit, as `dunning dlq requeue --by` would be.
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(db_url)
+        with engine.connect() as conn:
+            audit = conn.execute(text('select action, target, "by" from ops_audit order by id')).all()
+        engine.dispose()
+        assert [(a, t) for a, t, _ in audit] == [("dlq.requeue", ref)]
+        assert audit[0][2].startswith("dashboard (")
         page.screenshot(path=str(SHOTS / f"ops-requeued-{tag}.png"), full_page=True)
         assert not errors, errors
         context.close()

@@ -141,19 +141,23 @@ def dashboard_routes(rt: Runtime, redis_url: Callable[[], str], send: Callable[.
     async def act(request: Request) -> Response:
         from starlette.concurrency import run_in_threadpool
 
-        from dunning.store.dead_letters import CannotRequeue, purge, requeue
+        from dunning.ops.dlq import purge_audited, requeue_audited
+        from dunning.store.dead_letters import CannotRequeue
 
         if (refused := await operator(request)) is not None:
             return refused
         ref, action = request.path_params["ref"], request.path_params["action"]
         if not _valid_ref(ref) or action not in ("requeue", "purge"):
             return _plain(404, "not found")
+        # The token names no person: the audit line says it came from the dashboard, and from where.
+        by = f"dashboard ({request.client.host if request.client else 'unknown'})"
         try:
             if action == "requeue":
-                await run_in_threadpool(requeue, rt, ref, send)
+                await run_in_threadpool(lambda: requeue_audited(rt, ref, send, by=by))
                 done = "requeued"
             else:
-                done = "purged" if await run_in_threadpool(purge, rt, ref) else "missing"
+                n = await run_in_threadpool(lambda: purge_audited(rt, ref, by=by))
+                done = "purged" if n else "missing"
         except KeyError:
             done = "missing"
         except CannotRequeue:
