@@ -52,6 +52,9 @@ class Settings:
     portal_secret: str | None = None
     #: Bearer token for the ops page and ``/metrics``; None: loopback clients only (dunning.http.auth).
     ops_token: str | None = None
+    #: ``DUNNING_INGEST_DRAIN_BYTES``: how much of an oversized ``POST /events`` body is read before the 413
+    #: (dunning.http.ingest); None: 8 MiB.
+    ingest_drain_bytes: int | None = None
 
     @property
     def outbox_dir(self) -> Path:
@@ -90,7 +93,19 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         },
         portal_secret=env.get("DUNNING_PORTAL_SECRET") or None,
         ops_token=_ops_token(env.get("DUNNING_OPS_TOKEN", "")),
+        ingest_drain_bytes=_positive_int(
+            "DUNNING_INGEST_DRAIN_BYTES", env.get("DUNNING_INGEST_DRAIN_BYTES", "")
+        ),
     )
+
+
+def _positive_int(name: str, value: str) -> int | None:
+    """An optional positive integer setting: unset or empty means the default (None)."""
+    if not value.strip():
+        return None
+    if not value.strip().isdigit() or len(value.strip()) > 12 or int(value) <= 0:
+        raise ValueError(f"{name}: expected a positive whole number of bytes, got {value[:40]!r}")
+    return int(value)
 
 
 #: Shortest ops token accepted: it guards revenue figures, so it must not be guessable.

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from dunning.contract import MAX_EVENT_BYTES, InvalidEvent, parse_event
+from dunning.contract import Event
+from dunning.http.ingest import events_endpoint
 from dunning.http.links import customer_link_endpoint
-from dunning.signing import SIGNATURE_HEADER, SignatureError, verify
 
 if TYPE_CHECKING:
     from dunning.engine.jobs import Dispatch
@@ -39,34 +38,11 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
             client = Client(redis_url(rt.settings))
         return client
 
-    async def events(request: Request) -> Response:
-        secret = rt.settings.ingest_secret
-        if not secret:
-            return JSONResponse(
-                {"error": "ingest disabled: DUNNING_INGEST_SECRET is not set"}, status_code=401
-            )
-        # Read at most the limit: an unauthenticated client must not make us buffer an unbounded body.
-        body = await _read_capped(request, MAX_EVENT_BYTES)
-        if body is None:
-            return JSONResponse({"error": "invalid event", "field": "(envelope)", "reason": "too large"}, 413)
-        try:
-            verify(secret, body, request.headers.get(SIGNATURE_HEADER), now=time.time())
-        except SignatureError as exc:
-            return JSONResponse({"error": "bad signature", "reason": str(exc)}, status_code=401)
-        try:
-            event = parse_event(body)
-        except InvalidEvent as exc:
-            return JSONResponse(
-                {"error": "invalid event", "field": exc.field, "reason": exc.reason}, status_code=422
-            )
-        try:
-            # Blocking Redis I/O: off the event loop, so one slow Redis call doesn't stall every request.
-            await run_in_threadpool(_client().send_event, event)
-        except Exception as exc:
-            return JSONResponse(
-                {"error": "broker unavailable", "reason": type(exc).__name__, "retry": True}, status_code=503
-            )
-        return JSONResponse({"accepted": event.id}, status_code=202)
+    async def send_event(event: Event) -> None:
+        # Blocking Redis I/O: off the event loop, so one slow Redis call doesn't stall every request.
+        await run_in_threadpool(_client().send_event, event)
+
+    events = events_endpoint(lambda: rt.settings.ingest_secret, send_event, rt.settings.ingest_drain_bytes)
 
     def send_jobs_now(dispatch: list[Dispatch]) -> None:
         from dunning.broker.enqueue import send_jobs
@@ -154,20 +130,6 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
             Route("/", ops, methods=["GET"]),
         ]
     )
-
-
-async def _read_capped(request: Request, limit: int) -> bytes | None:
-    """The request body, or None as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length", "")
-    # Length first: int() of a header of thousands of digits raises (Python's 4,300-digit guard).
-    if declared.isascii() and declared.isdigit() and (len(declared) > 20 or int(declared) > limit):
-        return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
 
 
 __all__: list[Any] = ["create_app"]
