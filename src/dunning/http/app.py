@@ -121,9 +121,22 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
         )
         return HTMLResponse(page)
 
+    def openapi(request: Request) -> Response:
+        from dunning.http.openapi import openapi_text
+
+        return Response(openapi_text(), media_type="application/json")
+
+    def api_docs(request: Request) -> Response:
+        from dunning.http.apidocs import page_values
+        from dunning.http.pages import render
+
+        return HTMLResponse(render("api_docs.html", noindex=False, **page_values()))
+
     return Starlette(
         routes=[
             Route("/events", events, methods=["POST"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
+            Route("/docs", api_docs, methods=["GET"]),
             Route("/l/{token}", link, methods=["GET", "POST"]),
             Route("/healthz", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
