@@ -189,3 +189,50 @@ def test_an_invalid_event_is_parked_with_every_invalid_field(world: Any, conn: r
     assert "Mars" not in parked.reason and "english" not in parked.reason  # values never echoed
     assert _times_applied(world, "evt_cus_bad") == 0
     assert _left_in_redis(conn) == {"queue": 0, "bodies": 0, "acks": 0}
+
+
+def test_a_message_whose_redis_id_is_not_the_one_it_was_queued_under_never_loops(
+    world: Any, conn: redis.Redis
+) -> None:
+    # A producer bug: one uuid for HSET/RPUSH, another in options.redis_message_id. Acknowledging by
+    # the wrong id would leave the real one in the worker's acks set, redelivered after every restart.
+    r, claimed = str(uuid.uuid4()), str(uuid.uuid4())
+    message = json.dumps(
+        {
+            "queue_name": "billing_events",
+            "actor_name": "ingest_event",
+            "args": [_customer("cus_wrong_rid")],
+            "kwargs": {},
+            "options": {"redis_message_id": claimed},
+        }
+    )
+    _send(conn, r, message)
+    _wait("the message parked", lambda: len(list_parked(world.rt)) == 1)
+    _wait("Redis cleaned up", lambda: _left_in_redis(conn) == {"queue": 0, "bodies": 0, "acks": 0})
+    [parked] = list_parked(world.rt)
+    assert parked.field == "message"
+    assert "options.redis_message_id" in parked.reason and "queued under" in parked.reason
+    assert not _customer_exists(world, "cus_wrong_rid")
+
+
+def test_an_event_carrying_a_field_named_redis_message_id_is_still_applied(
+    world: Any, conn: redis.Redis
+) -> None:
+    # Unknown fields are allowed in an event; one that looks like the option must not confuse the check.
+    r = str(uuid.uuid4())
+    envelope = {**_customer("cus_lookalike"), "redis_message_id": str(uuid.uuid4())}
+    message = json.dumps(
+        {
+            "queue_name": "billing_events",
+            "actor_name": "ingest_event",
+            "args": [envelope],
+            "kwargs": {},
+            "options": {"redis_message_id": r},
+        }
+    )
+    _send(conn, r, message)
+    world.sent_events += 1
+    world.settle()
+    assert _times_applied(world, "evt_cus_lookalike") == 1
+    assert list_parked(world.rt) == []
+    assert _left_in_redis(conn) == {"queue": 0, "bodies": 0, "acks": 0}
