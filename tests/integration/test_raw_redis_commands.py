@@ -189,6 +189,24 @@ def test_an_invalid_event_is_parked_with_every_invalid_field(world: Any, conn: r
     assert "Mars" not in parked.reason and "english" not in parked.reason  # values never echoed
     assert _times_applied(world, "evt_cus_bad") == 0
     assert _left_in_redis(conn) == {"queue": 0, "bodies": 0, "acks": 0}
+    # What ops see: `dunning dlq show` prints the reason with every field.
+    from typer.testing import CliRunner
+
+    from dunning.cli import app
+    from dunning.runtime import set_runtime
+
+    env = {
+        "DUNNING_DATABASE_URL": world.rt.settings.database_url,
+        "DUNNING_HOME": str(world.rt.settings.home),
+    }
+    set_runtime(None)
+    try:
+        shown = CliRunner().invoke(app, ["dlq", "show", parked.ref], env=env)
+    finally:
+        set_runtime(world.rt)  # the workers of the world still run on it
+    assert shown.exit_code == 0, shown.output
+    for path in ("data.customer.email", "data.customer.locale", "data.customer.timezone"):
+        assert path in shown.output, shown.output
 
 
 def test_a_message_whose_redis_id_is_not_the_one_it_was_queued_under_never_loops(
