@@ -55,6 +55,11 @@ class Settings:
     #: ``DUNNING_INGEST_DRAIN_BYTES``: how much of an oversized ``POST /events`` body is read before the 413
     #: (dunning.http.ingest); None: 8 MiB.
     ingest_drain_bytes: int | None = None
+    #: The operator's template folder (``DUNNING_TEMPLATES_DIR``): its templates, layouts and catalogs
+    #: come before the shipped ones (``templates/README.md``); None: the shipped ones only.
+    templates_dir: Path | None = None
+    #: Stripe webhook signing secrets (``whsec_…``), several during a rotation; empty: endpoint disabled.
+    stripe_webhook_secrets: tuple[str, ...] = ()
 
     @property
     def outbox_dir(self) -> Path:
@@ -96,6 +101,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ingest_drain_bytes=_positive_int(
             "DUNNING_INGEST_DRAIN_BYTES", env.get("DUNNING_INGEST_DRAIN_BYTES", "")
         ),
+        templates_dir=_templates_dir(env.get("DUNNING_TEMPLATES_DIR", "")),
+        stripe_webhook_secrets=tuple(
+            s.strip() for s in env.get("DUNNING_STRIPE_WEBHOOK_SECRETS", "").split(",") if s.strip()
+        ),
     )
 
 
@@ -106,6 +115,16 @@ def _positive_int(name: str, value: str) -> int | None:
     if not value.strip().isdigit() or len(value.strip()) > 12 or int(value) <= 0:
         raise ValueError(f"{name}: expected a positive whole number of bytes, got {value[:40]!r}")
     return int(value)
+
+
+def _templates_dir(value: str) -> Path | None:
+    """``DUNNING_TEMPLATES_DIR``: unset or empty means none; otherwise an existing folder."""
+    if not value.strip():
+        return None
+    path = Path(value.strip()).expanduser().resolve()
+    if not path.is_dir():
+        raise ValueError(f"DUNNING_TEMPLATES_DIR: no such folder {path}")
+    return path
 
 
 #: Shortest ops token accepted: it guards revenue figures, so it must not be guessable.

@@ -12,17 +12,37 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import update
 
+from dunning import telemetry
 from dunning.engine.jobs import finish
+from dunning.engine.pauses import hold, paused
 from dunning.engine.registry import Result, notice_owner
 from dunning.errors import PermanentJobError
-from dunning.mail.message import build_message
+from dunning.mail.message import KIND_HEADER, NOTICE_HEADER, build_message
 from dunning.mail.render import RenderedEmail
 from dunning.mail.sending import AmbiguousSendError, PermanentSendError, TransientSendError
 from dunning.store.db import transaction
 from dunning.store.models import Job, Outbox
 
 if TYPE_CHECKING:
+    from email.message import EmailMessage
+
     from dunning.runtime import Runtime
+    from dunning.settings import Settings
+
+
+def outbox_message(settings: Settings, outbox: Outbox) -> EmailMessage:
+    """The email of a rendered outbox row, as :func:`send_email` hands it to the sender.
+
+    ``dunning emails preview`` builds its sample through here too, so a preview is what a customer gets.
+    """
+    return build_message(
+        RenderedEmail(subject=outbox.subject or "", html=outbox.html or "", text=outbox.text or ""),
+        to=outbox.to_email,
+        sender=settings.mail_from,
+        message_id=outbox.message_id,
+        headers={NOTICE_HEADER: outbox.key, KIND_HEADER: outbox.kind},
+        date=outbox.send_after,
+    )
 
 
 class _Superseded(Exception):
@@ -55,6 +75,10 @@ def send_email(rt: Runtime, job: Job) -> Result:
             outbox.last_error = note
             finish(session, job, status="dead", note=note)
             return "unknown", []
+        if paused(session, outbox.kind):
+            # On hold (``dunning pause``): back to pending, sent once resumed if still true then.
+            hold(session, job, outbox.kind, rt.clock.now())
+            return "held", []
         owner = notice_owner(outbox.kind)
         if owner is None:
             raise PermanentJobError(
@@ -63,20 +87,14 @@ def send_email(rt: Runtime, job: Job) -> Result:
         if owner.stale is not None and owner.stale(rt, session, outbox, rt.clock.now()) is not None:
             outbox.status = "skipped"
             finish(session, job)
+            telemetry.inc(telemetry.EMAIL_DELIVERIES, outbox.kind, "skipped")
             return "skipped", []
         if owner.render_notice is None:
             raise PermanentJobError(f"outbox row {outbox.id}: workflow {owner.name} renders no notices")
         owner.render_notice(rt, session, outbox, rt.clock.now())
         outbox.attempts += 1
-        message = build_message(
-            RenderedEmail(subject=outbox.subject, html=outbox.html, text=outbox.text),
-            to=outbox.to_email,
-            sender=rt.settings.mail_from,
-            message_id=outbox.message_id,
-            headers={"X-Dunning-Notice": outbox.key, "X-Dunning-Kind": outbox.kind},
-            date=outbox.send_after,
-        )
-        outbox_id = outbox.id
+        message = outbox_message(rt.settings, outbox)
+        outbox_id, kind = outbox.id, outbox.kind
 
     marked = False
 
@@ -111,15 +129,20 @@ def send_email(rt: Runtime, job: Job) -> Result:
     except _Superseded:
         with transaction(rt.sessions) as session:
             finish(session, job, note="another run sent it")
+        telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "superseded")
         return "superseded", []
     except TransientSendError as exc:
         settle("pending", str(exc)[:500])
+        telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "transient_failure")
         raise
     except PermanentSendError as exc:
         settle("failed", f"permanent SMTP failure: {exc}"[:500])
+        telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "permanent_failure")
         return "failed", []
     except AmbiguousSendError as exc:
         settle("unknown", f"parked: {exc}; check the mail server's log, then requeue or purge"[:500])
+        telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "unknown")
         return "unknown", []
     settle("sent", None)
+    telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "sent")
     return "sent", []

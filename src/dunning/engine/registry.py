@@ -51,6 +51,11 @@ class Workflow:
     #: Notice kinds (``outbox.kind``) this workflow writes; their templates are in
     #: ``templates/email/`` under the same names.
     notice_kinds: tuple[str, ...] = ()
+    #: The notice kinds that invite rather than inform (offers, upgrade prompts); the others are transactional.
+    prompt_kinds: tuple[str, ...] = ()
+    #: ``(kind, locale)`` -> a complete sample notice of that kind (a ``Renderable``), for previews,
+    #: the demo's gallery and the start-up check of the templates; ``KeyError`` for a kind not its own.
+    sample: Callable[[str, str], Any] | None = None
     render_notice: NoticeRenderer | None = None
     stale: NoticeCheck | None = None
     #: Makes this workflow's part of a group commit (None: it loads nothing ahead).
@@ -82,6 +87,14 @@ def job_handler(kind: str) -> JobHandler | None:
 def notice_owner(kind: str) -> Workflow | None:
     """The workflow that writes notices of ``kind``."""
     return next((w for w in workflows() if kind in w.notice_kinds), None)
+
+
+def sample_notice(kind: str, locale: str = "en") -> Any:
+    """A sample notice of ``kind`` in ``locale`` from the workflow that writes it; ``KeyError`` if none does."""
+    owner = notice_owner(kind)
+    if owner is None or owner.sample is None:
+        raise KeyError(kind)
+    return owner.sample(kind, locale)
 
 
 @cache

@@ -1,4 +1,4 @@
-"""``dunning serve``: signed HTTP ingest, customer links, health and a small ops page."""
+"""``dunning serve``: signed HTTP ingest, Stripe webhooks, customer links, health, a small ops page and the dashboard (``/ops``)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from dunning import telemetry
 from dunning.contract import Event
-from dunning.http.ingest import events_endpoint
+from dunning.http.ingest import DEFAULT_DRAIN_BYTES, events_endpoint, read_body
 from dunning.http.links import customer_link_endpoint
+from dunning.http.stripe_webhook import stripe_webhook_endpoint
 
 if TYPE_CHECKING:
     from dunning.engine.jobs import Dispatch
@@ -42,7 +44,14 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
         # Blocking Redis I/O: off the event loop, so one slow Redis call doesn't stall every request.
         await run_in_threadpool(_client().send_event, event)
 
-    events = events_endpoint(lambda: rt.settings.ingest_secret, send_event, rt.settings.ingest_drain_bytes)
+    async def count_refusal(reason: str) -> None:
+        # Counted in Redis (dunning.telemetry), from the threadpool: a flood of refusals must not
+        # stall the event loop on Redis.
+        await run_in_threadpool(telemetry.inc, telemetry.INGEST_REFUSALS, reason)
+
+    events = events_endpoint(
+        lambda: rt.settings.ingest_secret, send_event, rt.settings.ingest_drain_bytes, count_refusal
+    )
 
     def send_jobs_now(dispatch: list[Dispatch]) -> None:
         from dunning.broker.enqueue import send_jobs
@@ -50,6 +59,14 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
         send_jobs(_client().broker, dispatch)
 
     link = customer_link_endpoint(rt, send_jobs_now)
+
+    async def read_capped(request: Request, limit: int) -> bytes | None:
+        # The Stripe webhook's body, read (and an oversized one drained) like POST /events's.
+        return await read_body(
+            request, limit, max(limit, rt.settings.ingest_drain_bytes or DEFAULT_DRAIN_BYTES)
+        )
+
+    stripe_webhook = stripe_webhook_endpoint(rt, _client, read_capped)
 
     def ops_denied(request: Request) -> Response | None:
         """None if the request may read ops data (``/``, ``/metrics``), else the 401 to send (dunning.http.auth)."""
@@ -132,11 +149,28 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
 
         return HTMLResponse(render("api_docs.html", noindex=False, **page_values()))
 
+    def resend(queue: str, actor: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+        # What `dunning dlq requeue` does with a dead message: the original, sent again as is.
+        from dramatiq import Message
+
+        _client().broker.enqueue(
+            Message(queue_name=queue, actor_name=actor, args=tuple(args), kwargs=kwargs, options={})
+        )
+
+    def configured_redis_url() -> str:
+        from dunning.broker.setup import redis_url
+
+        return redis_url(rt.settings)
+
+    from dunning.http.dashboard import dashboard_routes
+
     return Starlette(
         routes=[
+            *dashboard_routes(rt, configured_redis_url, resend),
             Route("/events", events, methods=["POST"]),
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/docs", api_docs, methods=["GET"]),
+            Route("/stripe/webhook", stripe_webhook, methods=["POST"]),
             Route("/l/{token}", link, methods=["GET", "POST"]),
             Route("/healthz", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),

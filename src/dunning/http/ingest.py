@@ -30,6 +30,13 @@ TOO_LARGE = {
 }
 
 Send = Callable[[Event], Awaitable[Any]]
+#: Told the reason of each refusal (``dunning_ingest_refusals_total{reason}``): disabled, too_large,
+#: bad_signature, unsupported_media_type, invalid_event (400 and 422), broker_unavailable.
+Count = Callable[[str], Awaitable[Any]]
+
+
+async def _not_counted(reason: str) -> None:
+    return None
 
 
 def refusal(exc: InvalidEvent) -> JSONResponse:
@@ -76,39 +83,57 @@ async def read_body(request: Request, limit: int, drain: int) -> bytes | None:
 
 
 def events_endpoint(
-    secret_of: Callable[[], str | None], send: Send, drain_bytes: int | None = None
+    secret_of: Callable[[], str | None],
+    send: Send,
+    drain_bytes: int | None = None,
+    count: Count = _not_counted,
 ) -> Callable[[Request], Awaitable[Response]]:
-    """The ``POST /events`` handler: ``send`` enqueues an accepted event (blocking work off the loop)."""
+    """The ``POST /events`` handler: ``send`` enqueues an accepted event, ``count`` counts refusals
+    (both blocking work the caller keeps off the event loop)."""
     drain = max(drain_bytes or DEFAULT_DRAIN_BYTES, MAX_EVENT_BYTES)
+
+    async def refused(reason: str, answer: JSONResponse) -> Response:
+        await count(reason)
+        return answer
 
     async def events(request: Request) -> Response:
         secret = secret_of()
         if not secret:
-            return JSONResponse(
-                {"error": "ingest disabled: DUNNING_INGEST_SECRET is not set"}, status_code=401
+            return await refused(
+                "disabled",
+                JSONResponse({"error": "ingest disabled: DUNNING_INGEST_SECRET is not set"}, status_code=401),
             )
         # Read at most ``drain``: an unauthenticated client must not make us buffer an unbounded body.
         body = await read_body(request, MAX_EVENT_BYTES, drain)
         if body is None:
-            return JSONResponse(TOO_LARGE, 413)
+            return await refused("too_large", JSONResponse(TOO_LARGE, 413))
         try:
             verify(secret, body, request.headers.get(SIGNATURE_HEADER), now=time.time())
         except SignatureError as exc:
-            return JSONResponse({"error": "bad signature", "reason": str(exc)}, status_code=401)
+            return await refused(
+                "bad_signature", JSONResponse({"error": "bad signature", "reason": str(exc)}, status_code=401)
+            )
         if not json_media_type(request.headers.get("content-type")):
-            return JSONResponse(
-                {"error": "unsupported media type", "reason": "send Content-Type: application/json"},
-                status_code=415,
+            return await refused(
+                "unsupported_media_type",
+                JSONResponse(
+                    {"error": "unsupported media type", "reason": "send Content-Type: application/json"},
+                    status_code=415,
+                ),
             )
         try:
             event = parse_event(body)
         except InvalidEvent as exc:
-            return refusal(exc)
+            return await refused("invalid_event", refusal(exc))
         try:
             await send(event)
         except Exception as exc:
-            return JSONResponse(
-                {"error": "broker unavailable", "reason": type(exc).__name__, "retry": True}, status_code=503
+            return await refused(
+                "broker_unavailable",
+                JSONResponse(
+                    {"error": "broker unavailable", "reason": type(exc).__name__, "retry": True},
+                    status_code=503,
+                ),
             )
         return JSONResponse({"accepted": event.id}, status_code=202)
 

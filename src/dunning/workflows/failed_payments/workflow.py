@@ -9,12 +9,14 @@ from dunning.workflows.failed_payments.handlers import HANDLERS
 from dunning.workflows.failed_payments.jobs import JOBS, stale
 from dunning.workflows.failed_payments.links import LINK_PAGES
 from dunning.workflows.failed_payments.notices import KINDS
+from dunning.workflows.failed_payments.samples import sample
 
 WORKFLOW = Workflow(
     name=WORKFLOW_NAME,
     events=HANDLERS,
     jobs=JOBS,
     notice_kinds=KINDS,
+    sample=sample,
     render_notice=render_outbox,
     stale=stale,
     batch_part=PaymentsBatch,

@@ -8,12 +8,15 @@ from dunning.workflows.lifecycle.handlers import HANDLERS
 from dunning.workflows.lifecycle.jobs import JOBS, stale
 from dunning.workflows.lifecycle.notices import KINDS
 from dunning.workflows.lifecycle.rendering import render_outbox
+from dunning.workflows.lifecycle.samples import sample
 
 WORKFLOW = Workflow(
     name="lifecycle",
     events=HANDLERS,
     jobs={**JOBS, **annual_switch.JOBS},
     notice_kinds=KINDS,
+    prompt_kinds=("annual_offer", "upgrade_ending"),
+    sample=sample,
     render_notice=render_outbox,
     stale=stale,
     links={**links.LINK_PAGES, **annual_switch.LINK_PAGES},

@@ -8,12 +8,14 @@ from dunning.workflows.price_migrations.handlers import HANDLERS
 from dunning.workflows.price_migrations.jobs import JOBS
 from dunning.workflows.price_migrations.notices import KINDS
 from dunning.workflows.price_migrations.rendering import render_outbox, stale
+from dunning.workflows.price_migrations.samples import sample
 
 WORKFLOW = Workflow(
     name="price_migrations",
     events=HANDLERS,
     jobs=JOBS,
     notice_kinds=KINDS,
+    sample=sample,
     render_notice=render_outbox,
     stale=stale,
     links=choices.LINK_PAGES,
