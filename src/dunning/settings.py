@@ -52,6 +52,9 @@ class Settings:
     portal_secret: str | None = None
     #: Bearer token for the ops page and ``/metrics``; None: loopback clients only (dunning.http.auth).
     ops_token: str | None = None
+    #: ``DUNNING_INGEST_DRAIN_BYTES``: how much of an oversized ``POST /events`` body is read before the 413
+    #: (dunning.http.ingest); None: 8 MiB.
+    ingest_drain_bytes: int | None = None
     #: The operator's template folder (``DUNNING_TEMPLATES_DIR``): its templates, layouts and catalogs
     #: come before the shipped ones (``templates/README.md``); None: the shipped ones only.
     templates_dir: Path | None = None
@@ -95,11 +98,23 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         },
         portal_secret=env.get("DUNNING_PORTAL_SECRET") or None,
         ops_token=_ops_token(env.get("DUNNING_OPS_TOKEN", "")),
+        ingest_drain_bytes=_positive_int(
+            "DUNNING_INGEST_DRAIN_BYTES", env.get("DUNNING_INGEST_DRAIN_BYTES", "")
+        ),
         templates_dir=_templates_dir(env.get("DUNNING_TEMPLATES_DIR", "")),
         stripe_webhook_secrets=tuple(
             s.strip() for s in env.get("DUNNING_STRIPE_WEBHOOK_SECRETS", "").split(",") if s.strip()
         ),
     )
+
+
+def _positive_int(name: str, value: str) -> int | None:
+    """An optional positive integer setting: unset or empty means the default (None)."""
+    if not value.strip():
+        return None
+    if not value.strip().isdigit() or len(value.strip()) > 12 or int(value) <= 0:
+        raise ValueError(f"{name}: expected a positive whole number of bytes, got {value[:40]!r}")
+    return int(value)
 
 
 def _templates_dir(value: str) -> Path | None:

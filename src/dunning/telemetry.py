@@ -79,7 +79,7 @@ SPECS: dict[str, Spec] = {
     INGEST_REFUSALS: Spec(
         "counter",
         "Events refused by POST /events, by reason"
-        " (disabled, too_large, bad_signature, invalid_event, broker_unavailable)",
+        " (disabled, too_large, bad_signature, unsupported_media_type, invalid_event, broker_unavailable)",
         ("reason",),
     ),
 }

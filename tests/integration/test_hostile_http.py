@@ -1,4 +1,4 @@
-"""Hostile bodies and headers on signed ``POST /events``: 422 or 413 naming the problem, never a 5xx.
+"""Hostile bodies and headers on signed ``POST /events``: 400, 413, 415 or 422 naming the problem, never a 5xx.
 
 The first tests talk to the real ``dunning serve`` (uvicorn, a subprocess) over
 HTTP; the property test drives the same app in process with Starlette's test
@@ -91,10 +91,12 @@ def _post(url: str, body: bytes, **headers: str) -> httpx.Response:
 def _refused(answer: httpx.Response, field: str, reason: str) -> None:
     assert answer.status_code == 422, (answer.status_code, answer.text)
     payload = answer.json()
-    assert set(payload) == {"error", "field", "reason"}, payload
+    assert set(payload) == {"error", "field", "reason", "fields"}, payload
     assert payload["error"] == "invalid event"
     assert payload["field"] == field, payload
     assert reason in payload["reason"], payload
+    # The first of the listed fields is the one named on its own (v1 clients read field/reason).
+    assert payload["fields"][0] == {"path": payload["field"], "reason": payload["reason"]}, payload
 
 
 def _failure_text(amount: str = "4900", extra: str = "") -> bytes:
@@ -143,7 +145,12 @@ def test_an_oversized_body_is_413_not_500(server: str) -> None:
     body = _failure_text(extra=',"x":"' + "y" * MAX_EVENT_BYTES + '"')
     answer = _post(server, body)
     assert answer.status_code == 413, answer.text
-    assert answer.json() == {"error": "invalid event", "field": "(envelope)", "reason": "too large"}
+    assert answer.json() == {
+        "error": "invalid event",
+        "field": "(envelope)",
+        "reason": "too large",
+        "fields": [{"path": "(envelope)", "reason": "too large"}],
+    }
 
 
 def test_a_signature_timestamp_of_thousands_of_digits_is_401_not_500(server: str) -> None:
@@ -152,6 +159,95 @@ def test_a_signature_timestamp_of_thousands_of_digits_is_401_not_500(server: str
     answer = httpx.post(f"{server}/events", content=body, headers={SIGNATURE_HEADER: header}, timeout=30)
     assert answer.status_code == 401, answer.text
     assert answer.json()["reason"] == "malformed header"
+
+
+def test_a_422_lists_every_invalid_field_with_the_first_named_alone(server: str) -> None:
+    sub = {
+        "id": "evt_s_bad",
+        "type": "subscription.upserted",
+        "occurred_at": "2026-11-02T09:00:00Z",
+        "data": {
+            "subscription": {
+                "id": "sub_1",
+                "customer_id": "cus_1",
+                "plan": "pro",
+                "status": "trialing",
+                "amount_minor": -1,
+                "currency": "eur",
+                "interval": "month",
+                "current_period_end": "2026-12-02T09:00:00Z",
+                "trial_end": "2026-10-01T00:00:00Z",
+            }
+        },
+    }
+    answer = _post(server, json.dumps(sub).encode())
+    _refused(answer, "data.subscription.amount_minor", "greater than or equal to 0")
+    paths = [f["path"] for f in answer.json()["fields"]]
+    # Pydantic's errors, then the cross-field date check that a schema cannot express.
+    assert paths == [
+        "data.subscription.amount_minor",
+        "data.subscription.currency",
+        "data.subscription.trial_end",
+    ]
+    assert "trial cannot end" in answer.json()["fields"][2]["reason"]
+
+
+def test_unparseable_json_is_400_and_a_wrong_content_type_is_415(server: str) -> None:
+    answer = _post(server, b'{"id": "evt_x", "type": ')
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["field"] == "(envelope)" and "not valid JSON" in answer.json()["reason"]
+    assert answer.json()["fields"] == [{"path": "(envelope)", "reason": answer.json()["reason"]}]
+    answer = _post(server, _failure_text(), **{"Content-Type": "text/plain"})
+    assert answer.status_code == 415, answer.text
+    assert answer.json()["error"] == "unsupported media type"
+    # JSON that is not an event stays a 422, and so do the JSON limits.
+    _refused(_post(server, b"[1]"), "(envelope)", "expected a JSON object")
+    # A parameter or a +json type is still JSON; v1 never required the header, so none is fine.
+    assert (
+        _post(server, _failure_text(), **{"Content-Type": "application/json; charset=utf-8"}).status_code
+        == 202
+    )
+    assert _post(server, _failure_text(), **{"Content-Type": "application/event+json"}).status_code == 202
+    body = _failure_text()
+    answer = httpx.post(f"{server}/events", content=body, headers={SIGNATURE_HEADER: sign(SECRET, body)})
+    assert answer.status_code == 202, answer.text
+
+
+FIVE_MB = 5 * 1024 * 1024
+
+
+def test_a_5_mb_body_from_urllib_gets_a_readable_413(server: str) -> None:
+    # urllib sends the whole body before it reads a byte of the answer: the server drains, then answers.
+    import urllib.error
+    import urllib.request
+
+    body = b"x" * FIVE_MB
+    request = urllib.request.Request(
+        f"{server}/events",
+        data=body,
+        headers={"Content-Type": "application/json", SIGNATURE_HEADER: sign(SECRET, body)},
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=30)
+    assert caught.value.code == 413
+    assert json.loads(caught.value.read())["reason"] == "too large"
+
+
+def test_a_5_mb_body_on_a_raw_socket_gets_a_readable_413(server: str) -> None:
+    host, port = server.removeprefix("http://").split(":")
+    head = (
+        f"POST /events HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {FIVE_MB}\r\n{SIGNATURE_HEADER}: t=1,v1=00\r\n\r\n"
+    ).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head + b"x" * FIVE_MB)  # everything first, like the simplest client
+        answer = b""
+        while b"}" not in answer:
+            chunk = sock.recv(65536)
+            assert chunk, answer
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b'"reason":"too large"' in answer
 
 
 # -- property: the app never answers 5xx ----------------------------------------------------------
@@ -206,10 +302,11 @@ def test_post_events_never_answers_5xx(
     except (httpx.LocalProtocolError, ValueError):
         return  # a header the HTTP client itself refuses to send never reaches the app
     assert answer.status_code < 500, (answer.status_code, answer.text[:500])
-    assert answer.status_code in (202, 401, 413, 422), answer.status_code
-    if answer.status_code == 422:
+    assert answer.status_code in (202, 400, 401, 413, 415, 422), answer.status_code
+    if answer.status_code in (400, 422):
         payload = answer.json()
-        assert set(payload) == {"error", "field", "reason"} and payload["reason"], payload
+        assert set(payload) == {"error", "field", "reason", "fields"} and payload["reason"], payload
+        assert payload["fields"] and all(f["path"] and f["reason"] for f in payload["fields"]), payload
         assert "could not be validated" not in payload["reason"], payload
 
 

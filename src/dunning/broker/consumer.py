@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -39,6 +40,15 @@ log = logging.getLogger(__name__)
 
 #: How much of such bytes the dead letter keeps (escaped); Redis keeps all of them if parking fails.
 PAYLOAD_BYTES = 4096
+
+
+#: ``options.redis_message_id`` as it appears in a message's bytes (printable ASCII, no escapes).
+_CLAIMED_ID = re.compile(rb'"redis_message_id"\s*:\s*"([\x20-\x21\x23-\x5b\x5d-\x7e]{1,200})"')
+#: The reason for a message that claims another Redis id than it was queued under.
+WRONG_REDIS_ID = (
+    "options.redis_message_id is not the id the message was queued under "
+    "(it must equal the HSET field and the list entry)"
+)
 
 
 class NotAMessage(DunningError):
@@ -211,6 +221,33 @@ class RefusingRedisConsumer(_RedisConsumer):
     """
 
     broker: DunningRedisBroker
+    #: The ``redis_message_id`` options of the last fetch that are ids this consumer really fetched.
+    _ours: frozenset[str] = frozenset()
+
+    def fetched_ids(self, bodies: list[bytes | None]) -> frozenset[str]:
+        """The ids that the fetched bodies claim (``options.redis_message_id``) and that are in our acks set.
+
+        Dramatiq acknowledges a message by the id it claims. One that claims another id
+        than it was queued under (a producer bug) would be acknowledged by the wrong id:
+        its own would stay in the acks set, and come back after every worker restart.
+        One round trip per fetch, not per message. The scan of the bytes is only a fast
+        path: a claim it misses or misreads (an escaped id, the same key inside the event)
+        is checked again, exactly, by :meth:`is_ours`.
+        """
+        claims = [m.group(1).decode("ascii") for b in bodies if b and (m := _CLAIMED_ID.search(b))]
+        if not claims:
+            return frozenset()
+        key = f"{self.broker.namespace}:__acks__.{self.broker.broker_id}.{self.queue_name}"
+        with self.broker.client.pipeline(transaction=False) as pipe:
+            for claim in claims:
+                pipe.sismember(key, claim)
+            found = pipe.execute()
+        return frozenset(claim for claim, member in zip(claims, found, strict=True) if member)
+
+    def is_ours(self, claimed: str) -> bool:
+        """Whether ``claimed`` is an id in this consumer's acks set (the exact check of one message)."""
+        key = f"{self.broker.namespace}:__acks__.{self.broker.broker_id}.{self.queue_name}"
+        return bool(self.broker.client.sismember(key, claimed))
 
     def __next__(self) -> MessageProxy | None:
         try:
@@ -224,6 +261,8 @@ class RefusingRedisConsumer(_RedisConsumer):
                         self.message_cache = messages = self.broker.do_fetch(
                             self.queue_name, self.prefetch - self.outstanding_message_count
                         )
+                        if messages:
+                            self._ours = self.fetched_ids(messages)
                     if not messages:
                         self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
                         time.sleep(backoff_ms / 1000)
@@ -239,6 +278,10 @@ class RefusingRedisConsumer(_RedisConsumer):
                     message = decode_message(data)
                 except NotAMessage as exc:
                     self.refuse(data, exc.reason)
+                    continue
+                claimed = message.options["redis_message_id"]
+                if claimed not in self._ours and not self.is_ours(claimed):
+                    self.refuse(data, WRONG_REDIS_ID)
                     continue
                 self.queued_message_ids.add(message.message_id)
                 return MessageProxy(message)

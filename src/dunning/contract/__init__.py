@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from dunning.contract.dates import date_problems
 from dunning.contract.fields import CURRENCIES as CURRENCIES
 from dunning.contract.fields import Currency, Email, Timestamp
 from dunning.contract.untrusted_json import MAX_DEPTH as MAX_DEPTH
@@ -212,14 +213,32 @@ _adapter: TypeAdapter[Event] = TypeAdapter(Event)
 class InvalidEvent(Refused):
     """An event we refuse: ``field`` is a dotted path, ``reason`` says why.
 
-    Never retried: the same bytes would fail the same way.
+    ``problems`` lists every invalid field found, as ``(path, reason)`` pairs, the
+    first being ``(field, reason)``. ``malformed`` is True when the input is not
+    JSON at all (HTTP answers 400 rather than 422). Never retried: the same bytes
+    would fail the same way.
     """
 
     field: str
 
-    def __init__(self, field: str, reason: str, *, event_id: str | None = None) -> None:
+    def __init__(
+        self,
+        field: str,
+        reason: str,
+        *,
+        event_id: str | None = None,
+        problems: list[tuple[str, str]] | None = None,
+        malformed: bool = False,
+    ) -> None:
         super().__init__(field, reason)
         self.event_id = event_id
+        self.problems: list[tuple[str, str]] = problems or [(field, reason)]
+        self.malformed = malformed
+
+    @property
+    def fields(self) -> list[dict[str, str]]:
+        """Every problem as ``{"path", "reason"}``, as HTTP answers and dead letters show them."""
+        return [{"path": path, "reason": reason} for path, reason in self.problems]
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -299,7 +318,7 @@ def _parse(raw: Any) -> Event:
             reason = f"not valid JSON ({exc.reason})" if exc.syntax else exc.reason
             if exc.depth:  # deeper than the decoder goes, so deeper than an envelope may be
                 reason = too_deep(MAX_DEPTH)
-            raise InvalidEvent("(envelope)", reason) from None
+            raise InvalidEvent("(envelope)", reason, malformed=exc.syntax) from None
     if not isinstance(raw, dict):
         kind = "null" if raw is None else type(raw).__name__
         raise InvalidEvent("(envelope)", f"expected a JSON object, got {kind}")
@@ -319,41 +338,28 @@ def _parse(raw: Any) -> Event:
         raise InvalidEvent(
             "type", f"unknown event type; expected one of {', '.join(EVENT_TYPES)}", event_id=event_id
         )
+    problems: list[tuple[str, str]] = []
+    event: Event | None = None
     try:
         event = _adapter.validate_python(raw)
     except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        raise InvalidEvent(_loc(tuple(first["loc"])), first["msg"], event_id=event_id) from None
-    if isinstance(event, SubscriptionUpserted):
-        _check_dates(event)
+        problems = [
+            (_loc(tuple(e["loc"])), e["msg"]) for e in exc.errors(include_url=False, include_input=False)
+        ]
+    if kind == "subscription.upserted":
+        # Cross-field checks run even when other fields are wrong, so one answer lists every problem.
+        seen = {path for path, _ in problems}
+        problems += [p for p in date_problems(raw) if p[0] not in seen]
+    if problems:
+        field, reason = problems[0]
+        raise InvalidEvent(field, reason, event_id=event_id, problems=_unique(problems))
+    assert event is not None
     return event
 
 
-def _check_dates(event: SubscriptionUpserted) -> None:
-    """Dates that cannot be true when the event happened (a schema cannot compare two fields)."""
-    sub = event.data.subscription
-    if sub.status == "trialing" and sub.trial_end is not None and sub.trial_end < event.occurred_at:
-        raise InvalidEvent(
-            "data.subscription.trial_end",
-            f"a trialing subscription's trial cannot end ({sub.trial_end.isoformat()}) before the event"
-            f" occurred ({event.occurred_at.isoformat()})",
-            event_id=event.id,
-        )
-    upgrade = sub.temporary_upgrade
-    if upgrade is not None and upgrade.ends_at < event.occurred_at:
-        raise InvalidEvent(
-            "data.subscription.temporary_upgrade.ends_at",
-            f"the upgrade ends ({upgrade.ends_at.isoformat()}) before the event occurred"
-            f" ({event.occurred_at.isoformat()}); send the subscription without temporary_upgrade instead",
-            event_id=event.id,
-        )
-    if sub.started_at is not None and sub.started_at > event.occurred_at:
-        raise InvalidEvent(
-            "data.subscription.started_at",
-            f"the subscription cannot start ({sub.started_at.isoformat()}) after the event occurred"
-            f" ({event.occurred_at.isoformat()})",
-            event_id=event.id,
-        )
+def _unique(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Without repeats (a union can report one path twice), in order."""
+    return list(dict.fromkeys(problems))
 
 
 def event_json_schema() -> dict[str, Any]:

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from dunning import telemetry
-from dunning.contract import MAX_EVENT_BYTES, InvalidEvent, parse_event
+from dunning.contract import Event
+from dunning.http.ingest import DEFAULT_DRAIN_BYTES, events_endpoint, read_body
 from dunning.http.links import customer_link_endpoint
 from dunning.http.stripe_webhook import stripe_webhook_endpoint
-from dunning.signing import SIGNATURE_HEADER, SignatureError, verify
 
 if TYPE_CHECKING:
     from dunning.engine.jobs import Dispatch
@@ -41,44 +40,18 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
             client = Client(redis_url(rt.settings))
         return client
 
-    async def refused(reason: str, body: dict[str, Any], status: int) -> Response:
+    async def send_event(event: Event) -> None:
+        # Blocking Redis I/O: off the event loop, so one slow Redis call doesn't stall every request.
+        await run_in_threadpool(_client().send_event, event)
+
+    async def count_refusal(reason: str) -> None:
         # Counted in Redis (dunning.telemetry), from the threadpool: a flood of refusals must not
         # stall the event loop on Redis.
         await run_in_threadpool(telemetry.inc, telemetry.INGEST_REFUSALS, reason)
-        return JSONResponse(body, status_code=status)
 
-    async def events(request: Request) -> Response:
-        secret = rt.settings.ingest_secret
-        if not secret:
-            return await refused(
-                "disabled", {"error": "ingest disabled: DUNNING_INGEST_SECRET is not set"}, 401
-            )
-        # Read at most the limit: an unauthenticated client must not make us buffer an unbounded body.
-        body = await _read_capped(request, MAX_EVENT_BYTES)
-        if body is None:
-            return await refused(
-                "too_large", {"error": "invalid event", "field": "(envelope)", "reason": "too large"}, 413
-            )
-        try:
-            verify(secret, body, request.headers.get(SIGNATURE_HEADER), now=time.time())
-        except SignatureError as exc:
-            return await refused("bad_signature", {"error": "bad signature", "reason": str(exc)}, 401)
-        try:
-            event = parse_event(body)
-        except InvalidEvent as exc:
-            return await refused(
-                "invalid_event", {"error": "invalid event", "field": exc.field, "reason": exc.reason}, 422
-            )
-        try:
-            # Blocking Redis I/O: off the event loop, so one slow Redis call doesn't stall every request.
-            await run_in_threadpool(_client().send_event, event)
-        except Exception as exc:
-            return await refused(
-                "broker_unavailable",
-                {"error": "broker unavailable", "reason": type(exc).__name__, "retry": True},
-                503,
-            )
-        return JSONResponse({"accepted": event.id}, status_code=202)
+    events = events_endpoint(
+        lambda: rt.settings.ingest_secret, send_event, rt.settings.ingest_drain_bytes, count_refusal
+    )
 
     def send_jobs_now(dispatch: list[Dispatch]) -> None:
         from dunning.broker.enqueue import send_jobs
@@ -86,7 +59,14 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
         send_jobs(_client().broker, dispatch)
 
     link = customer_link_endpoint(rt, send_jobs_now)
-    stripe_webhook = stripe_webhook_endpoint(rt, _client, _read_capped)
+
+    async def read_capped(request: Request, limit: int) -> bytes | None:
+        # The Stripe webhook's body, read (and an oversized one drained) like POST /events's.
+        return await read_body(
+            request, limit, max(limit, rt.settings.ingest_drain_bytes or DEFAULT_DRAIN_BYTES)
+        )
+
+    stripe_webhook = stripe_webhook_endpoint(rt, _client, read_capped)
 
     def ops_denied(request: Request) -> Response | None:
         """None if the request may read ops data (``/``, ``/metrics``), else the 401 to send (dunning.http.auth)."""
@@ -158,6 +138,17 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
         )
         return HTMLResponse(page)
 
+    def openapi(request: Request) -> Response:
+        from dunning.http.openapi import openapi_text
+
+        return Response(openapi_text(), media_type="application/json")
+
+    def api_docs(request: Request) -> Response:
+        from dunning.http.apidocs import page_values
+        from dunning.http.pages import render
+
+        return HTMLResponse(render("api_docs.html", noindex=False, **page_values()))
+
     def resend(queue: str, actor: str, args: list[Any], kwargs: dict[str, Any]) -> None:
         # What `dunning dlq requeue` does with a dead message: the original, sent again as is.
         from dramatiq import Message
@@ -177,6 +168,8 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
         routes=[
             *dashboard_routes(rt, configured_redis_url, resend),
             Route("/events", events, methods=["POST"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
+            Route("/docs", api_docs, methods=["GET"]),
             Route("/stripe/webhook", stripe_webhook, methods=["POST"]),
             Route("/l/{token}", link, methods=["GET", "POST"]),
             Route("/healthz", health, methods=["GET"]),
@@ -184,20 +177,6 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
             Route("/", ops, methods=["GET"]),
         ]
     )
-
-
-async def _read_capped(request: Request, limit: int) -> bytes | None:
-    """The request body, or None as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length", "")
-    # Length first: int() of a header of thousands of digits raises (Python's 4,300-digit guard).
-    if declared.isascii() and declared.isdigit() and (len(declared) > 20 or int(declared) > limit):
-        return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
 
 
 __all__: list[Any] = ["create_app"]
