@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from dunning.contract import ACTOR, QUEUE, InvalidEvent, parse_event
 from dunning.contract.stripe import Ignored, map_stripe_event
 from dunning.contract.untrusted_json import JsonRefused, loads
+from dunning.errors import MAX_REASON, refusal_reason
 from dunning.signing import SignatureError, verify_any
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ def park_mapped(rt: Runtime, envelope: dict[str, Any], stripe_type: str, exc: In
             "actor": ACTOR,
             "payload": json.dumps(payload, separators=(",", ":"), default=str),
             "field": exc.field,
-            "reason": f"from Stripe {stripe_type}: {exc.reason}",
+            "reason": f"from Stripe {stripe_type}: {refusal_reason(exc)}"[:MAX_REASON],
             "error_type": "InvalidEvent",
             "parked_at": datetime.now(UTC),
         },
@@ -130,7 +131,7 @@ def stripe_webhook_endpoint(
             return _answer(
                 stripe_type,
                 "parked",
-                {"parked": ref, "fields": [{"path": exc.field, "reason": exc.reason}]},
+                {"parked": ref, "fields": exc.fields},
             )
         try:
             await run_in_threadpool(client().send_event, event)
