@@ -52,6 +52,8 @@ class Settings:
     portal_secret: str | None = None
     #: Bearer token for the ops page and ``/metrics``; None: loopback clients only (dunning.http.auth).
     ops_token: str | None = None
+    #: ``Reply-To`` of every customer email (``DUNNING_MAIL_REPLY_TO``); None: replies go to ``mail_from``.
+    mail_reply_to: str | None = None
 
     @property
     def outbox_dir(self) -> Path:
@@ -90,7 +92,24 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         },
         portal_secret=env.get("DUNNING_PORTAL_SECRET") or None,
         ops_token=_ops_token(env.get("DUNNING_OPS_TOKEN", "")),
+        mail_reply_to=_address("DUNNING_MAIL_REPLY_TO", env.get("DUNNING_MAIL_REPLY_TO", "")),
     )
+
+
+def _address(name: str, value: str) -> str | None:
+    """An address header value from the environment (``Name <a@b>`` or ``a@b``); empty means none."""
+    value = value.strip()
+    if not value:
+        return None
+    from email.headerregistry import HeaderRegistry
+
+    try:
+        header = HeaderRegistry()("reply-to", value)
+    except (ValueError, IndexError):
+        header = None
+    if header is None or len(header.addresses) != 1 or header.defects or "@" not in value:  # type: ignore[attr-defined]
+        raise ValueError(f"{name}: expected one address, e.g. 'Billing support <support@example.com>'")
+    return value
 
 
 #: Shortest ops token accepted: it guards revenue figures, so it must not be guessable.

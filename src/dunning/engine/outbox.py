@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import update
 
+from dunning.engine import delivery
 from dunning.engine.jobs import finish
 from dunning.engine.registry import Result, notice_owner
 from dunning.errors import PermanentJobError
@@ -64,6 +65,8 @@ def send_email(rt: Runtime, job: Job) -> Result:
             outbox.status = "skipped"
             finish(session, job)
             return "skipped", []
+        if (held := delivery.hold(rt, session, outbox, job, rt.clock.now())) is not None:
+            return held, []
         if owner.render_notice is None:
             raise PermanentJobError(f"outbox row {outbox.id}: workflow {owner.name} renders no notices")
         owner.render_notice(rt, session, outbox, rt.clock.now())
@@ -73,8 +76,13 @@ def send_email(rt: Runtime, job: Job) -> Result:
             to=outbox.to_email,
             sender=rt.settings.mail_from,
             message_id=outbox.message_id,
-            headers={"X-Dunning-Notice": outbox.key, "X-Dunning-Kind": outbox.kind},
+            headers={
+                "X-Dunning-Notice": outbox.key,
+                "X-Dunning-Kind": outbox.kind,
+                **delivery.headers(rt, outbox, rt.clock.now()),
+            },
             date=outbox.send_after,
+            to_name=delivery.recipient_name(session, outbox),
         )
         outbox_id = outbox.id
 
@@ -117,6 +125,7 @@ def send_email(rt: Runtime, job: Job) -> Result:
         raise
     except PermanentSendError as exc:
         settle("failed", f"permanent SMTP failure: {exc}"[:500])
+        delivery.bounced(rt, outbox_id, exc)
         return "failed", []
     except AmbiguousSendError as exc:
         settle("unknown", f"parked: {exc}; check the mail server's log, then requeue or purge"[:500])

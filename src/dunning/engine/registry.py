@@ -16,6 +16,7 @@ from datetime import datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from dunning.domain.emails import UNCLASSIFIED, MailKind
 from dunning.engine.link_pages import LinkPage, LinkPages
 from dunning.engine.links import subject_kind
 
@@ -51,6 +52,10 @@ class Workflow:
     #: Notice kinds (``outbox.kind``) this workflow writes; their templates are in
     #: ``templates/email/`` under the same names.
     notice_kinds: tuple[str, ...] = ()
+    #: How each notice kind is treated on the way out (:mod:`dunning.domain.emails`): its class
+    #: (dunning, transactional, prompt) and rank. Keys are a kind, or ``kind:variant`` when one
+    #: variant differs from its kind; a kind not listed is transactional.
+    mail_kinds: Mapping[str, MailKind] = field(default_factory=dict)
     render_notice: NoticeRenderer | None = None
     stale: NoticeCheck | None = None
     #: Makes this workflow's part of a group commit (None: it loads nothing ahead).
@@ -84,6 +89,16 @@ def notice_owner(kind: str) -> Workflow | None:
     return next((w for w in workflows() if kind in w.notice_kinds), None)
 
 
+def mail_kind(kind: str, variant: str | None = None) -> MailKind:
+    """The class and rank of a notice (``kind:variant`` first, then the kind; unlisted: transactional)."""
+    owner = notice_owner(kind)
+    if owner is None:
+        return UNCLASSIFIED
+    if variant is not None and f"{kind}:{variant}" in owner.mail_kinds:
+        return owner.mail_kinds[f"{kind}:{variant}"]
+    return owner.mail_kinds.get(kind, UNCLASSIFIED)
+
+
 @cache
 def link_page(purpose: str, subject: str) -> LinkPage | None:
     """The page that answers a link of ``purpose`` about ``subject`` (None: no workflow serves it)."""
@@ -115,3 +130,7 @@ def check(found: tuple[Workflow, ...] | None = None) -> None:
                 if key in seen:
                     raise ValueError(f"workflows: {what} {key!r} is claimed by {seen[key]} and {w.name}")
                 seen[key] = w.name
+    for w in found:
+        for key in w.mail_kinds:
+            if key.partition(":")[0] not in w.notice_kinds:
+                raise ValueError(f"workflows: {w.name} classifies {key!r}, not one of its notice kinds")

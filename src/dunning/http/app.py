@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from dunning.contract import MAX_EVENT_BYTES, InvalidEvent, parse_event
 from dunning.http.links import customer_link_endpoint
+from dunning.http.unsubscribe import unsubscribe_endpoint
 from dunning.signing import SIGNATURE_HEADER, SignatureError, verify
 
 if TYPE_CHECKING:
@@ -149,6 +150,7 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
         routes=[
             Route("/events", events, methods=["POST"]),
             Route("/l/{token}", link, methods=["GET", "POST"]),
+            Route("/unsubscribe/{token}", unsubscribe_endpoint(rt), methods=["GET", "POST"]),
             Route("/healthz", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/", ops, methods=["GET"]),

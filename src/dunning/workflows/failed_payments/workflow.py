@@ -8,13 +8,14 @@ from dunning.workflows.failed_payments.cases import render_outbox
 from dunning.workflows.failed_payments.handlers import HANDLERS
 from dunning.workflows.failed_payments.jobs import JOBS, stale
 from dunning.workflows.failed_payments.links import LINK_PAGES
-from dunning.workflows.failed_payments.notices import KINDS
+from dunning.workflows.failed_payments.notices import KINDS, MAIL_KINDS
 
 WORKFLOW = Workflow(
     name=WORKFLOW_NAME,
     events=HANDLERS,
     jobs=JOBS,
     notice_kinds=KINDS,
+    mail_kinds=MAIL_KINDS,
     render_notice=render_outbox,
     stale=stale,
     batch_part=PaymentsBatch,

@@ -6,7 +6,7 @@ from dunning.engine.registry import Workflow
 from dunning.workflows.lifecycle import annual_switch, links
 from dunning.workflows.lifecycle.handlers import HANDLERS
 from dunning.workflows.lifecycle.jobs import JOBS, stale
-from dunning.workflows.lifecycle.notices import KINDS
+from dunning.workflows.lifecycle.notices import KINDS, MAIL_KINDS
 from dunning.workflows.lifecycle.rendering import render_outbox
 
 WORKFLOW = Workflow(
@@ -14,6 +14,7 @@ WORKFLOW = Workflow(
     events=HANDLERS,
     jobs={**JOBS, **annual_switch.JOBS},
     notice_kinds=KINDS,
+    mail_kinds=MAIL_KINDS,
     render_notice=render_outbox,
     stale=stale,
     links={**links.LINK_PAGES, **annual_switch.LINK_PAGES},
