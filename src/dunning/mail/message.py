@@ -67,6 +67,9 @@ def safe_display_name(name: str | None) -> str:
     if not name:
         return ""
     kept = "".join(" " if unicodedata.category(ch)[0] in ("C", "Z") else ch for ch in name)
+    # "=?" starts an RFC 2047 encoded word, which lenient readers decode even inside quotes: a
+    # name could then display as something it does not say. A space keeps it literal.
+    kept = kept.replace("=?", "= ?")
     return " ".join(kept.split())[:MAX_NAME_CHARS].strip()
 
 
