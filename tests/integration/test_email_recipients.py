@@ -258,3 +258,39 @@ def test_caps_and_coalescing_over_a_week_in_three_timezones(capped_world: Any) -
     ]
     assert any(line.startswith("upgrade_ending not sent:") for line in h.timeline("cus_utc_c"))
     assert "upgrade_reverted" in [o.kind for o in rows if o.to_email == "cus_utc@example.com"]
+
+
+def test_unsubscribe_links_refuse_anything_but_their_own_token(world: Any) -> None:
+    from dunning.engine.delivery import UNSUBSCRIBE_TTL
+    from dunning.engine.links import MANAGE_ACCOUNT, UNSUBSCRIBE, outbox_subject
+
+    h = world
+    h.customer()
+    h.fail(code="insufficient_funds")
+    h.settle()
+    [row] = h.outbox()
+    web = TestClient(create_app(h.rt, broker=h.broker))
+    now = h.rt.clock.now()
+
+    def token(**claims: Any) -> str:
+        expires_at = claims.pop("expires_at", now + UNSUBSCRIBE_TTL)
+        fields = {"purpose": UNSUBSCRIBE, "customer": "cus_1", "subject": outbox_subject(row.id), **claims}
+        return h.rt.links.token(expires_at=expires_at, **fields)
+
+    one_click = {"List-Unsubscribe": "One-Click"}
+    cases = {
+        "x" * 10_000: 404,
+        "ünïcödé.tøken": 404,
+        token(purpose=MANAGE_ACCOUNT): 404,  # another purpose's link
+        token(customer="cus_2"): 404,  # the claim must name the email's customer
+        token(subject=outbox_subject(row.id + 1000)): 404,  # no such email
+        token(subject="case:1"): 404,
+        token(expires_at=now - timedelta(seconds=1)): 410,
+    }
+    for bad, status in cases.items():
+        assert web.get(f"/unsubscribe/{bad}").status_code == status, bad[:40]
+        assert web.post(f"/unsubscribe/{bad}", data=one_click).status_code == status, bad[:40]
+    # An unsubscribe token is good for nothing at /l/.
+    assert web.get(f"/l/{token()}").status_code == 404
+    with h.rt.sessions() as s:
+        assert s.execute(select(MailSuppression)).scalars().all() == []
