@@ -141,6 +141,11 @@ def test_a_permanent_refusal_stops_sending_until_the_customer_email_changes(worl
     assert (bounce.address, bounce.customer_id, bounce.code) == ("cus_1@example.com", "cus_1", 550)
     listed = _bounces_cli(h)
     assert listed["count"] == 1 and listed["bounces"][0]["address"] == "cus_1@example.com"
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    app.command("bounces")(bounces_command)
+    table = CliRunner().invoke(app, ["bounces"])
+    assert table.exit_code == 0 and "cus_1@example.com" in table.output and "550" in table.output
     assert listed["bounces"][0]["kind"] == "payment_failed"
 
     h.advance(timedelta(days=6, hours=1), step=timedelta(hours=12))  # the reminder falls due
