@@ -21,10 +21,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 clock_app = typer.Typer(help="The simulated clock (DUNNING_CLOCK=simulated).", no_args_is_help=True)
-dlq_app = typer.Typer(help="Dead letters: refused messages and parked jobs.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(clock_app, name="clock")
-app.add_typer(dlq_app, name="dlq")
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # one line per error, whatever the width
@@ -138,9 +136,10 @@ def worker(
     unknown = set(queues or ()) - set(ALL_QUEUES)
     if unknown:
         fail(f"--queue: unknown queue {sorted(unknown)[0]!r}; queues are {', '.join(ALL_QUEUES)}")
-    rt = _runtime()
-    _require_schema(rt)
     from dunning.broker.setup import redis_url
+    from dunning.commands.emails import serving_runtime
+
+    rt = serving_runtime()
 
     # Children inherit the resolved URL, so they all share one (embedded) Redis.
     os.environ["DUNNING_REDIS_URL"] = redis_url(rt.settings)
@@ -161,6 +160,10 @@ def scheduler(
     poll: Annotated[float, typer.Option(min=0.01, help="Seconds between polls when idle.")] = 0.5,
     batch: Annotated[int, typer.Option(min=1, help="Jobs claimed per pass.")] = 500,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what one pass would enqueue, claim nothing, exit.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: a JSON array.")] = False,
 ) -> None:
     """Claim due jobs from the database and enqueue them (safe to run several)."""
     import signal
@@ -169,15 +172,35 @@ def scheduler(
     from dunning.broker.setup import setup_broker
     from dunning.engine.scheduler import run_forever
 
-    _logging(verbose)
     rt = _runtime()
     _require_schema(rt)
+    if dry_run:
+        _dry_run(rt, batch, as_json)
+        return
+    _logging(verbose)
     broker = setup_broker(rt.settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     logging.getLogger("dunning").info("scheduler started (poll %.2fs, batch %d)", poll, batch)
     run_forever(rt, broker, poll_s=poll, batch=batch, stop=stop)
+
+
+def _dry_run(rt: Any, batch: int, as_json: bool) -> None:
+    import json
+
+    from dunning.ops.preview import preview
+
+    would = preview(rt, batch=batch)
+    if as_json:
+        typer.echo(json.dumps([w.to_json() for w in would], indent=2))
+        return
+    table = Table(title=f"A scheduler pass now would enqueue {len(would)} (nothing claimed)")
+    for col in ("job", "kind", "queue", "due", "why", "key"):
+        table.add_column(col, overflow="fold")
+    for w in would:
+        table.add_row(str(w.job_id), w.kind, w.queue, f"{w.due_at:%Y-%m-%d %H:%M}", w.why, escape(w.key))
+    console.print(table)
 
 
 @app.command()
@@ -188,10 +211,17 @@ def serve(
     """HTTP ingest (POST /events), customer links (/l/...), ops page (/) and /healthz."""
     import uvicorn
 
+    from dunning.commands.emails import serving_runtime
     from dunning.http.app import create_app
 
-    rt = _runtime()
-    _require_schema(rt)
+    rt = serving_runtime()
+    import redis
+
+    from dunning import telemetry
+    from dunning.broker.setup import redis_url
+
+    # Ingest refusals are counted in Redis with the workers' metrics (dunning.telemetry).
+    telemetry.install(redis.Redis.from_url(redis_url(rt.settings)))
     uvicorn.run(create_app(rt), host=host, port=port, log_level="info")
 
 
@@ -217,133 +247,6 @@ def sandbox(
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
     server.stop()
-
-
-@app.command()
-def queues() -> None:
-    """Queue depths, delayed and dead messages, and the job schedule."""
-    from dunning.ops import queue_snapshot
-
-    rt = _runtime()
-    _require_schema(rt)
-    from dunning.broker.setup import redis_url
-
-    snap = queue_snapshot(rt, redis_url(rt.settings))
-    table = Table(title="Broker queues")
-    for col in ("queue", "ready", "delayed", "dead (broker)"):
-        table.add_column(col, justify="right" if col != "queue" else "left")
-    for q in snap.queues:
-        table.add_row(q.name, str(q.ready), str(q.delayed), str(q.dead))
-    console.print(table)
-    jobs = Table(title=f"Scheduled jobs (business time {snap.now:%Y-%m-%d %H:%M}Z)")
-    for col in ("state", "count"):
-        jobs.add_column(col)
-    for state, n in snap.jobs.items():
-        jobs.add_row(state, str(n))
-    console.print(jobs)
-    if snap.oldest_due_age_s is not None:
-        console.print(f"oldest due job waiting: {snap.oldest_due_age_s:.0f}s")
-    console.print(f"dead letters to review: {snap.dead_letters} (see `dunning dlq list`)")
-
-
-@dlq_app.command("list")
-def dlq_list(all_: Annotated[bool, typer.Option("--all", help="Include requeued ones.")] = False) -> None:
-    """List refused messages (m<id>) and parked jobs (j<id>) with their reasons."""
-    from dunning.store.dead_letters import list_parked
-
-    rt = _runtime()
-    _require_schema(rt)
-    items = list_parked(rt, include_requeued=all_)
-    table = Table(title=f"Dead letters ({len(items)})")
-    for col in ("ref", "when", "queue", "what", "field", "reason"):
-        table.add_column(col, overflow="fold")
-    for p in items:
-        # Queue, actor and reason can carry a producer's text: printed as is, never as markup.
-        table.add_row(
-            p.ref,
-            f"{p.at:%Y-%m-%d %H:%M:%S}",
-            *(escape(v) for v in (p.queue, p.what, p.field or "", p.reason)),
-        )
-    console.print(table)
-
-
-@dlq_app.command("show")
-def dlq_show(ref: Annotated[str, typer.Argument(help="m<id> or j<id> from `dlq list`.")]) -> None:
-    """Show one dead letter with its payload."""
-    from dunning.store.dead_letters import get_parked
-
-    rt = _runtime()
-    _require_schema(rt)
-    try:
-        item = get_parked(rt, _ref(ref))
-    except KeyError:
-        fail(f"no dead letter {ref!r}")
-    console.print_json(data={k: str(v) if k == "at" else v for k, v in item.__dict__.items()})
-
-
-def _ref(ref: str) -> str:
-    if len(ref) < 2 or ref[0] not in "mj" or not ref[1:].isdigit():
-        fail(f"REF: expected m<number> or j<number> (as shown by `dunning dlq list`), got {ref!r}")
-    return ref
-
-
-@dlq_app.command("requeue")
-def dlq_requeue(refs: Annotated[list[str], typer.Argument(help="m<id>/j<id>, or 'all'.")]) -> None:
-    """Send dead letters back for another try (after fixing the cause)."""
-    from dramatiq import Message
-
-    from dunning.store.dead_letters import CannotRequeue, list_parked, requeue
-
-    rt = _runtime()
-    _require_schema(rt)
-    brokers: list[Any] = []
-
-    def send(queue: str, actor: str, args: list[Any], kwargs: dict[str, Any]) -> None:
-        if not brokers:  # connected on first use: a refusal needs no broker
-            from dunning.broker.setup import setup_broker
-
-            brokers.append(setup_broker(rt.settings))
-        brokers[0].enqueue(
-            Message(queue_name=queue, actor_name=actor, args=tuple(args), kwargs=kwargs, options={})
-        )
-
-    every = refs == ["all"]
-    targets = [p.ref for p in list_parked(rt, limit=100_000)] if every else [_ref(r) for r in refs]
-    for ref in targets:
-        try:
-            console.print(requeue(rt, ref, send))
-        except KeyError:
-            fail(f"no dead letter {ref!r} to requeue")
-        except CannotRequeue as exc:
-            if not every:
-                fail(str(exc))
-            console.print(f"skipped: {exc}", markup=False, highlight=False)
-
-
-@dlq_app.command("purge")
-def dlq_purge(
-    ref: Annotated[str | None, typer.Argument(help="One m<id>/j<id>; omit with --all.")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Purge every dead letter.")] = False,
-) -> None:
-    """Delete dead letters for good."""
-    from dunning.store.dead_letters import purge
-
-    if not ref and not all_:
-        fail("give a REF or --all")
-    rt = _runtime()
-    _require_schema(rt)
-    n = purge(rt, None if all_ else _ref(ref or ""))
-    console.print(f"purged {n}")
-
-
-@app.command()
-def report() -> None:
-    """Cases by outcome, revenue recovered, emails by kind."""
-    from dunning.ops import print_report
-
-    rt = _runtime()
-    _require_schema(rt)
-    print_report(console, rt)
 
 
 @app.command()
@@ -373,10 +276,20 @@ def demo(
 
 def _register() -> None:
     from dunning.commands.calendar import calendar_command
+    from dunning.commands.controls import pause_command, resume_command
+    from dunning.commands.dlq import dlq_app
+    from dunning.commands.emails import emails_app
+    from dunning.commands.ops_view import queues_command, report_command
     from dunning.commands.prices import prices_app
 
+    app.command("queues")(queues_command)
+    app.add_typer(dlq_app, name="dlq")
+    app.command("report")(report_command)
+    app.command("pause")(pause_command)
+    app.command("resume")(resume_command)
     app.command("calendar")(calendar_command)
     app.add_typer(prices_app, name="prices")
+    app.add_typer(emails_app, name="emails")
 
 
 _register()

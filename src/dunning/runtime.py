@@ -105,7 +105,11 @@ def build_runtime(
             reader = make_sessionmaker(make_engine(settings.database_url, immediate=False, pool_size=2))
         clock = DatabaseClock(sessions, reader)
     if billing is None:
-        billing = HttpBillingClient(settings.billing_url or DEFAULT_SANDBOX_URL, settings.billing_secret)
+        from dunning.telemetry import billing_call
+
+        billing = HttpBillingClient(
+            settings.billing_url or DEFAULT_SANDBOX_URL, settings.billing_secret, observer=billing_call
+        )
     return Runtime(
         settings=settings,
         engine=engine,
@@ -113,7 +117,7 @@ def build_runtime(
         clock=clock,
         policy=load_policy(settings.policy_path),
         billing=billing,
-        renderer=Renderer(),
+        renderer=Renderer(override_dir=settings.templates_dir),
         sender=sender or sender_from_url(settings.smtp_url, settings.outbox_dir),
         links=LinkSigner(settings.link_secret, settings.public_url),
         tuning=tuning,

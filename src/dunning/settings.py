@@ -54,6 +54,11 @@ class Settings:
     ops_token: str | None = None
     #: ``Reply-To`` of every customer email (``DUNNING_MAIL_REPLY_TO``); None: replies go to ``mail_from``.
     mail_reply_to: str | None = None
+    #: The operator's template folder (``DUNNING_TEMPLATES_DIR``): its templates, layouts and catalogs
+    #: come before the shipped ones (``templates/README.md``); None: the shipped ones only.
+    templates_dir: Path | None = None
+    #: Stripe webhook signing secrets (``whsec_…``), several during a rotation; empty: endpoint disabled.
+    stripe_webhook_secrets: tuple[str, ...] = ()
 
     @property
     def outbox_dir(self) -> Path:
@@ -93,6 +98,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         portal_secret=env.get("DUNNING_PORTAL_SECRET") or None,
         ops_token=_ops_token(env.get("DUNNING_OPS_TOKEN", "")),
         mail_reply_to=_address("DUNNING_MAIL_REPLY_TO", env.get("DUNNING_MAIL_REPLY_TO", "")),
+        templates_dir=_templates_dir(env.get("DUNNING_TEMPLATES_DIR", "")),
+        stripe_webhook_secrets=tuple(
+            s.strip() for s in env.get("DUNNING_STRIPE_WEBHOOK_SECRETS", "").split(",") if s.strip()
+        ),
     )
 
 
@@ -110,6 +119,16 @@ def _address(name: str, value: str) -> str | None:
     if header is None or len(header.addresses) != 1 or header.defects or "@" not in value:  # type: ignore[attr-defined]
         raise ValueError(f"{name}: expected one address, e.g. 'Billing support <support@example.com>'")
     return value
+
+
+def _templates_dir(value: str) -> Path | None:
+    """``DUNNING_TEMPLATES_DIR``: unset or empty means none; otherwise an existing folder."""
+    if not value.strip():
+        return None
+    path = Path(value.strip()).expanduser().resolve()
+    if not path.is_dir():
+        raise ValueError(f"DUNNING_TEMPLATES_DIR: no such folder {path}")
+    return path
 
 
 #: Shortest ops token accepted: it guards revenue figures, so it must not be guessable.

@@ -82,3 +82,31 @@ def verify(
     if timestamp - current > tolerance_s:
         raise SignatureError("timestamp too far in the future")
     return timestamp
+
+
+def verify_any(
+    secrets: tuple[str, ...] | list[str],
+    body: bytes,
+    header: str | None,
+    *,
+    now: float | None = None,
+    tolerance_s: int = DEFAULT_TOLERANCE_S,
+) -> int:
+    """:func:`verify` against each of several secrets (a rotation on the receiving side); any one is enough.
+
+    Stripe's ``Stripe-Signature`` is this same scheme (``t=…,v1=…`` over ``f"{t}."``
+    and the body), so Stripe webhooks are verified here too. A stale timestamp is
+    reported as such only when a secret matched: an attacker learns nothing else.
+    """
+    if not secrets:
+        raise SignatureError("no secret configured")
+    last: SignatureError | None = None
+    for secret in secrets:
+        try:
+            return verify(secret, body, header, now=now, tolerance_s=tolerance_s)
+        except SignatureError as exc:
+            if str(exc) != "signature mismatch":
+                raise  # malformed or stale: the same for every secret
+            last = exc
+    assert last is not None
+    raise last

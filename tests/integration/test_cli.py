@@ -29,8 +29,14 @@ COMMANDS = [
     ["dlq", "show"],
     ["dlq", "requeue"],
     ["dlq", "purge"],
+    ["dlq", "audit"],
     ["report"],
+    ["pause"],
+    ["resume"],
     ["calendar"],
+    ["emails"],
+    ["emails", "list"],
+    ["emails", "preview"],
 ]
 
 
@@ -75,6 +81,11 @@ def test_bad_input_gets_a_one_line_reason(cli, tmp_path: Path) -> None:
     _one_line_error(cli("dlq", "show", "zz"), "expected m<number> or j<number>")
     _one_line_error(cli("dlq", "show", "m99"), "no dead letter 'm99'")
     _one_line_error(cli("dlq", "purge"), "give a REF or --all")
+    _one_line_error(cli("dlq", "list", "--older-than", "soon"), "--older-than: invalid duration 'soon'")
+    _one_line_error(cli("report", "--since", "1y"), "--since: invalid duration '1y'")
+    _one_line_error(cli("report", "--json", "--csv"), "--json and --csv")
+    _one_line_error(cli("pause", "nope"), "unknown notice kind 'nope'")
+    _one_line_error(cli("queues", "--json", "--watch", "1"), "--json and --watch")
     policy = tmp_path / "policy.toml"
     policy.write_text("[plans.pro]\nend_action = 'downgrade'\n")
     _one_line_error(cli("report", env={"DUNNING_POLICY": str(policy)}), "plans.pro.downgrade_plan")

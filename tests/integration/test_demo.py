@@ -110,3 +110,16 @@ def test_the_price_migration_block(summary: str) -> None:
     assert calls and (int(calls.group(1)), int(calls.group(2)), int(calls.group(3))) == (3, 3, 0), summary
     assert "dunning prices plan --plan legacy --currency EUR --new-amount 2400" in summary
     assert "the notice's link for the offer (GET /l/<token>)" in summary
+
+
+def test_the_gallery_of_every_email(summary: str) -> None:
+    found = re.search(r"every email in every language: (\S+index\.html)", summary)
+    assert found, summary[-2000:]
+    index = found.group(1)
+    with open(index, encoding="utf-8") as fh:
+        page = fh.read()
+    from dunning.mail import Renderer
+
+    # 17 kinds in every language with a catalog: an HTML and a text link each.
+    links = re.findall(r'href="[a-z_]+-[a-z]+\.(?:html|txt)"', page)
+    assert len(links) == 17 * len(Renderer().languages) * 2

@@ -28,3 +28,11 @@ def test_the_wheel_holds_only_the_dunning_package(tmp_path: Path) -> None:
         names
     )
     assert any(n.startswith("dunning/_templates/email/failed_payments/") for n in names)
+    # The dashboard's browser code is served from the package: no CDN at run time.
+    assert {
+        "dunning/http/static/vendor/chart.umd.min.js",
+        "dunning/http/static/vendor/chart.js-LICENSE.md",
+        "dunning/http/static/dashboard.js",
+        "dunning/http/static/dashboard.css",
+        "dunning/http/templates/dashboard.html",
+    } <= set(names)

@@ -269,7 +269,7 @@ def test_html_and_text_say_the_same(
 def test_renewal_in_english_reads_right(renderer: Renderer) -> None:
     email = renderer.render(make_notice("renewal_notice"))
     text = flat(email.text)
-    assert email.subject == "Your Acme subscription renews on January 12, 2027"
+    assert email.subject == "Your Acme subscription renews on January 12, 2027 for €49.00"
     assert "Your Pro plan renews automatically for another year on Tuesday, January 12, 2027." in text
     assert "Your Visa card ending in 4242 will be charged €49.00." in text
     assert (
@@ -294,7 +294,7 @@ def test_monthly_renewal_does_not_say_another_year(renderer: Renderer) -> None:
 
 def test_renewal_in_french_and_german(renderer: Renderer) -> None:
     fr = renderer.render(make_notice("renewal_notice", locale="fr"))
-    assert norm(fr.subject) == "Votre abonnement Acme sera renouvelé le 12 janvier 2027"
+    assert norm(fr.subject) == "Votre abonnement Acme sera renouvelé le 12 janvier 2027 pour 49,00 €"
     assert "Votre carte Visa se terminant par 4242 sera débitée de 49,00 €." in flat(fr.text)
     de = renderer.render(make_notice("renewal_notice", locale="de"))
     assert "Ihre Karte (Visa) mit der Endung 4242 wird mit 49,00 € belastet." in flat(de.text)
@@ -368,7 +368,7 @@ def test_annual_offer_without_an_account_link_still_says_nothing_is_needed(rende
 def test_trial_reminder_with_a_card_says_what_will_be_charged(renderer: Renderer) -> None:
     email = renderer.render(make_notice("trial_reminder", "card"))
     text = flat(email.text)
-    assert email.subject == "Your Acme trial ends on January 12, 2027"
+    assert email.subject == "Your Acme trial ends on January 12, 2027, then €49.00 a month"
     assert "ends on Tuesday, January 12, 2027 at 6:00 PM (Los Angeles time)." in text
     assert (
         "Your Visa card ending in 4242 will then be charged €49.00, "
@@ -530,5 +530,5 @@ def test_card_expiry_month_is_the_same_in_every_zone(renderer: Renderer, zone: s
 def test_missing_profile_locale_and_zone_fall_back_to_english_and_utc(renderer: Renderer) -> None:
     """A customer profile may hold no locale or zone: English, and dates in UTC (the 13th), not a failure."""
     email = renderer.render(make_notice("renewal_notice", locale=None, timezone=None))
-    assert email.subject == "Your Acme subscription renews on January 13, 2027"
+    assert email.subject == "Your Acme subscription renews on January 13, 2027 for €49.00"
     assert email.text.startswith("Hi Ada,")

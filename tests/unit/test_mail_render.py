@@ -234,7 +234,7 @@ def test_soft_decline_in_english_reads_right(renderer: Renderer) -> None:
         make_ctx("payment_failed", decline_class="soft", decline_reason="insufficient_funds")
     )
     text = flat(email.text)
-    assert email.subject == "Your Acme payment didn't go through"
+    assert email.subject == "Your payment of €49.00 for Acme didn't go through"
     assert "We couldn't collect your payment of €49.00 for your Pro plan." in text
     assert "Your bank declined it (insufficient funds)." in text
     assert "We'll try again automatically on Tuesday, March 3, 2026." in text
@@ -266,7 +266,7 @@ def test_no_payment_method_is_not_a_failed_payment_email(renderer: Renderer) -> 
     text = flat(email.text).lower()
     assert "declined" not in text and "couldn't collect" not in text and "didn't go through" not in text
     assert "no payment method on file" in text
-    assert email.subject == "Add a payment method to keep Acme"
+    assert email.subject == "Add a payment method: your payment of €49.00 for Acme is due"
 
 
 @pytest.mark.parametrize(
@@ -383,7 +383,7 @@ def test_recovered_mentions_restoration_only_when_suspended(renderer: Renderer) 
     active = renderer.render(make_ctx("payment_recovered"))
     restored = renderer.render(make_ctx("payment_recovered", was_suspended=True))
     assert "restored" not in active.text and "restored" in restored.text
-    assert restored.subject == "Your Acme access is restored"
+    assert restored.subject == "Your Acme access is restored: your payment of €49.00 went through"
 
 
 def test_downgrade_says_the_new_price_and_that_nothing_is_lost(renderer: Renderer) -> None:

@@ -160,7 +160,7 @@ def test_html_and_text_say_the_same(renderer: Renderer, kind: str, language: str
 def test_the_notice_in_english_reads_right(renderer: Renderer) -> None:
     email = renderer.render(make(NOTICE))
     text = flat(email.text)
-    assert email.subject == "The price of your Acme Pro plan is changing"
+    assert email.subject == "The price of your Acme Pro plan changes to €59.00 a month on March 1, 2027"
     assert (
         "We're changing the price of the Pro plan. You currently pay €49.00 a month. "
         "From Monday, March 1, 2027, you'll pay €59.00 a month." in text
@@ -193,7 +193,7 @@ def test_a_notice_without_offers_only_informs(renderer: Renderer) -> None:
 def test_the_reminder_states_the_choice_made(renderer: Renderer, choice: str | None, sentence: str) -> None:
     email = renderer.render(make(REMINDER, choice=choice))
     text = flat(email.text)
-    assert email.subject == "Reminder: your Acme price changes on March 1, 2027"
+    assert email.subject == "Reminder: your Acme price changes to €59.00 a month on March 1, 2027"
     assert sentence in text
     assert ("Changed your mind?" in text) == (choice not in (None, "none"))
 
@@ -260,3 +260,15 @@ def test_a_notice_that_cannot_be_written_is_refused_naming_the_field(
     with pytest.raises(ValueError, match=rf"^{re.escape(field)}"):
         renderer.render(PriceNotice(**fields))
     assert CONFIRMED in KINDS
+
+
+@pytest.mark.parametrize(
+    ("locale", "expected"), [("en", "3 months"), ("pt", "3 meses"), ("pt_BR", "3 meses")]
+)
+def test_step_up_duration_is_words_in_every_language(locale: str, expected: str) -> None:
+    """CLDR lacks the long form of "months" in Portuguese: Babel would print "3 duration-month"."""
+    from babel import Locale
+
+    from dunning.workflows.price_migrations.notices import _months
+
+    assert _months(3, Locale.parse(locale)) == expected

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -35,6 +38,10 @@ class _RetryableStatus(Exception):
 
 
 _RETRYABLE: tuple[type[Exception], ...] = (httpx.TransportError, _RetryableStatus)
+
+#: Told of every request: ``(operation, seconds, error)``, error None, "server_error", "transport"
+#: or "rejected" (:func:`dunning.telemetry.billing_call` in a worker).
+Observer = Callable[[str, float, str | None], None]
 
 
 def _segment(value: str) -> str:
@@ -79,17 +86,20 @@ class HttpBillingClient:
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 2.0,
         backoff_jitter_s: float = 0.05,
+        observer: Observer | None = None,
     ) -> None:
         """Talk to the billing API at ``base_url``, signing every request with ``secret``.
 
         Each call makes at most ``attempts`` requests, waiting
         ``backoff_initial_s * 2**n`` (capped at ``backoff_max_s``) plus up to
-        ``backoff_jitter_s`` of random jitter between them.
+        ``backoff_jitter_s`` of random jitter between them. ``observer`` (optional) is
+        told each request's duration and error, for metrics.
         """
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
         self._secret = secret
         self._attempts = attempts
+        self._observer = observer
         self._wait = wait_exponential(multiplier=backoff_initial_s, max=backoff_max_s) + wait_random(
             0, backoff_jitter_s
         )
@@ -115,7 +125,13 @@ class HttpBillingClient:
         self.close()
 
     def _request(
-        self, method: str, path: str, *, key: str | None = None, payload: dict[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: str,
+        key: str | None = None,
+        payload: dict[str, Any] | None = None,
     ) -> httpx.Response:
         """Send with retries; return the first non-retryable answer or raise the last retryable error."""
         if key is not None and not key:
@@ -129,9 +145,18 @@ class HttpBillingClient:
                 headers[IDEMPOTENCY_HEADER] = key
             if body:
                 headers["Content-Type"] = "application/json"
-            response = self._client.request(method, path, content=body, headers=headers)
+            started = time.perf_counter()
+            try:
+                response = self._client.request(method, path, content=body, headers=headers)
+            except httpx.TransportError:
+                self._observe(operation, started, "transport")
+                raise
             if response.status_code >= 500 or response.status_code == 429:
+                self._observe(operation, started, "server_error")
                 raise _RetryableStatus(response.status_code)
+            # A 409 "already paid" is an answer, not an error of the API.
+            rejected = not response.is_success and _error_code(response) != "invoice_already_paid"
+            self._observe(operation, started, "rejected" if rejected else None)
             return response
 
         retrying = Retrying(
@@ -141,6 +166,12 @@ class HttpBillingClient:
             reraise=True,
         )
         return retrying(attempt)
+
+    def _observe(self, operation: str, started: float, error: str | None) -> None:
+        if self._observer is not None:
+            # Metrics must never fail a charge.
+            with contextlib.suppress(Exception):
+                self._observer(operation, time.perf_counter() - started, error)
 
     def _rejected(self, method: str, path: str, response: httpx.Response) -> BillingRejected:
         code = _error_code(response)
@@ -155,7 +186,7 @@ class HttpBillingClient:
         """Charge the payment method on file; UNKNOWN when no attempt got an answer."""
         path = f"/invoices/{_segment(invoice_id)}/pay"
         try:
-            response = self._request("POST", path, key=idempotency_key)
+            response = self._request("POST", path, operation="pay_invoice", key=idempotency_key)
         except _RETRYABLE as exc:
             return PayResult(
                 PayOutcome.UNKNOWN, detail=f"no answer after {self._attempts} attempts ({_describe(exc)})"
@@ -179,7 +210,7 @@ class HttpBillingClient:
         """The invoice's current state, to reconcile an attempt whose answer was lost."""
         path = f"/invoices/{_segment(invoice_id)}"
         try:
-            response = self._request("GET", path)
+            response = self._request("GET", path, operation="invoice_state")
         except _RETRYABLE as exc:
             raise self._unavailable("GET", path, exc) from exc
         if not response.is_success:
@@ -191,8 +222,11 @@ class HttpBillingClient:
             raise BillingUnavailable(f"GET {path}: unreadable answer (HTTP {response.status_code})") from None
 
     def _mutate(self, path: str, key: str, payload: dict[str, Any] | None = None) -> None:
+        # The operation is the path's last segment (suspend, reinstate, cancel, change_plan): a fixed set.
         try:
-            response = self._request("POST", path, key=key, payload=payload)
+            response = self._request(
+                "POST", path, operation=path.rsplit("/", 1)[-1], key=key, payload=payload
+            )
         except _RETRYABLE as exc:
             raise self._unavailable("POST", path, exc) from exc
         if not response.is_success:

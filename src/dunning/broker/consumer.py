@@ -30,6 +30,7 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import compute_backoff
 from dramatiq.errors import ConnectionClosed
 
+from dunning.broker.unparked import stash
 from dunning.contract.untrusted_json import JsonRefused, loads
 from dunning.errors import DunningError
 from dunning.store.dead_letters import NOT_A_MESSAGE
@@ -271,8 +272,10 @@ class RefusingRedisConsumer(_RedisConsumer):
         try:
             broker.park(row)
         except Exception:
-            # Kept whole in Dramatiq's dead-letter set (`dead (broker)` in `dunning queues`) instead.
+            # Kept whole in Dramatiq's dead-letter set (`dead (broker)` in `dunning queues`), and the
+            # row waits in Redis until the scheduler can write it (dunning.broker.unparked).
             log.exception("queue %s: could not park %s in the database", self.queue_name, row["message_id"])
+            stash(broker.client, row)
             broker.do_nack(self.queue_name, redis_id)
             return
         broker.do_ack(self.queue_name, redis_id)

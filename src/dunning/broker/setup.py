@@ -98,6 +98,10 @@ def build_broker(url: str, *, heartbeat_timeout_ms: int | None = None) -> Dunnin
 
 def setup_broker(settings: Settings | None = None) -> DunningRedisBroker:
     """Build the broker from settings and make it Dramatiq's global broker."""
+    from dunning import telemetry
+
     broker = build_broker(redis_url(settings or load_settings()))
     dramatiq.set_broker(broker)
+    # This process's billing calls, emails and refusals are counted in the broker's Redis.
+    telemetry.install(broker.client)
     return broker

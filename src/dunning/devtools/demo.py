@@ -5,8 +5,9 @@ Dramatiq worker processes; plays a seeded customer base through weeks of
 simulated time (failed payments from :mod:`.demo_scenario`, lifecycle
 subscribers from :mod:`.demo_lifecycle`, customers accepting the annual offer
 through the HTTP app, one small price migration from :mod:`.demo_prices`);
-writes every email as ``.eml`` with an ``index.html``; prints the report;
-stops everything it started.
+writes every email as ``.eml`` with an ``index.html`` (and a gallery of every
+kind in every language, :mod:`.gallery`); prints the report; stops everything
+it started.
 """
 
 from __future__ import annotations
@@ -218,10 +219,12 @@ def run_demo(
         _play(
             console, rt, client, sandbox, hands, desk, actions, start=start, days=days, procs=procs, logs=logs
         )
+        from dunning.devtools.gallery import write_gallery
         from dunning.mail.files import FileSender
         from dunning.ops import print_report
 
         index = FileSender(settings.outbox_dir).write_index() if settings.outbox_dir.exists() else None
+        gallery = write_gallery(rt.renderer, settings.outbox_dir / "gallery")
         print_report(console, rt)
         print_lifecycle(console, lifecycle_summary(rt, sandbox))
         double_changes = 0
@@ -249,6 +252,7 @@ def run_demo(
         console.print(f"dead letters: {dead}")
         if index:
             console.print(f"emails: {index}  (open it in a browser; .eml files beside it)")
+        console.print(f"every email in every language: {gallery}")
         console.print(f"finished in {time.monotonic() - started:.1f}s")
         return 0 if stats["double_charges"] == 0 and double_changes == 0 else 1
     except DemoError as exc:

@@ -88,14 +88,13 @@ def hold(rt: Runtime, session: Session, outbox: Outbox, job: Job, now: datetime)
 
 
 def headers(rt: Runtime, outbox: Outbox, now: datetime) -> dict[str, str]:
-    """The headers this email adds to the product's own: Reply-To, and List-Unsubscribe on prompts.
+    """The headers a prompt adds: List-Unsubscribe and List-Unsubscribe-Post (none for other kinds).
 
     The unsubscribe link is a customer link signed like every other
     (:class:`~dunning.engine.links.LinkSigner`), purpose ``unsubscribe``, about this email.
+    (``Reply-To`` comes from the settings, in :func:`dunning.engine.outbox.outbox_message`.)
     """
     extra: dict[str, str] = {}
-    if rt.settings.mail_reply_to:
-        extra["Reply-To"] = rt.settings.mail_reply_to
     if mail_kind(outbox.kind, outbox.variant).mail_class == PROMPT:
         token = rt.links.token(
             purpose=UNSUBSCRIBE,

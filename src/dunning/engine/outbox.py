@@ -12,18 +12,47 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import update
 
+from dunning import telemetry
 from dunning.engine import delivery
 from dunning.engine.jobs import finish
+from dunning.engine.pauses import hold, paused
 from dunning.engine.registry import Result, notice_owner
 from dunning.errors import PermanentJobError
-from dunning.mail.message import build_message
+from dunning.mail.message import KIND_HEADER, NOTICE_HEADER, build_message
 from dunning.mail.render import RenderedEmail
 from dunning.mail.sending import AmbiguousSendError, PermanentSendError, TransientSendError
 from dunning.store.db import transaction
 from dunning.store.models import Job, Outbox
 
 if TYPE_CHECKING:
+    from email.message import EmailMessage
+
     from dunning.runtime import Runtime
+    from dunning.settings import Settings
+
+
+def outbox_message(
+    settings: Settings,
+    outbox: Outbox,
+    *,
+    headers: dict[str, str] | None = None,
+    to_name: str | None = None,
+) -> EmailMessage:
+    """The email of a rendered outbox row, as :func:`send_email` hands it to the sender.
+
+    ``dunning emails preview`` builds its sample through here too, so a preview is what a customer gets.
+    ``headers``: more headers (a prompt's List-Unsubscribe); ``to_name``: the customer's name for ``To:``.
+    """
+    reply_to = {"Reply-To": settings.mail_reply_to} if settings.mail_reply_to else {}
+    return build_message(
+        RenderedEmail(subject=outbox.subject or "", html=outbox.html or "", text=outbox.text or ""),
+        to=outbox.to_email,
+        sender=settings.mail_from,
+        message_id=outbox.message_id,
+        headers={NOTICE_HEADER: outbox.key, KIND_HEADER: outbox.kind, **reply_to, **(headers or {})},
+        date=outbox.send_after,
+        to_name=to_name,
+    )
 
 
 class _Superseded(Exception):
@@ -56,6 +85,10 @@ def send_email(rt: Runtime, job: Job) -> Result:
             outbox.last_error = note
             finish(session, job, status="dead", note=note)
             return "unknown", []
+        if paused(session, outbox.kind):
+            # On hold (``dunning pause``): back to pending, sent once resumed if still true then.
+            hold(session, job, outbox.kind, rt.clock.now())
+            return "held", []
         owner = notice_owner(outbox.kind)
         if owner is None:
             raise PermanentJobError(
@@ -64,27 +97,22 @@ def send_email(rt: Runtime, job: Job) -> Result:
         if owner.stale is not None and owner.stale(rt, session, outbox, rt.clock.now()) is not None:
             outbox.status = "skipped"
             finish(session, job)
+            telemetry.inc(telemetry.EMAIL_DELIVERIES, outbox.kind, "skipped")
             return "skipped", []
         if (held := delivery.hold(rt, session, outbox, job, rt.clock.now())) is not None:
+            telemetry.inc(telemetry.EMAIL_DELIVERIES, outbox.kind, held)
             return held, []
         if owner.render_notice is None:
             raise PermanentJobError(f"outbox row {outbox.id}: workflow {owner.name} renders no notices")
         owner.render_notice(rt, session, outbox, rt.clock.now())
         outbox.attempts += 1
-        message = build_message(
-            RenderedEmail(subject=outbox.subject, html=outbox.html, text=outbox.text),
-            to=outbox.to_email,
-            sender=rt.settings.mail_from,
-            message_id=outbox.message_id,
-            headers={
-                "X-Dunning-Notice": outbox.key,
-                "X-Dunning-Kind": outbox.kind,
-                **delivery.headers(rt, outbox, rt.clock.now()),
-            },
-            date=outbox.send_after,
+        message = outbox_message(
+            rt.settings,
+            outbox,
+            headers=delivery.headers(rt, outbox, rt.clock.now()),
             to_name=delivery.recipient_name(session, outbox),
         )
-        outbox_id = outbox.id
+        outbox_id, kind = outbox.id, outbox.kind
 
     marked = False
 
@@ -119,16 +147,21 @@ def send_email(rt: Runtime, job: Job) -> Result:
     except _Superseded:
         with transaction(rt.sessions) as session:
             finish(session, job, note="another run sent it")
+        telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "superseded")
         return "superseded", []
     except TransientSendError as exc:
         settle("pending", str(exc)[:500])
+        telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "transient_failure")
         raise
     except PermanentSendError as exc:
         settle("failed", f"permanent SMTP failure: {exc}"[:500])
+        telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "permanent_failure")
         delivery.bounced(rt, outbox_id, exc)
         return "failed", []
     except AmbiguousSendError as exc:
         settle("unknown", f"parked: {exc}; check the mail server's log, then requeue or purge"[:500])
+        telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "unknown")
         return "unknown", []
     settle("sent", None)
+    telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "sent")
     return "sent", []

@@ -56,6 +56,12 @@ class Workflow:
     #: (dunning, transactional, prompt) and rank. Keys are a kind, or ``kind:variant`` when one
     #: variant differs from its kind; a kind not listed is transactional.
     mail_kinds: Mapping[str, MailKind] = field(default_factory=dict)
+    #: The notice kinds that invite rather than inform (offers, upgrade prompts); the others are
+    #: transactional. Must name exactly the kinds ``mail_kinds`` classes as prompts (:func:`check`).
+    prompt_kinds: tuple[str, ...] = ()
+    #: ``(kind, locale)`` -> a complete sample notice of that kind (a ``Renderable``), for previews,
+    #: the demo's gallery and the start-up check of the templates; ``KeyError`` for a kind not its own.
+    sample: Callable[[str, str], Any] | None = None
     render_notice: NoticeRenderer | None = None
     stale: NoticeCheck | None = None
     #: Makes this workflow's part of a group commit (None: it loads nothing ahead).
@@ -99,6 +105,14 @@ def mail_kind(kind: str, variant: str | None = None) -> MailKind:
     return owner.mail_kinds.get(kind, UNCLASSIFIED)
 
 
+def sample_notice(kind: str, locale: str = "en") -> Any:
+    """A sample notice of ``kind`` in ``locale`` from the workflow that writes it; ``KeyError`` if none does."""
+    owner = notice_owner(kind)
+    if owner is None or owner.sample is None:
+        raise KeyError(kind)
+    return owner.sample(kind, locale)
+
+
 @cache
 def link_page(purpose: str, subject: str) -> LinkPage | None:
     """The page that answers a link of ``purpose`` about ``subject`` (None: no workflow serves it)."""
@@ -134,3 +148,9 @@ def check(found: tuple[Workflow, ...] | None = None) -> None:
         for key in w.mail_kinds:
             if key.partition(":")[0] not in w.notice_kinds:
                 raise ValueError(f"workflows: {w.name} classifies {key!r}, not one of its notice kinds")
+        prompts = {k for k, m in w.mail_kinds.items() if m.mail_class == "prompt" and ":" not in k}
+        if set(w.prompt_kinds) != prompts:
+            raise ValueError(
+                f"workflows: {w.name} declares prompt_kinds {sorted(w.prompt_kinds)} but mail_kinds classes "
+                f"{sorted(prompts)} as prompts"
+            )

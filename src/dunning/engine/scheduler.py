@@ -46,6 +46,8 @@ class TickResult:
     workers_recovered: int = 0
     runs_released: int = 0
     messages_given_back: int = 0
+    #: Dead letters kept in Redis while the database was down, now written to the table.
+    dead_letters_written: int = 0
 
     def add(self, other: TickResult) -> None:
         """Add ``other``'s counts to this one (totals over many passes)."""
@@ -71,11 +73,28 @@ def tick(rt: Runtime, broker: dramatiq.Broker, *, batch: int = 500, recover: boo
     # After commit: if we die here, the leases bring these jobs back.
     sent = send_jobs(broker, claimed.dispatch)
     result = TickResult(sent, claimed.parked, claimed.expired_started, claimed.expired_unstarted)
+    if isinstance(broker, RedisBroker):
+        result.dead_letters_written = write_unparked(rt, broker)
     if recover:
         result.add(recover_dead_workers(rt, broker))
     if result.parked:
         log.warning("parked %d jobs that kept killing their workers", result.parked)
     return result
+
+
+def write_unparked(rt: Runtime, broker: RedisBroker) -> int:
+    """Write the dead letters that waited in Redis for the database (:mod:`dunning.broker.unparked`).
+
+    A failure here never stops the pass: the rows stay in Redis for the next one.
+    """
+    from dunning.broker.unparked import drain
+    from dunning.store.dead_letters import park
+
+    try:
+        return drain(broker.client, lambda row: park(rt, row))
+    except Exception as exc:
+        log.warning("dead letters kept in Redis not written yet (%s)", type(exc).__name__)
+        return 0
 
 
 def recover_dead_workers(rt: Runtime, broker: dramatiq.Broker) -> TickResult:

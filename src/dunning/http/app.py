@@ -1,4 +1,4 @@
-"""``dunning serve``: signed HTTP ingest, customer links, health and a small ops page."""
+"""``dunning serve``: signed HTTP ingest, Stripe webhooks, customer links, health, a small ops page and the dashboard (``/ops``)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from dunning import telemetry
 from dunning.contract import MAX_EVENT_BYTES, InvalidEvent, parse_event
 from dunning.http.links import customer_link_endpoint
+from dunning.http.stripe_webhook import stripe_webhook_endpoint
 from dunning.http.unsubscribe import unsubscribe_endpoint
 from dunning.signing import SIGNATURE_HEADER, SignatureError, verify
 
@@ -40,32 +42,42 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
             client = Client(redis_url(rt.settings))
         return client
 
+    async def refused(reason: str, body: dict[str, Any], status: int) -> Response:
+        # Counted in Redis (dunning.telemetry), from the threadpool: a flood of refusals must not
+        # stall the event loop on Redis.
+        await run_in_threadpool(telemetry.inc, telemetry.INGEST_REFUSALS, reason)
+        return JSONResponse(body, status_code=status)
+
     async def events(request: Request) -> Response:
         secret = rt.settings.ingest_secret
         if not secret:
-            return JSONResponse(
-                {"error": "ingest disabled: DUNNING_INGEST_SECRET is not set"}, status_code=401
+            return await refused(
+                "disabled", {"error": "ingest disabled: DUNNING_INGEST_SECRET is not set"}, 401
             )
         # Read at most the limit: an unauthenticated client must not make us buffer an unbounded body.
         body = await _read_capped(request, MAX_EVENT_BYTES)
         if body is None:
-            return JSONResponse({"error": "invalid event", "field": "(envelope)", "reason": "too large"}, 413)
+            return await refused(
+                "too_large", {"error": "invalid event", "field": "(envelope)", "reason": "too large"}, 413
+            )
         try:
             verify(secret, body, request.headers.get(SIGNATURE_HEADER), now=time.time())
         except SignatureError as exc:
-            return JSONResponse({"error": "bad signature", "reason": str(exc)}, status_code=401)
+            return await refused("bad_signature", {"error": "bad signature", "reason": str(exc)}, 401)
         try:
             event = parse_event(body)
         except InvalidEvent as exc:
-            return JSONResponse(
-                {"error": "invalid event", "field": exc.field, "reason": exc.reason}, status_code=422
+            return await refused(
+                "invalid_event", {"error": "invalid event", "field": exc.field, "reason": exc.reason}, 422
             )
         try:
             # Blocking Redis I/O: off the event loop, so one slow Redis call doesn't stall every request.
             await run_in_threadpool(_client().send_event, event)
         except Exception as exc:
-            return JSONResponse(
-                {"error": "broker unavailable", "reason": type(exc).__name__, "retry": True}, status_code=503
+            return await refused(
+                "broker_unavailable",
+                {"error": "broker unavailable", "reason": type(exc).__name__, "retry": True},
+                503,
             )
         return JSONResponse({"accepted": event.id}, status_code=202)
 
@@ -75,6 +87,7 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
         send_jobs(_client().broker, dispatch)
 
     link = customer_link_endpoint(rt, send_jobs_now)
+    stripe_webhook = stripe_webhook_endpoint(rt, _client, _read_capped)
 
     def ops_denied(request: Request) -> Response | None:
         """None if the request may read ops data (``/``, ``/metrics``), else the 401 to send (dunning.http.auth)."""
@@ -146,9 +159,26 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
         )
         return HTMLResponse(page)
 
+    def resend(queue: str, actor: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+        # What `dunning dlq requeue` does with a dead message: the original, sent again as is.
+        from dramatiq import Message
+
+        _client().broker.enqueue(
+            Message(queue_name=queue, actor_name=actor, args=tuple(args), kwargs=kwargs, options={})
+        )
+
+    def configured_redis_url() -> str:
+        from dunning.broker.setup import redis_url
+
+        return redis_url(rt.settings)
+
+    from dunning.http.dashboard import dashboard_routes
+
     return Starlette(
         routes=[
+            *dashboard_routes(rt, configured_redis_url, resend),
             Route("/events", events, methods=["POST"]),
+            Route("/stripe/webhook", stripe_webhook, methods=["POST"]),
             Route("/l/{token}", link, methods=["GET", "POST"]),
             Route("/unsubscribe/{token}", unsubscribe_endpoint(rt), methods=["GET", "POST"]),
             Route("/healthz", health, methods=["GET"]),

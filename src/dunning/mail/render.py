@@ -19,7 +19,6 @@ locale and timezone: the templates only choose sentences.
 from __future__ import annotations
 
 import gettext as gettext_module
-import io
 import os
 import re
 import threading
@@ -32,14 +31,16 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import css_inline
-from babel import Locale, UnknownLocaleError
+from babel import Locale
 from babel.dates import format_date, format_time, get_timezone_location
-from babel.messages.mofile import write_mo
-from babel.messages.pofile import read_po
 from babel.numbers import format_currency, get_currency_precision
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound, select_autoescape
+from jinja2 import Environment, TemplateNotFound
 
 import dunning
+
+from .locales import SHIPPED_LANGUAGES, SOURCE_LANGUAGE, resolve_locale
+from .templates import find_catalogs, make_environment, make_loader, translations_for
+from .templates import load_translations as load_translations  # re-exported: its home before templates.py
 
 
 def N_(message: str) -> str:
@@ -47,7 +48,6 @@ def N_(message: str) -> str:
     return message
 
 
-SOURCE_LANGUAGE = "en"
 _TEXT_WIDTH = 76
 _SIG_SEPARATOR = "-- "
 
@@ -101,20 +101,6 @@ def find_templates_dir() -> Path:
     )
 
 
-def load_translations(po_path: Path, language: str) -> gettext_module.GNUTranslations:
-    """Compile a ``.po`` catalog in memory into a ``GNUTranslations`` object.
-
-    Fuzzy entries are left out (``write_mo``'s default), as gettext would: a
-    guessed translation is worse than the English original.
-    """
-    with po_path.open("rb") as fh:
-        catalog = read_po(fh, locale=language)
-    buffer = io.BytesIO()
-    write_mo(buffer, catalog)
-    buffer.seek(0)
-    return gettext_module.GNUTranslations(buffer)
-
-
 def format_money(amount_minor: int, currency: str, locale: Locale | str) -> str:
     """Format an amount in minor units with the currency's own precision (JPY 0 decimals, KWD 3)."""
     code = (currency or "").strip().upper()
@@ -132,39 +118,6 @@ def resolve_timezone(name: str | None) -> tzinfo:
     except (KeyError, ValueError, OSError, TypeError):
         # Bad profile data must not stop a payment notice from going out.
         return UTC
-
-
-@lru_cache(maxsize=1024)
-def _resolve_locale(raw: str | None, languages: frozenset[str]) -> tuple[str, Locale]:
-    """(catalog language, formatting locale) for a profile's locale string.
-
-    The formatting locale keeps the territory (``fr_CA`` formats times its own
-    way) but only when we have a catalog for its language: French numbers
-    around English sentences would read as a bug.
-    """
-    fallback = (SOURCE_LANGUAGE, Locale.parse(SOURCE_LANGUAGE))
-    if not raw or not isinstance(raw, str):
-        return fallback
-    # Accept BCP 47 ("fr-CA"), POSIX ("fr_CA.UTF-8") and bare languages alike.
-    cleaned = raw.strip().split(".")[0].split("@")[0].replace("-", "_")
-    parts = [p for p in cleaned.split("_") if p]
-    if not parts:
-        return fallback
-    language = parts[0].lower()
-    if language not in languages:
-        return fallback
-    candidates = []
-    if len(parts) > 1:
-        candidates.append(f"{language}_{parts[-1].upper()}")
-    candidates.append(language)
-    for candidate in candidates:
-        try:
-            locale = Locale.parse(candidate)
-        except (UnknownLocaleError, ValueError, TypeError):
-            continue
-        if locale.language == language:
-            return language, locale
-    return fallback
 
 
 def _aware(value: datetime) -> datetime:
@@ -230,21 +183,29 @@ class Renderer:
     reads shared state.
     """
 
-    def __init__(self, templates_dir: Path | None = None) -> None:
+    def __init__(self, templates_dir: Path | None = None, override_dir: Path | None = None) -> None:
         self.templates_dir = Path(templates_dir) if templates_dir is not None else find_templates_dir()
         email_dir = self.templates_dir / "email"
         if not email_dir.is_dir():
             raise FileNotFoundError(f"no email templates in {email_dir}")
-        # The shared layout at the top, each workflow's templates in a folder of its own
-        # (email/<workflow>/<kind>.html): a kind's name is unique across workflows.
-        folders = [email_dir, *sorted(p for p in email_dir.iterdir() if p.is_dir())]
-        self._loader = FileSystemLoader(folders)
-        locale_dir = self.templates_dir / "locale"
-        self._catalogs: dict[str, Path] = {}
-        if locale_dir.is_dir():
-            for po in sorted(locale_dir.glob("*/LC_MESSAGES/messages.po")):
-                self._catalogs[po.parent.parent.name] = po
-        self.languages: frozenset[str] = frozenset({SOURCE_LANGUAGE, *self._catalogs})
+        #: The operator's folder (``DUNNING_TEMPLATES_DIR``): its templates and catalogs come first.
+        self.override_dir = Path(override_dir) if override_dir is not None else None
+        if self.override_dir is not None and not self.override_dir.is_dir():
+            raise FileNotFoundError(f"DUNNING_TEMPLATES_DIR: no such folder {self.override_dir}")
+        self.loader = make_loader(self.templates_dir, self.override_dir)
+        # Only the shipped languages of our own folder: a stray catalog nobody checks for
+        # completeness would mix English and other sentences in one email. An operator may
+        # add a language on purpose (their catalog, their responsibility).
+        self._catalogs = {
+            language: po
+            for language, po in find_catalogs(self.templates_dir).items()
+            if language in SHIPPED_LANGUAGES
+        }
+        self._operator_catalogs = find_catalogs(self.override_dir)
+        #: Languages with a catalog (shipped or the operator's), and English.
+        self.languages: frozenset[str] = frozenset(
+            {SOURCE_LANGUAGE, *self._catalogs, *self._operator_catalogs}
+        )
         self._envs: dict[str, Environment] = {}
         self._translations: dict[str, gettext_module.NullTranslations] = {}
         self._lock = threading.Lock()
@@ -264,32 +225,13 @@ class Renderer:
         return env
 
     def _build_environment(self, language: str) -> Environment:
-        if language in self._catalogs:
-            translations: gettext_module.NullTranslations = load_translations(
-                self._catalogs[language], language
-            )
-        else:
-            translations = gettext_module.NullTranslations()
-        env = Environment(
-            loader=self._loader,
-            autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
-            undefined=StrictUndefined,
-            extensions=["jinja2.ext.i18n"],
-            # No trim_blocks: a line holding only a tag then renders as a blank
-            # line, which is what separates paragraphs in the text templates.
-            lstrip_blocks=True,
-            # Templates do not change under a running worker; skipping the mtime check saves a stat per render.
-            auto_reload=False,
-        )
-        # Collapse whitespace inside {% trans %} so template line breaks never reach the msgids.
-        env.policies["ext.i18n.trimmed"] = True
-        env.install_gettext_translations(translations, newstyle=True)  # type: ignore[attr-defined]
+        translations = translations_for(language, self._catalogs, self._operator_catalogs)
         self._translations[language] = translations
-        return env
+        return make_environment(self.loader, translations)
 
     def render(self, ctx: Renderable) -> RenderedEmail:
         """Render one notice in the customer's language and timezone."""
-        language, locale = _resolve_locale(ctx.locale, self.languages)
+        language, locale = resolve_locale(ctx.locale, self.languages)
         env = self.environment(language)
         translations = self._translations[language]
         try:
@@ -299,7 +241,15 @@ class Renderer:
             raise ValueError(f"kind: unknown notice kind {ctx.kind!r} (no template {exc.name})") from exc
         fmt = Formatter(locale, resolve_timezone(ctx.timezone), translations.gettext)
         territory = f"-{locale.territory}" if locale.territory else ""
-        values = {"kind": ctx.kind, "lang": f"{locale.language}{territory}", **ctx.template_values(fmt)}
+        rtl = locale.text_direction == "rtl"
+        values = {
+            "kind": ctx.kind,
+            "lang": f"{locale.language}{territory}",
+            # The layout's <html dir> and its text alignment (mail clients ignore CSS "start").
+            "direction": "rtl" if rtl else "ltr",
+            "align": "right" if rtl else "left",
+            **ctx.template_values(fmt),
+        }
         action_url = values.get("action_url")
         if action_url is not None and not str(action_url).lower().startswith(("https://", "http://")):
             # Our own signed links are always http(s); anything else in a button is a bug, or worse.
@@ -307,8 +257,11 @@ class Renderer:
         # Subject and button label are defined once per kind (in the text
         # template) and shared with the HTML, so the two bodies cannot disagree.
         block_ctx = text_template.new_context(values)
-        values["subject"] = _one_line("".join(text_template.blocks["subject"](block_ctx)))
-        values["action_label"] = _one_line("".join(text_template.blocks["action_label"](block_ctx)))
+        try:
+            values["subject"] = _one_line("".join(text_template.blocks["subject"](block_ctx)))
+            values["action_label"] = _one_line("".join(text_template.blocks["action_label"](block_ctx)))
+        except Exception:
+            env.handle_exception()  # as Template.render does: the traceback then shows template lines
         text = _tidy_text(text_template.render(values))
         html = self._inliner.inline(html_template.render(values))
         return RenderedEmail(subject=values["subject"], html=html, text=text)

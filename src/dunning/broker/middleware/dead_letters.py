@@ -10,6 +10,7 @@ from typing import Any
 
 from dramatiq.middleware import Middleware
 
+from dunning.broker.unparked import stash
 from dunning.errors import describe_failure
 
 log = logging.getLogger(__name__)
@@ -47,33 +48,37 @@ class DeadLetters(Middleware):
         if exception is None or not message.failed:
             return
         field, reason, error_type = describe_failure(exception)
-        self._park(message, field, reason, error_type)
+        self._park(broker, message, field, reason, error_type)
 
     def before_nack(self, broker: Any, message: Any) -> None:
         # A message for an actor this worker does not know never reaches the process hooks.
         exc = getattr(message, "_exception", None)
         if type(exc).__name__ == "ActorNotFound":
             self._park(
+                broker,
                 message,
                 "actor_name",
                 f"no actor named {str(message.actor_name)[:80]!r} on this worker",
                 "ActorNotFound",
             )
 
-    def _park(self, message: Any, field: str | None, reason: str, error_type: str) -> None:
+    def _park(self, broker: Any, message: Any, field: str | None, reason: str, error_type: str) -> None:
+        row = {
+            "message_id": message.message_id,
+            "queue": message.queue_name,
+            "actor": message.actor_name,
+            "payload": parked_payload(message),
+            "field": field,
+            "reason": reason,
+            "error_type": error_type,
+            "parked_at": datetime.now(UTC),
+        }
         try:
-            self.park(
-                {
-                    "message_id": message.message_id,
-                    "queue": message.queue_name,
-                    "actor": message.actor_name,
-                    "payload": parked_payload(message),
-                    "field": field,
-                    "reason": reason,
-                    "error_type": error_type,
-                    "parked_at": datetime.now(UTC),
-                }
-            )
+            self.park(row)
         except Exception:
-            # The message still lands in Dramatiq's own dead-letter set; nothing is lost.
+            # The message still lands in Dramatiq's own dead-letter set, without its reason: the
+            # row waits in Redis and the scheduler writes it once the database is back.
             log.exception("could not park message %s in the database", message.message_id)
+            client = getattr(broker, "client", None)
+            if client is not None:
+                stash(client, row)

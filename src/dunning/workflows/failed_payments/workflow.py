@@ -9,6 +9,7 @@ from dunning.workflows.failed_payments.handlers import HANDLERS
 from dunning.workflows.failed_payments.jobs import JOBS, stale
 from dunning.workflows.failed_payments.links import LINK_PAGES
 from dunning.workflows.failed_payments.notices import KINDS, MAIL_KINDS
+from dunning.workflows.failed_payments.samples import sample
 
 WORKFLOW = Workflow(
     name=WORKFLOW_NAME,
@@ -16,6 +17,7 @@ WORKFLOW = Workflow(
     jobs=JOBS,
     notice_kinds=KINDS,
     mail_kinds=MAIL_KINDS,
+    sample=sample,
     render_notice=render_outbox,
     stale=stale,
     batch_part=PaymentsBatch,

@@ -57,6 +57,11 @@ MAIL_KINDS: dict[str, MailKind] = {
     "upgrade_ending": MailKind(PROMPT, 20),
     "upgrade_reverted": MailKind(TRANSACTIONAL),
 }
+#: The prompt kinds (``Workflow.prompt_kinds``, for ``dunning emails list`` and the gallery), read off
+#: :data:`MAIL_KINDS` so that the two cannot disagree.
+PROMPT_KINDS: tuple[str, ...] = tuple(
+    kind for kind, mail in MAIL_KINDS.items() if mail.mail_class == PROMPT and ":" not in kind
+)
 
 #: The variants a kind has; a kind not listed here has one, ``None``.
 VARIANTS: dict[str, tuple[str, ...]] = {

@@ -6,8 +6,9 @@ from dunning.engine.registry import Workflow
 from dunning.workflows.lifecycle import annual_switch, links
 from dunning.workflows.lifecycle.handlers import HANDLERS
 from dunning.workflows.lifecycle.jobs import JOBS, stale
-from dunning.workflows.lifecycle.notices import KINDS, MAIL_KINDS
+from dunning.workflows.lifecycle.notices import KINDS, MAIL_KINDS, PROMPT_KINDS
 from dunning.workflows.lifecycle.rendering import render_outbox
+from dunning.workflows.lifecycle.samples import sample
 
 WORKFLOW = Workflow(
     name="lifecycle",
@@ -15,6 +16,8 @@ WORKFLOW = Workflow(
     jobs={**JOBS, **annual_switch.JOBS},
     notice_kinds=KINDS,
     mail_kinds=MAIL_KINDS,
+    prompt_kinds=PROMPT_KINDS,
+    sample=sample,
     render_notice=render_outbox,
     stale=stale,
     links={**links.LINK_PAGES, **annual_switch.LINK_PAGES},

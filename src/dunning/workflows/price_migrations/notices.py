@@ -133,11 +133,7 @@ class PriceNotice:
             "step_up_discount": format_percent(step_up["percent"] / 100, locale=fmt.locale)
             if step_up
             else None,
-            "step_up_duration": format_unit(
-                step_up["months"], "duration-month", length="long", locale=fmt.locale
-            )
-            if step_up
-            else None,
+            "step_up_duration": _months(step_up["months"], fmt.locale) if step_up else None,
             "annual_url": links.get("annual_lock"),
             "annual_price": price(annual["amount_minor"], "year", 1) if annual else None,
             "downgrade_url": links.get("downgrade"),
@@ -201,3 +197,15 @@ def _price(fmt: Formatter, amount: str, interval: str | None, count: int) -> str
     if message is None:
         return amount
     return str(fmt.gettext(message) % {"amount": amount, "count": count})
+
+
+def _months(count: int, locale: Any) -> str:
+    """ "3 months" in the customer's language.
+
+    CLDR has no long form of this unit for Portuguese (Babel prints
+    "3 duration-month"); the short form there is the full word ("3 meses").
+    """
+    text = str(format_unit(count, "duration-month", length="long", locale=locale))
+    if "duration" in text:
+        text = str(format_unit(count, "duration-month", length="short", locale=locale))
+    return text

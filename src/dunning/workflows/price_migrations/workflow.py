@@ -8,6 +8,7 @@ from dunning.workflows.price_migrations.handlers import HANDLERS
 from dunning.workflows.price_migrations.jobs import JOBS
 from dunning.workflows.price_migrations.notices import KINDS, MAIL_KINDS
 from dunning.workflows.price_migrations.rendering import render_outbox, stale
+from dunning.workflows.price_migrations.samples import sample
 
 WORKFLOW = Workflow(
     name="price_migrations",
@@ -15,6 +16,7 @@ WORKFLOW = Workflow(
     jobs=JOBS,
     notice_kinds=KINDS,
     mail_kinds=MAIL_KINDS,
+    sample=sample,
     render_notice=render_outbox,
     stale=stale,
     links=choices.LINK_PAGES,
