@@ -279,6 +279,7 @@ def _register() -> None:
     from dunning.commands.controls import pause_command, resume_command
     from dunning.commands.dlq import dlq_app
     from dunning.commands.emails import emails_app
+    from dunning.commands.emails_bounces import bounces_command
     from dunning.commands.ops_view import queues_command, report_command
     from dunning.commands.prices import prices_app
 
@@ -289,6 +290,7 @@ def _register() -> None:
     app.command("resume")(resume_command)
     app.command("calendar")(calendar_command)
     app.add_typer(prices_app, name="prices")
+    emails_app.command("bounces")(bounces_command)
     app.add_typer(emails_app, name="emails")
 
 

@@ -55,6 +55,8 @@ class Settings:
     #: ``DUNNING_INGEST_DRAIN_BYTES``: how much of an oversized ``POST /events`` body is read before the 413
     #: (dunning.http.ingest); None: 8 MiB.
     ingest_drain_bytes: int | None = None
+    #: ``Reply-To`` of every customer email (``DUNNING_MAIL_REPLY_TO``); None: replies go to ``mail_from``.
+    mail_reply_to: str | None = None
     #: The operator's template folder (``DUNNING_TEMPLATES_DIR``): its templates, layouts and catalogs
     #: come before the shipped ones (``templates/README.md``); None: the shipped ones only.
     templates_dir: Path | None = None
@@ -101,6 +103,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ingest_drain_bytes=_positive_int(
             "DUNNING_INGEST_DRAIN_BYTES", env.get("DUNNING_INGEST_DRAIN_BYTES", "")
         ),
+        mail_reply_to=_address("DUNNING_MAIL_REPLY_TO", env.get("DUNNING_MAIL_REPLY_TO", "")),
         templates_dir=_templates_dir(env.get("DUNNING_TEMPLATES_DIR", "")),
         stripe_webhook_secrets=tuple(
             s.strip() for s in env.get("DUNNING_STRIPE_WEBHOOK_SECRETS", "").split(",") if s.strip()
@@ -115,6 +118,22 @@ def _positive_int(name: str, value: str) -> int | None:
     if not value.strip().isdigit() or len(value.strip()) > 12 or int(value) <= 0:
         raise ValueError(f"{name}: expected a positive whole number of bytes, got {value[:40]!r}")
     return int(value)
+
+
+def _address(name: str, value: str) -> str | None:
+    """An address header value from the environment (``Name <a@b>`` or ``a@b``); empty means none."""
+    value = value.strip()
+    if not value:
+        return None
+    from email.headerregistry import HeaderRegistry
+
+    try:
+        header = HeaderRegistry()("reply-to", value)
+    except (ValueError, IndexError):
+        header = None
+    if header is None or len(header.addresses) != 1 or header.defects or "@" not in value:  # type: ignore[attr-defined]
+        raise ValueError(f"{name}: expected one address, e.g. 'Billing support <support@example.com>'")
+    return value
 
 
 def _templates_dir(value: str) -> Path | None:

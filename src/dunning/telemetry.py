@@ -73,7 +73,7 @@ SPECS: dict[str, Spec] = {
     EMAIL_DELIVERIES: Spec(
         "counter",
         "Outbox email deliveries by kind and outcome"
-        " (sent, transient_failure, permanent_failure, unknown, skipped, superseded)",
+        " (sent, transient_failure, permanent_failure, unknown, skipped, deferred, superseded)",
         ("kind", "outcome"),
     ),
     INGEST_REFUSALS: Spec(

@@ -37,6 +37,7 @@ COMMANDS = [
     ["emails"],
     ["emails", "list"],
     ["emails", "preview"],
+    ["emails", "bounces"],
 ]
 
 

@@ -27,5 +27,6 @@ def test_an_idn_domain_is_stored_and_mailed_as_punycode(world: Any) -> None:
     world.settle()
     [mail] = world.smtp.wait_for(1)
     assert mail.rcpt_tos == ("ada@xn--bcher-kva.example",)
-    assert str(mail["To"]) == "ada@xn--bcher-kva.example"
+    assert [a.addr_spec for a in mail["To"].addresses] == ["ada@xn--bcher-kva.example"]
+    assert mail["To"].addresses[0].display_name == "Customer cus_1"
     assert str(mail["X-Dunning-Kind"]) == "payment_failed"

@@ -49,6 +49,12 @@ per plan as ``[plans.<plan>.<section>]``, key by key)::
 
     [plans.pro.renewals]
     offsets_days = [60, 30, 7]
+
+Per-recipient email caps (``dunning.domain.emails``; not per plan)::
+
+    [emails]
+    max_dunning_per_day = 1            # more are deferred to the recipient's next local day
+    max_prompts_per_week = 2           # offers and nudges over it are dropped (0: none at all)
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dunning.domain.emails import DEFAULT_CAPS, EmailCaps, caps_from_dict
 from dunning.domain.lifecycle_policy import (
     DEFAULT_LIFECYCLE,
     TOP_LEVEL_KEYS,
@@ -179,6 +186,8 @@ class Policy:
     plans: dict[str, PlanPolicy]
     lifecycle: LifecyclePolicy = DEFAULT_LIFECYCLE
     lifecycle_plans: dict[str, LifecyclePolicy] = field(default_factory=dict)
+    #: Per-recipient caps on dunning emails and prompts (the ``[emails]`` table).
+    emails: EmailCaps = DEFAULT_CAPS
 
     def for_plan(self, plan: str | None) -> PlanPolicy:
         """The policy of a plan, or the defaults."""
@@ -214,9 +223,9 @@ def _validate(prefix: str, data: Any) -> _PlanFields:
 
 def policy_from_dict(data: dict[str, Any]) -> Policy:
     """Validate a parsed policy document; errors name the field."""
-    unknown = set(data) - {"version", "defaults", "plans"} - TOP_LEVEL_KEYS
+    unknown = set(data) - {"version", "defaults", "plans", "emails"} - TOP_LEVEL_KEYS
     if unknown:
-        expected = ", ".join(["version", "defaults", "plans", *sorted(TOP_LEVEL_KEYS)])
+        expected = ", ".join(["version", "defaults", "plans", "emails", *sorted(TOP_LEVEL_KEYS)])
         raise PolicyError(sorted(unknown)[0], f"unknown key (expected {expected})")
     version = data.get("version", "builtin")
     if not isinstance(version, str | int):
@@ -240,6 +249,7 @@ def policy_from_dict(data: dict[str, Any]) -> Policy:
         plans=plans,
         lifecycle=lifecycle,
         lifecycle_plans=lifecycle_plans,
+        emails=caps_from_dict(data.get("emails", {})),
     )
 
 

@@ -37,7 +37,16 @@ ACCEPT_ANNUAL_OFFER = "accept_annual_offer"
 #: A price migration's choice page (subject ``price:<migration>:<subscription>:<offer>``): it shows
 #: the offer, and its button (a POST) records the choice.
 PRICE_CHOICE = "price_choice"
-PURPOSES: tuple[str, ...] = (UPDATE_PAYMENT_METHOD, MANAGE_ACCOUNT, ACCEPT_ANNUAL_OFFER, PRICE_CHOICE)
+#: A prompt's List-Unsubscribe link (subject ``outbox:<id>``, the email it came in): served at
+#: ``/unsubscribe/<token>`` by :mod:`dunning.http.unsubscribe`, never at ``/l/``.
+UNSUBSCRIBE = "unsubscribe"
+PURPOSES: tuple[str, ...] = (
+    UPDATE_PAYMENT_METHOD,
+    MANAGE_ACCOUNT,
+    ACCEPT_ANNUAL_OFFER,
+    PRICE_CHOICE,
+    UNSUBSCRIBE,
+)
 
 #: Longer tokens are refused before any decoding. A real one is a few hundred
 #: characters; the worst case (a 255-character id of astral-plane characters,
@@ -138,6 +147,19 @@ def price_parts_of(subject: str) -> tuple[str, str, str] | None:
     ):
         return None
     return migration_id, subscription_id, offer
+
+
+def outbox_subject(outbox_id: int) -> str:
+    """The subject claim of a link about one email (its outbox row): the unsubscribe link."""
+    return f"outbox:{outbox_id}"
+
+
+def outbox_id_of(subject: str) -> int | None:
+    """The outbox id a subject names, or None if it names no email."""
+    found = re.fullmatch(r"outbox:([1-9][0-9]{0,9})", subject, re.ASCII)
+    if found is None or int(found.group(1)) > _MAX_CASE_ID:
+        return None
+    return int(found.group(1))
 
 
 def subject_kind(subject: str) -> str:

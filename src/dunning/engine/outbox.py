@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import update
 
 from dunning import telemetry
+from dunning.engine import delivery
 from dunning.engine.jobs import finish
 from dunning.engine.pauses import hold, paused
 from dunning.engine.registry import Result, notice_owner
@@ -30,18 +31,27 @@ if TYPE_CHECKING:
     from dunning.settings import Settings
 
 
-def outbox_message(settings: Settings, outbox: Outbox) -> EmailMessage:
+def outbox_message(
+    settings: Settings,
+    outbox: Outbox,
+    *,
+    headers: dict[str, str] | None = None,
+    to_name: str | None = None,
+) -> EmailMessage:
     """The email of a rendered outbox row, as :func:`send_email` hands it to the sender.
 
     ``dunning emails preview`` builds its sample through here too, so a preview is what a customer gets.
+    ``headers``: more headers (a prompt's List-Unsubscribe); ``to_name``: the customer's name for ``To:``.
     """
+    reply_to = {"Reply-To": settings.mail_reply_to} if settings.mail_reply_to else {}
     return build_message(
         RenderedEmail(subject=outbox.subject or "", html=outbox.html or "", text=outbox.text or ""),
         to=outbox.to_email,
         sender=settings.mail_from,
         message_id=outbox.message_id,
-        headers={NOTICE_HEADER: outbox.key, KIND_HEADER: outbox.kind},
+        headers={NOTICE_HEADER: outbox.key, KIND_HEADER: outbox.kind, **reply_to, **(headers or {})},
         date=outbox.send_after,
+        to_name=to_name,
     )
 
 
@@ -89,11 +99,19 @@ def send_email(rt: Runtime, job: Job) -> Result:
             finish(session, job)
             telemetry.inc(telemetry.EMAIL_DELIVERIES, outbox.kind, "skipped")
             return "skipped", []
+        if (held := delivery.hold(rt, session, outbox, job, rt.clock.now())) is not None:
+            telemetry.inc(telemetry.EMAIL_DELIVERIES, outbox.kind, held)
+            return held, []
         if owner.render_notice is None:
             raise PermanentJobError(f"outbox row {outbox.id}: workflow {owner.name} renders no notices")
         owner.render_notice(rt, session, outbox, rt.clock.now())
         outbox.attempts += 1
-        message = outbox_message(rt.settings, outbox)
+        message = outbox_message(
+            rt.settings,
+            outbox,
+            headers=delivery.headers(rt, outbox, rt.clock.now()),
+            to_name=delivery.recipient_name(session, outbox),
+        )
         outbox_id, kind = outbox.id, outbox.kind
 
     marked = False
@@ -138,6 +156,7 @@ def send_email(rt: Runtime, job: Job) -> Result:
     except PermanentSendError as exc:
         settle("failed", f"permanent SMTP failure: {exc}"[:500])
         telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "permanent_failure")
+        delivery.bounced(rt, outbox_id, exc)
         return "failed", []
     except AmbiguousSendError as exc:
         settle("unknown", f"parked: {exc}; check the mail server's log, then requeue or purge"[:500])

@@ -16,6 +16,7 @@ from datetime import datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from dunning.domain.emails import UNCLASSIFIED, MailKind
 from dunning.engine.link_pages import LinkPage, LinkPages
 from dunning.engine.links import subject_kind
 
@@ -51,7 +52,12 @@ class Workflow:
     #: Notice kinds (``outbox.kind``) this workflow writes; their templates are in
     #: ``templates/email/`` under the same names.
     notice_kinds: tuple[str, ...] = ()
-    #: The notice kinds that invite rather than inform (offers, upgrade prompts); the others are transactional.
+    #: How each notice kind is treated on the way out (:mod:`dunning.domain.emails`): its class
+    #: (dunning, transactional, prompt) and rank. Keys are a kind, or ``kind:variant`` when one
+    #: variant differs from its kind; a kind not listed is transactional.
+    mail_kinds: Mapping[str, MailKind] = field(default_factory=dict)
+    #: The notice kinds that invite rather than inform (offers, upgrade prompts); the others are
+    #: transactional. Must name exactly the kinds ``mail_kinds`` classes as prompts (:func:`check`).
     prompt_kinds: tuple[str, ...] = ()
     #: ``(kind, locale)`` -> a complete sample notice of that kind (a ``Renderable``), for previews,
     #: the demo's gallery and the start-up check of the templates; ``KeyError`` for a kind not its own.
@@ -90,6 +96,16 @@ def job_handler(kind: str) -> JobHandler | None:
 def notice_owner(kind: str) -> Workflow | None:
     """The workflow that writes notices of ``kind``."""
     return next((w for w in workflows() if kind in w.notice_kinds), None)
+
+
+def mail_kind(kind: str, variant: str | None = None) -> MailKind:
+    """The class and rank of a notice (``kind:variant`` first, then the kind; unlisted: transactional)."""
+    owner = notice_owner(kind)
+    if owner is None:
+        return UNCLASSIFIED
+    if variant is not None and f"{kind}:{variant}" in owner.mail_kinds:
+        return owner.mail_kinds[f"{kind}:{variant}"]
+    return owner.mail_kinds.get(kind, UNCLASSIFIED)
 
 
 def sample_notice(kind: str, locale: str = "en") -> Any:
@@ -131,6 +147,16 @@ def check(found: tuple[Workflow, ...] | None = None) -> None:
                 if key in seen:
                     raise ValueError(f"workflows: {what} {key!r} is claimed by {seen[key]} and {w.name}")
                 seen[key] = w.name
+    for w in found:
+        for key in w.mail_kinds:
+            if key.partition(":")[0] not in w.notice_kinds:
+                raise ValueError(f"workflows: {w.name} classifies {key!r}, not one of its notice kinds")
+        prompts = {k for k, m in w.mail_kinds.items() if m.mail_class == "prompt" and ":" not in k}
+        if set(w.prompt_kinds) != prompts:
+            raise ValueError(
+                f"workflows: {w.name} declares prompt_kinds {sorted(w.prompt_kinds)} but mail_kinds classes "
+                f"{sorted(prompts)} as prompts"
+            )
 
 
 def upcoming_notices(rt: Any, session: Any, subscription_id: str, days: int) -> list[dict[str, Any]]:

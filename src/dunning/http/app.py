@@ -16,6 +16,7 @@ from dunning.contract import Event
 from dunning.http.ingest import DEFAULT_DRAIN_BYTES, events_endpoint, read_body
 from dunning.http.links import customer_link_endpoint
 from dunning.http.stripe_webhook import stripe_webhook_endpoint
+from dunning.http.unsubscribe import unsubscribe_endpoint
 
 if TYPE_CHECKING:
     from dunning.engine.jobs import Dispatch
@@ -172,6 +173,7 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
             Route("/docs", api_docs, methods=["GET"]),
             Route("/stripe/webhook", stripe_webhook, methods=["POST"]),
             Route("/l/{token}", link, methods=["GET", "POST"]),
+            Route("/unsubscribe/{token}", unsubscribe_endpoint(rt), methods=["GET", "POST"]),
             Route("/healthz", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/", ops, methods=["GET"]),

@@ -262,7 +262,8 @@ class Outbox(Base):
     # The subscription the email is about (its timeline; "when did we last make this offer").
     subscription_id: Mapped[str | None] = mapped_column(String(255), index=True)
     customer_id: Mapped[str] = mapped_column(String(255))
-    to_email: Mapped[str] = mapped_column(String(320))
+    # Indexed: the per-recipient caps read what an address was sent (dunning.engine.delivery).
+    to_email: Mapped[str] = mapped_column(String(320), index=True)
     locale: Mapped[str] = mapped_column(String(35))
     # The decision's wording choice (e.g. the decline class); the words themselves are
     # rendered when the email leaves, from the facts of that moment, and kept here.
@@ -406,3 +407,8 @@ class SimulatedClock(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     now: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+# Tables in modules of their own register on ``Base.metadata`` when imported; import them here so
+# that whoever imports the models (Alembic, the tests) sees the whole schema.
+from dunning.store import mail_models as _mail_models  # noqa: E402, F401

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dunning import contract as c
+from dunning.engine import recipients
 from dunning.engine.jobs import Dispatch
 from dunning.errors import DunningError
 from dunning.store.models import Case, Customer, Invoice, Subscription
@@ -101,6 +102,7 @@ def _customer_upserted(
         session.add(row)
     elif _stale(row.source_at, event.occurred_at):
         return "stale", []
+    recipients.email_changed(session, data.id, row.email, data.email)  # lifts the old address's bounce
     row.email, row.name, row.locale, row.timezone = data.email, data.name, data.locale, data.timezone
     row.source_at = event.occurred_at
     row.updated_at = now

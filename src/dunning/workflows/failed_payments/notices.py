@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from dunning.domain.emails import DUNNING, TRANSACTIONAL, MailKind
 from dunning.workflows.failed_payments.reasons import describe_reason
 
 if TYPE_CHECKING:
@@ -27,6 +28,20 @@ KINDS: tuple[str, ...] = (
     "payment_recovered",
     "subscription_ended",
 )
+
+#: How each kind is treated on the way out (:mod:`dunning.domain.emails`). The chase (failed,
+#: reminder, final notice) is ``dunning``: at most ``max_dunning_per_day`` a day per recipient,
+#: a later step outranking an earlier one. What already happened to the account or the money
+#: (suspended, recovered, ended) is transactional: never held back by a cap, because the
+#: customer must learn it when it happens.
+MAIL_KINDS: dict[str, MailKind] = {
+    "payment_failed": MailKind(DUNNING, 10),
+    "payment_reminder": MailKind(DUNNING, 20),
+    "final_notice": MailKind(DUNNING, 30),
+    "access_suspended": MailKind(TRANSACTIONAL),
+    "payment_recovered": MailKind(TRANSACTIONAL),
+    "subscription_ended": MailKind(TRANSACTIONAL),
+}
 
 #: What the button of each kind lets the customer do: a purpose of :mod:`dunning.engine.links`.
 #: While the case is open, update the card; once it is over (paid, ended), the

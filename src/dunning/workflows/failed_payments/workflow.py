@@ -8,7 +8,7 @@ from dunning.workflows.failed_payments.cases import render_outbox
 from dunning.workflows.failed_payments.handlers import HANDLERS
 from dunning.workflows.failed_payments.jobs import JOBS, stale
 from dunning.workflows.failed_payments.links import LINK_PAGES
-from dunning.workflows.failed_payments.notices import KINDS
+from dunning.workflows.failed_payments.notices import KINDS, MAIL_KINDS
 from dunning.workflows.failed_payments.samples import sample
 
 WORKFLOW = Workflow(
@@ -16,6 +16,7 @@ WORKFLOW = Workflow(
     events=HANDLERS,
     jobs=JOBS,
     notice_kinds=KINDS,
+    mail_kinds=MAIL_KINDS,
     sample=sample,
     render_notice=render_outbox,
     stale=stale,

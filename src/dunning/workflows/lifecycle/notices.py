@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from babel.dates import format_skeleton
 from babel.numbers import format_percent
 
+from dunning.domain.emails import PROMPT, TRANSACTIONAL, MailKind
 from dunning.mail.links import checked_links
 from dunning.mail.render import N_
 
@@ -35,6 +36,31 @@ KINDS: tuple[str, ...] = (
     "trial_ended",
     "upgrade_ending",
     "upgrade_reverted",
+)
+
+#: How each kind is treated on the way out (:mod:`dunning.domain.emails`). Prompts (offers and
+#: nudges: capped per week, carry List-Unsubscribe, skipped once the address unsubscribed) are
+#: the annual-billing offer and the end of a free upgrade (the account goes back to what the
+#: customer pays for: nothing is lost by missing it). Both trial kinds are transactional:
+#: the reminder announces, for a date, a charge on the card (card networks and auto-renewal
+#: laws ask for exactly this notice) or, without a card, the end of access; the trial's end
+#: says what happened (charged, or not and access gone). A no-card reminder also asks for a
+#: card, but a prompt cap would drop the last of its three reminders, the day before access
+#: ends: the one that matters most. Among prompts, the time-bound upgrade outranks the offer.
+MAIL_KINDS: dict[str, MailKind] = {
+    "renewal_notice": MailKind(TRANSACTIONAL),
+    "card_expiring": MailKind(TRANSACTIONAL),
+    "annual_offer": MailKind(PROMPT, 10),
+    "annual_switch_confirmed": MailKind(TRANSACTIONAL),
+    "trial_reminder": MailKind(TRANSACTIONAL),
+    "trial_ended": MailKind(TRANSACTIONAL),
+    "upgrade_ending": MailKind(PROMPT, 20),
+    "upgrade_reverted": MailKind(TRANSACTIONAL),
+}
+#: The prompt kinds (``Workflow.prompt_kinds``, for ``dunning emails list`` and the gallery), read off
+#: :data:`MAIL_KINDS` so that the two cannot disagree.
+PROMPT_KINDS: tuple[str, ...] = tuple(
+    kind for kind, mail in MAIL_KINDS.items() if mail.mail_class == PROMPT and ":" not in kind
 )
 
 #: The variants a kind has; a kind not listed here has one, ``None``.

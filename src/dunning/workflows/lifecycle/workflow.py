@@ -6,7 +6,7 @@ from dunning.engine.registry import Workflow
 from dunning.workflows.lifecycle import annual_switch, calendar_view, links
 from dunning.workflows.lifecycle.handlers import HANDLERS
 from dunning.workflows.lifecycle.jobs import JOBS, stale
-from dunning.workflows.lifecycle.notices import KINDS
+from dunning.workflows.lifecycle.notices import KINDS, MAIL_KINDS, PROMPT_KINDS
 from dunning.workflows.lifecycle.rendering import render_outbox
 from dunning.workflows.lifecycle.samples import sample
 
@@ -15,7 +15,8 @@ WORKFLOW = Workflow(
     events=HANDLERS,
     jobs={**JOBS, **annual_switch.JOBS},
     notice_kinds=KINDS,
-    prompt_kinds=("annual_offer", "upgrade_ending"),
+    mail_kinds=MAIL_KINDS,
+    prompt_kinds=PROMPT_KINDS,
     sample=sample,
     render_notice=render_outbox,
     stale=stale,

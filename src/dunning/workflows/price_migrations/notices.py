@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from babel.numbers import format_percent
 from babel.units import format_unit
 
+from dunning.domain.emails import TRANSACTIONAL, MailKind
 from dunning.mail.links import checked_links
 from dunning.mail.render import N_
 from dunning.workflows.price_migrations.rules import CHOICES
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
 NOTICE, REMINDER, CONFIRMED = "price_change_notice", "price_change_reminder", "price_choice_confirmed"
 #: Notice kinds (``outbox.kind``); each has ``templates/email/price_migrations/<kind>.html`` and ``.txt``.
 KINDS: tuple[str, ...] = (NOTICE, REMINDER, CONFIRMED)
+#: A price change and a choice's confirmation are facts about what the customer will pay:
+#: transactional (:mod:`dunning.domain.emails`), never capped or suppressed.
+MAIL_KINDS: dict[str, MailKind] = dict.fromkeys(KINDS, MailKind(TRANSACTIONAL))
 
 #: Link names (keys of ``PriceNotice.links``): the account (the email's one button) and one per choice.
 LINK_NAMES: tuple[str, ...] = ("manage", *CHOICES)

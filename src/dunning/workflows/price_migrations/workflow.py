@@ -6,7 +6,7 @@ from dunning.engine.registry import Workflow
 from dunning.workflows.price_migrations import choices
 from dunning.workflows.price_migrations.handlers import HANDLERS
 from dunning.workflows.price_migrations.jobs import JOBS
-from dunning.workflows.price_migrations.notices import KINDS
+from dunning.workflows.price_migrations.notices import KINDS, MAIL_KINDS
 from dunning.workflows.price_migrations.rendering import render_outbox, stale
 from dunning.workflows.price_migrations.samples import sample
 
@@ -15,6 +15,7 @@ WORKFLOW = Workflow(
     events=HANDLERS,
     jobs=JOBS,
     notice_kinds=KINDS,
+    mail_kinds=MAIL_KINDS,
     sample=sample,
     render_notice=render_outbox,
     stale=stale,

@@ -1,7 +1,7 @@
 """Ops controls: notice kinds on hold, and the audit of what operators did.
 
 Revision ID: 0008
-Revises: 0006 (re-chained to 0007 at merge)
+Revises: 0007
 Create Date: 2026-12-06
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import dunning.store.models
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
