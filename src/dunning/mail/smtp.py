@@ -41,7 +41,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from .breaker import CircuitBreaker, CircuitOpen
-from .message import message_id_of
+from .message import SMTP_POLICY, message_id_of
 from .pool import ConnectionPool, Pooled
 from .sending import (
     AmbiguousSendError,
@@ -335,7 +335,7 @@ def _envelope(msg: EmailMessage) -> _Envelope:
     recipients = [addr for _, addr in email.utils.getaddresses([str(v) for v in msg.get_all("To", [])])]
     recipients += [addr for _, addr in email.utils.getaddresses([str(v) for v in msg.get_all("Cc", [])])]
     # Dot-stuffing, as SMTP.data() does it.
-    data = re.sub(rb"(?m)^\.", b"..", msg.as_bytes(policy=email.policy.SMTP))
+    data = re.sub(rb"(?m)^\.", b"..", msg.as_bytes(policy=SMTP_POLICY))
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     return _Envelope(email.utils.parseaddr(sender)[1], recipients, data)
