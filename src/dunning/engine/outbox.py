@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sqlalchemy import update
-
 from dunning.engine.jobs import finish
+from dunning.engine.outbox_commits import mark_sending, settle
 from dunning.engine.registry import Result, notice_owner
 from dunning.errors import PermanentJobError
 from dunning.mail.message import build_message
@@ -22,11 +21,43 @@ from dunning.store.db import transaction
 from dunning.store.models import Job, Outbox
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from dunning.runtime import Runtime
 
 
 class _Superseded(Exception):
     """Another run reached the point of no return first; this one must not send."""
+
+
+def should_send(rt: Runtime, session: Session, outbox: Outbox, job: Job) -> Result | None:
+    """Whether this row is to be sent now: None to send it, else the outcome, already written.
+
+    Runs in the transaction that holds the row's lock; a row it turns down has its
+    status and its job finished here. Checks made at send time belong here.
+    """
+    if outbox.status in ("sent", "failed", "skipped", "unknown"):
+        finish(session, job)
+        return "already_" + outbox.status, []
+    if outbox.status == "sending":
+        outbox.status = "unknown"
+        note = (
+            f"parked: delivery of {outbox.message_id} is unknown (the worker died after handing it to "
+            "the mail server); check the server's log, then `dunning dlq requeue` to resend or purge"
+        )
+        outbox.last_error = note
+        finish(session, job, status="dead", note=note)
+        return "unknown", []
+    owner = notice_owner(outbox.kind)
+    if owner is None:
+        raise PermanentJobError(f"outbox row {outbox.id}: no workflow writes notices of kind {outbox.kind!r}")
+    if owner.stale is not None and owner.stale(rt, session, outbox, rt.clock.now()) is not None:
+        outbox.status = "skipped"
+        finish(session, job)
+        return "skipped", []
+    if owner.render_notice is None:
+        raise PermanentJobError(f"outbox row {outbox.id}: workflow {owner.name} renders no notices")
+    return None
 
 
 def send_email(rt: Runtime, job: Job) -> Result:
@@ -37,47 +68,39 @@ def send_email(rt: Runtime, job: Job) -> Result:
     before it leaves the row ``pending`` and the next run sends it; a run that dies
     after it leaves ``sending``, which nobody can resolve without the mail server's
     log, so the next run parks it as ``unknown`` for ops instead of risking a
-    second copy in the customer's inbox.
+    second copy in the customer's inbox. The mark and the outcome are committed
+    together with other threads' (:mod:`.outbox_commits`, which says why that keeps
+    each email's own point of no return).
     """
     with transaction(rt.sessions) as session:
         outbox = session.get(Outbox, job.outbox_id, with_for_update=True, populate_existing=True)
         if outbox is None:
             raise PermanentJobError(f"outbox row {job.outbox_id} not found")
-        if outbox.status in ("sent", "failed", "skipped", "unknown"):
-            finish(session, job)
-            return "already_" + outbox.status, []
-        if outbox.status == "sending":
-            outbox.status = "unknown"
-            note = (
-                f"parked: delivery of {outbox.message_id} is unknown (the worker died after handing it to "
-                "the mail server); check the server's log, then `dunning dlq requeue` to resend or purge"
-            )
-            outbox.last_error = note
-            finish(session, job, status="dead", note=note)
-            return "unknown", []
+        decided = should_send(rt, session, outbox, job)
+        if decided is not None:
+            return decided
         owner = notice_owner(outbox.kind)
-        if owner is None:
-            raise PermanentJobError(
-                f"outbox row {outbox.id}: no workflow writes notices of kind {outbox.kind!r}"
-            )
-        if owner.stale is not None and owner.stale(rt, session, outbox, rt.clock.now()) is not None:
-            outbox.status = "skipped"
-            finish(session, job)
-            return "skipped", []
-        if owner.render_notice is None:
-            raise PermanentJobError(f"outbox row {outbox.id}: workflow {owner.name} renders no notices")
-        owner.render_notice(rt, session, outbox, rt.clock.now())
+        assert owner is not None and owner.render_notice is not None  # should_send checked both
+        owner.render_notice(rt, session, outbox, rt.clock.now())  # once: a filled row keeps its words
         outbox.attempts += 1
-        message = build_message(
-            RenderedEmail(subject=outbox.subject, html=outbox.html, text=outbox.text),
-            to=outbox.to_email,
-            sender=rt.settings.mail_from,
-            message_id=outbox.message_id,
-            headers={"X-Dunning-Notice": outbox.key, "X-Dunning-Kind": outbox.kind},
-            date=outbox.send_after,
+        rendered = RenderedEmail(subject=outbox.subject, html=outbox.html, text=outbox.text)
+        to, message_id, key, kind, date = (
+            outbox.to_email,
+            outbox.message_id,
+            outbox.key,
+            outbox.kind,
+            outbox.send_after,
         )
         outbox_id = outbox.id
-
+    # Built after the commit: the row's lock is not held while the MIME message is assembled.
+    message = build_message(
+        rendered,
+        to=to,
+        sender=rt.settings.mail_from,
+        message_id=message_id,
+        headers={"X-Dunning-Notice": key, "X-Dunning-Kind": kind},
+        date=date,
+    )
     marked = False
 
     def commit_point() -> None:
@@ -86,25 +109,9 @@ def send_email(rt: Runtime, job: Job) -> Result:
         nonlocal marked
         if marked:
             return
-        with transaction(rt.sessions) as session:
-            moved = session.execute(
-                update(Outbox)
-                .where(Outbox.id == outbox_id, Outbox.status == "pending")
-                .values(status="sending")
-            ).rowcount
-        if not moved:
+        if not mark_sending(rt, outbox_id):
             raise _Superseded()
         marked = True
-
-    def settle(status: str, error: str | None) -> None:
-        with transaction(rt.sessions) as session:
-            row = session.get(Outbox, outbox_id, populate_existing=True)
-            assert row is not None
-            row.status, row.last_error = status, error
-            if status == "sent":
-                row.sent_at = rt.clock.now()
-            if status != "pending":
-                finish(session, job, status="dead" if status == "unknown" else "done", note=error)
 
     try:
         rt.sender.send(message, commit_point=commit_point)
@@ -113,13 +120,14 @@ def send_email(rt: Runtime, job: Job) -> Result:
             finish(session, job, note="another run sent it")
         return "superseded", []
     except TransientSendError as exc:
-        settle("pending", str(exc)[:500])
+        settle(rt, outbox_id, job.id, "pending", str(exc)[:500])
         raise
     except PermanentSendError as exc:
-        settle("failed", f"permanent SMTP failure: {exc}"[:500])
+        settle(rt, outbox_id, job.id, "failed", f"permanent SMTP failure: {exc}"[:500])
         return "failed", []
     except AmbiguousSendError as exc:
-        settle("unknown", f"parked: {exc}; check the mail server's log, then requeue or purge"[:500])
+        note = f"parked: {exc}; check the mail server's log, then requeue or purge"[:500]
+        settle(rt, outbox_id, job.id, "unknown", note)
         return "unknown", []
-    settle("sent", None)
+    settle(rt, outbox_id, job.id, "sent", None)
     return "sent", []
