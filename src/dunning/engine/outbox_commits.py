@@ -30,9 +30,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 
 from dunning.engine.groupcommit import GroupCommit
 from dunning.engine.jobs import wall_now
@@ -101,45 +101,65 @@ def _mark_many(items: list[Mark]) -> list[bool | Exception]:
     return results
 
 
+_OUTBOX = Outbox.__table__
+_JOBS = Job.__table__
+# Core statements run as executemany (psycopg pipelines them: one round trip): the ORM's bulk
+# UPDATE by primary key did the same with twice the client CPU.
+_SENT = (
+    _OUTBOX.update()
+    .where(_OUTBOX.c.id == bindparam("b_id"))
+    .values(status="sent", last_error=None, sent_at=bindparam("b_at"))
+)
+_NOT_SENT = (
+    _OUTBOX.update()
+    .where(_OUTBOX.c.id == bindparam("b_id"))
+    .values(status=bindparam("b_status"), last_error=bindparam("b_error"))
+)
+# As jobs.finish(): an unknown delivery parks its job for ops, anything else is done.
+_FINISH = (
+    _JOBS.update()
+    .where(_JOBS.c.id == bindparam("b_id"))
+    .values(
+        status=bindparam("b_status"),
+        finished_at=bindparam("b_at"),
+        lease_until=None,
+        last_error=bindparam("b_error"),
+    )
+)
+
+
 def _settle_many(items: list[Settle]) -> list[Exception | None]:
-    """Every outcome in one transaction per database: one bulk UPDATE per table and shape."""
+    """Every outcome in one transaction per database: one executemany per statement."""
     results: list[Exception | None] = [None] * len(items)
     for rt, indexes in _by_runtime(items):
         batch = [items[i] for i in indexes]
         wall = wall_now()
-        sent = [
-            {"id": s.outbox_id, "status": "sent", "last_error": None, "sent_at": s.at}
-            for s in batch
-            if s.status == "sent"
-        ]
+        sent = [{"b_id": s.outbox_id, "b_at": s.at} for s in batch if s.status == "sent"]
         other = [
-            {"id": s.outbox_id, "status": s.status, "last_error": s.error}
+            {"b_id": s.outbox_id, "b_status": s.status, "b_error": s.error}
             for s in batch
             if s.status != "sent"
         ]
-        done = [_finished(s, wall) for s in batch if s.status != "pending"]
+        done = [
+            {
+                "b_id": s.job_id,
+                "b_status": "dead" if s.status == "unknown" else "done",
+                "b_at": wall,
+                "b_error": s.error,
+            }
+            for s in batch
+            if s.status != "pending"
+        ]
         try:
             with transaction(rt.sessions) as session:
-                for rows in (sent, other):
+                conn = session.connection()
+                for statement, rows in ((_SENT, sent), (_NOT_SENT, other), (_FINISH, done)):
                     if rows:
-                        session.execute(update(Outbox), rows)
-                if done:
-                    session.execute(update(Job), done)
+                        conn.execute(statement, rows)
         except Exception as exc:
             for i in indexes:
                 results[i] = exc
     return results
-
-
-def _finished(s: Settle, wall: datetime) -> dict[str, Any]:
-    # As jobs.finish(): an unknown delivery parks its job for ops, anything else is done.
-    return {
-        "id": s.job_id,
-        "status": "dead" if s.status == "unknown" else "done",
-        "finished_at": wall,
-        "lease_until": None,
-        "last_error": s.error,
-    }
 
 
 _marks: GroupCommit[Mark, bool] = GroupCommit(_mark_many)
