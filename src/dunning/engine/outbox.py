@@ -8,6 +8,8 @@ this module owns the delivery and its point of no return.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from dunning.engine.jobs import finish
@@ -60,8 +62,53 @@ def should_send(rt: Runtime, session: Session, outbox: Outbox, job: Job) -> Resu
     return None
 
 
+@dataclass(frozen=True)
+class Ready:
+    """A row decided and rendered, to be sent: what the delivery needs once its transaction is over."""
+
+    outbox_id: int
+    rendered: RenderedEmail
+    to: str
+    message_id: str
+    headers: dict[str, str]
+    date: datetime | None
+
+
+def prepare_email(rt: Runtime, session: Session, job: Job) -> Ready | Result:
+    """Lock the row, decide (:func:`should_send`), render it once and count the attempt.
+
+    Runs in the caller's transaction: :func:`send_email`'s own, or the one that
+    starts the job (:func:`dunning.engine.runner.run_job`), saving a transaction.
+    """
+    outbox = session.get(Outbox, job.outbox_id, with_for_update=True, populate_existing=True)
+    if outbox is None:
+        raise PermanentJobError(f"outbox row {job.outbox_id} not found")
+    decided = should_send(rt, session, outbox, job)
+    if decided is not None:
+        return decided
+    owner = notice_owner(outbox.kind)
+    assert owner is not None and owner.render_notice is not None  # should_send checked both
+    owner.render_notice(rt, session, outbox, rt.clock.now())  # once: a filled row keeps its words
+    outbox.attempts += 1
+    return Ready(
+        outbox_id=outbox.id,
+        rendered=RenderedEmail(subject=outbox.subject, html=outbox.html, text=outbox.text),
+        to=outbox.to_email,
+        message_id=outbox.message_id,
+        headers={"X-Dunning-Notice": outbox.key, "X-Dunning-Kind": outbox.kind},
+        date=outbox.send_after,
+    )
+
+
 def send_email(rt: Runtime, job: Job) -> Result:
-    """Deliver one outbox email, at most once.
+    """Deliver one outbox email, at most once (the job handler; :func:`deliver` does the sending)."""
+    with transaction(rt.sessions) as session:
+        ready = prepare_email(rt, session, job)
+    return ready if isinstance(ready, tuple) else deliver(rt, job, ready)
+
+
+def deliver(rt: Runtime, job: Job, ready: Ready) -> Result:
+    """Send a prepared row, at most once, and commit its outcome with its job's end.
 
     ``pending`` -> ``sending`` is committed at the sender's point of no return (for
     SMTP: after the server's 354, before the body's final dot). A run that dies
@@ -72,35 +119,16 @@ def send_email(rt: Runtime, job: Job) -> Result:
     together with other threads' (:mod:`.outbox_commits`, which says why that keeps
     each email's own point of no return).
     """
-    with transaction(rt.sessions) as session:
-        outbox = session.get(Outbox, job.outbox_id, with_for_update=True, populate_existing=True)
-        if outbox is None:
-            raise PermanentJobError(f"outbox row {job.outbox_id} not found")
-        decided = should_send(rt, session, outbox, job)
-        if decided is not None:
-            return decided
-        owner = notice_owner(outbox.kind)
-        assert owner is not None and owner.render_notice is not None  # should_send checked both
-        owner.render_notice(rt, session, outbox, rt.clock.now())  # once: a filled row keeps its words
-        outbox.attempts += 1
-        rendered = RenderedEmail(subject=outbox.subject, html=outbox.html, text=outbox.text)
-        to, message_id, key, kind, date = (
-            outbox.to_email,
-            outbox.message_id,
-            outbox.key,
-            outbox.kind,
-            outbox.send_after,
-        )
-        outbox_id = outbox.id
-    # Built after the commit: the row's lock is not held while the MIME message is assembled.
+    # Built outside any transaction: no row lock is held while the MIME message is assembled.
     message = build_message(
-        rendered,
-        to=to,
+        ready.rendered,
+        to=ready.to,
         sender=rt.settings.mail_from,
-        message_id=message_id,
-        headers={"X-Dunning-Notice": key, "X-Dunning-Kind": kind},
-        date=date,
+        message_id=ready.message_id,
+        headers=ready.headers,
+        date=ready.date,
     )
+    outbox_id = ready.outbox_id
     marked = False
 
     def commit_point() -> None:
