@@ -32,11 +32,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam
 
 from dunning.engine.groupcommit import GroupCommit
 from dunning.engine.jobs import wall_now
-from dunning.store.db import transaction
 from dunning.store.models import Job, Outbox
 
 if TYPE_CHECKING:
@@ -65,6 +64,10 @@ class Settle:
 
 Item = TypeVar("Item", Mark, Settle)
 
+# Core on a bare connection: no ORM session, identity map or unit of work for a few UPDATEs.
+_OUTBOX = Outbox.__table__
+_JOBS = Job.__table__
+
 
 def _by_runtime(items: Sequence[Item]) -> Iterator[tuple[Runtime, list[int]]]:
     """Indexes of the items, grouped by runtime (one database each; in production there is one)."""
@@ -79,14 +82,14 @@ def _mark_many(items: list[Mark]) -> list[bool | Exception]:
     results: list[bool | Exception] = [False] * len(items)
     for rt, indexes in _by_runtime(items):
         try:
-            with transaction(rt.sessions) as session:
+            with rt.engine.begin() as conn:
                 ids = sorted({items[i].outbox_id for i in indexes})
                 moved = set(
-                    session.execute(
-                        update(Outbox)
-                        .where(Outbox.id.in_(ids), Outbox.status == "pending")
+                    conn.execute(
+                        _OUTBOX.update()
+                        .where(_OUTBOX.c.id.in_(ids), _OUTBOX.c.status == "pending")
                         .values(status="sending")
-                        .returning(Outbox.id)
+                        .returning(_OUTBOX.c.id)
                     ).scalars()
                 )
         except Exception as exc:
@@ -101,8 +104,6 @@ def _mark_many(items: list[Mark]) -> list[bool | Exception]:
     return results
 
 
-_OUTBOX = Outbox.__table__
-_JOBS = Job.__table__
 # Core statements run as executemany (psycopg pipelines them: one round trip): the ORM's bulk
 # UPDATE by primary key did the same with twice the client CPU.
 _SENT = (
@@ -151,8 +152,7 @@ def _settle_many(items: list[Settle]) -> list[Exception | None]:
             if s.status != "pending"
         ]
         try:
-            with transaction(rt.sessions) as session:
-                conn = session.connection()
+            with rt.engine.begin() as conn:
                 for statement, rows in ((_SENT, sent), (_NOT_SENT, other), (_FINISH, done)):
                     if rows:
                         conn.execute(statement, rows)
@@ -163,7 +163,7 @@ def _settle_many(items: list[Settle]) -> list[Exception | None]:
 
 
 _marks: GroupCommit[Mark, bool] = GroupCommit(_mark_many)
-_settles: GroupCommit[Settle, None] = GroupCommit(_settle_many)
+_settles: GroupCommit[Settle, bool] = GroupCommit(_settle_many)
 
 
 def mark_sending(rt: Runtime, outbox_id: int) -> bool:
