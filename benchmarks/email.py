@@ -21,15 +21,12 @@
 from __future__ import annotations
 
 import argparse
-import email.policy
 import random
-import smtplib
 import statistics
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from typing import Any
 
 import psycopg
@@ -56,6 +53,7 @@ from benchmarks._common import (
     steady_rate,
     wait_for_count,
 )
+from benchmarks.smtp_sink import bare_smtplib, sink_ceiling
 
 MAIL_QUEUE, MAIL_ACTOR = "mail", "deliver_email"
 
@@ -217,56 +215,6 @@ def prepare(st: Stack, m: int, rng: random.Random) -> dict[str, Any]:
             conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), {m + 1})"))
     engine.dispose()
     return {"render_s": round(render_s, 3), "renders_per_s_while_preparing": round(m / render_s, 1)}
-
-
-def _ceiling_message() -> EmailMessage:
-    msg = EmailMessage()
-    msg["From"] = "billing@example.com"
-    msg["To"] = "someone@example.com"
-    msg["Subject"] = "ceiling"
-    msg.set_content("x" * 3000)
-    return msg
-
-
-def sink_ceiling(port: int, n: int) -> dict[str, Any]:
-    """Bare smtplib, one client thread, one connection per message (as SmtpSender did before pooling)."""
-    msg = _ceiling_message()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        s = smtplib.SMTP("127.0.0.1", port, local_hostname="bench.local", timeout=10)
-        s.ehlo()
-        s.send_message(msg)
-        s.close()
-    wall = time.perf_counter() - t0
-    return {"messages": n, "rate": round(n / wall, 1), "ms_per_message": round(1000 * wall / n, 3)}
-
-
-def bare_smtplib(port: int, n: int, threads: int) -> dict[str, Any]:
-    """Bare smtplib, ``threads`` client threads each keeping one connection: what the sink takes at best.
-
-    The same server and message size as the product's run, without the product: the
-    figure the delivered rate is compared with.
-    """
-    import threading
-
-    msg = _ceiling_message().as_bytes(policy=email.policy.SMTP)
-    per = n // threads
-
-    def work() -> None:
-        s = smtplib.SMTP("127.0.0.1", port, local_hostname="bench.local", timeout=10)
-        s.ehlo()
-        for _ in range(per):
-            s.sendmail("billing@example.com", ["someone@example.com"], msg)
-        s.close()
-
-    workers = [threading.Thread(target=work) for _ in range(threads)]
-    t0 = time.perf_counter()
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    wall = time.perf_counter() - t0
-    return {"messages": per * threads, "threads": threads, "rate": round(per * threads / wall, 1)}
 
 
 def sent_count(conn: psycopg.Connection, lo: int, hi: int) -> int:
