@@ -4,6 +4,13 @@ The workflow that wrote the notice says whether it is still true now
 (:attr:`~dunning.engine.registry.Workflow.stale`) and fills its words from
 the facts of this moment (:attr:`~dunning.engine.registry.Workflow.render_notice`);
 this module owns the delivery and its point of no return.
+
+Per email: the job's start, the row's lock, :func:`should_send` (the one place
+that decides whether a row goes out) and the rendering share one transaction
+(:func:`prepare_email`, called by the runner); the ``sending`` mark at the
+email's own 354 and the outcome are group-committed with other threads'
+(:mod:`.outbox_commits` explains why each email still has its own point of no
+return); SMTP connections are pooled (:mod:`dunning.mail.pool`).
 """
 
 from __future__ import annotations
