@@ -176,15 +176,19 @@ _TAIL = INCLUSIVE[-5:]  # middleware and Dramatiq buckets, shared by every actor
 
 EMAIL_BUCKETS = [
     ("build_message (MIME message from the outbox row)", lambda f, p: f == "build_message"),
-    ("commit_point transaction (pending -> sending)", lambda f, p: f.endswith("commit_point")),
-    ("settle transaction (sent, job finished)", lambda f, p: f.endswith("settle")),
+    (
+        "sending-mark transaction (pending -> sending, group-committed)",
+        lambda f, p: f.endswith("commit_point") or f in ("mark_sending", "_mark_many"),
+    ),
+    ("settle transaction (sent, job finished; group-committed)", lambda f, p: f.endswith("settle")),
     (
         "SMTP conversation (smtplib, body serialisation)",
         lambda f, p: "smtplib" in p or f in ("_transmit", "_send_once"),
     ),
     ("SmtpSender.send other (tenacity, breaker)", lambda f, p: "mail/smtp.py" in p),
-    ("job start transaction", lambda f, p: f == "start" and "services/jobs.py" in p),
-    ("_send_email outbox/case load transaction", lambda f, p: f == "_send_email"),
+    ("job start transaction", lambda f, p: f == "start" and "engine/jobs.py" in p),
+    ("should_send (decision: status, stale)", lambda f, p: f == "should_send"),
+    ("send_email outbox load, render, attempts", lambda f, p: f == "send_email"),
     ("run_job other", lambda f, p: f == "run_job" and "runner.py" in p),
     ("send_jobs", lambda f, p: f == "send_jobs"),
     *_TAIL,

@@ -11,21 +11,22 @@
    An SMTP sink (aiosmtpd, discarding) runs in its own process.
    ``dunning worker -Q mail`` runs 2 x 8; the M ``deliver_email`` messages are
    pipelined onto Redis and the clock runs until every outbox row is ``sent``.
-   The sink's own ceiling (one connection per message, as ``SmtpSender`` does)
-   is measured first, so a slow sink is not mistaken for a slow product.
+   Bare smtplib against the same sink is measured first, in the same run: one
+   thread with one connection per message, and 4 threads keeping their
+   connections (the best the sink does), so a slow sink or a busy machine is
+   not mistaken for a slow product. Printed: delivered emails/s next to both,
+   and the CPU per email (workers, PostgreSQL, Redis, sink).
 """
 
 from __future__ import annotations
 
 import argparse
 import random
-import smtplib
 import statistics
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from typing import Any
 
 import psycopg
@@ -52,6 +53,7 @@ from benchmarks._common import (
     steady_rate,
     wait_for_count,
 )
+from benchmarks.smtp_sink import bare_smtplib, sink_ceiling
 
 MAIL_QUEUE, MAIL_ACTOR = "mail", "deliver_email"
 
@@ -215,23 +217,6 @@ def prepare(st: Stack, m: int, rng: random.Random) -> dict[str, Any]:
     return {"render_s": round(render_s, 3), "renders_per_s_while_preparing": round(m / render_s, 1)}
 
 
-def sink_ceiling(port: int, n: int) -> dict[str, Any]:
-    """One client thread, one connection per message (as SmtpSender): what the sink alone sustains."""
-    msg = EmailMessage()
-    msg["From"] = "billing@example.com"
-    msg["To"] = "someone@example.com"
-    msg["Subject"] = "ceiling"
-    msg.set_content("x" * 3000)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        s = smtplib.SMTP("127.0.0.1", port, local_hostname="bench.local", timeout=10)
-        s.ehlo()
-        s.send_message(msg)
-        s.close()
-    wall = time.perf_counter() - t0
-    return {"messages": n, "rate": round(n / wall, 1), "ms_per_message": round(1000 * wall / n, 3)}
-
-
 def sent_count(conn: psycopg.Connection, lo: int, hi: int) -> int:
     row = conn.execute(
         "SELECT count(*) FROM outbox WHERE id BETWEEN %s AND %s AND status = 'sent'", (lo, hi)
@@ -293,6 +278,8 @@ def main() -> None:
             sink.stdout.readline()  # "listening"
             results["sink_ceiling"] = sink_ceiling(port, args.sink_ceiling)
             say(f"SMTP sink alone (one client thread): {fmt_rate(results['sink_ceiling']['rate'])}")
+            results["bare_smtplib"] = bare_smtplib(port, args.sink_ceiling, 4)
+            say(f"bare smtplib, 4 threads, connections kept: {fmt_rate(results['bare_smtplib']['rate'])}")
 
             client = redis.Redis.from_url(st.redis.url)
             conn = psycopg.connect(st.pg.conninfo("bench"), autocommit=True)
@@ -361,7 +348,9 @@ def main() -> None:
                     "others": round(max(0.0, d[4] - ours), 2),
                 },
                 "cpu_ms_per_email": {
+                    "all": round(1000 * ours / args.emails, 3),
                     "workers": round(1000 * d[0] / args.emails, 3),
+                    "redis": round(1000 * d[2] / args.emails, 3),
                     "postgres": round(1000 * d[1] / args.emails, 3),
                     "smtp_sink": round(1000 * d[3] / args.emails, 3),
                 },
@@ -380,12 +369,20 @@ def main() -> None:
     results["loadavg_after"] = loadavg()
     dl = results["deliver"]
     print()
+    cpu = dl["cpu_ms_per_email"]
+    say(
+        f"DELIVERED {fmt_rate(dl['rate_steady'])} steady | bare smtplib (same sink, same run, "
+        f"{results['bare_smtplib']['threads']} threads, connections kept) "
+        f"{fmt_rate(results['bare_smtplib']['rate'])}, one connection per message "
+        f"{fmt_rate(results['sink_ceiling']['rate'])} | CPU per email {cpu['all']} ms "
+        f"(workers {cpu['workers']}, PostgreSQL {cpu['postgres']}, Redis {cpu['redis']}, sink {cpu['smtp_sink']})"
+    )
     say(
         f"SUMMARY  delivered {fmt_rate(dl['rate_steady'])} steady ({fmt_rate(dl['rate_e2e'])} end to end) "
         f"| render {fmt_rate(results['render']['renders_per_s'])} one thread "
         f"| sink ceiling {fmt_rate(results['sink_ceiling']['rate'])} | CPU s {dl['cpu_s']} "
         f"| outbox {results['outbox_status']} | sink got {results['sink_received']['messages']} "
-        f"(incl. {args.sink_ceiling} ceiling and {args.profile_emails} profile messages)"
+        f"(incl. {2 * args.sink_ceiling} bare smtplib and {args.profile_emails} profile messages)"
     )
     record("email", vars(args), results)
 

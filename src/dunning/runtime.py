@@ -75,10 +75,11 @@ class Runtime:
     tuning: Tuning = field(default_factory=Tuning)
 
     def close(self) -> None:
-        """Release connections (the billing client's and the pool's)."""
-        close = getattr(self.billing, "close", None)
-        if callable(close):
-            close()
+        """Release connections (the billing client's, the mail sender's and the pool's)."""
+        for owner in (self.billing, self.sender):
+            close = getattr(owner, "close", None)
+            if callable(close):
+                close()
         self.engine.dispose()
 
 

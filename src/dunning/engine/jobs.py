@@ -213,14 +213,18 @@ def start(
     conditions = [Job.id == job_id, Job.status == "claimed", Job.runs < Job.claims]
     if not alone:
         conditions.append(Job.alone.is_(False))
-    result = session.execute(
-        update(Job)
-        .where(*conditions)
-        .values(runs=Job.runs + 1, lease_until=wall + timedelta(seconds=run_lease_s), worker_id=worker_id)
+    # RETURNING the row: one statement, not an UPDATE and then a SELECT of what it wrote.
+    return (
+        session.execute(
+            update(Job)
+            .where(*conditions)
+            .values(runs=Job.runs + 1, lease_until=wall + timedelta(seconds=run_lease_s), worker_id=worker_id)
+            .returning(Job),
+            execution_options={"populate_existing": True},
+        )
+        .scalars()
+        .first()
     )
-    if not result.rowcount:
-        return None
-    return session.get(Job, job_id, populate_existing=True)
 
 
 def finish(session: Session, job: Job, *, status: str = "done", note: str | None = None) -> None:

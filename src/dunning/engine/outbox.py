@@ -4,17 +4,25 @@ The workflow that wrote the notice says whether it is still true now
 (:attr:`~dunning.engine.registry.Workflow.stale`) and fills its words from
 the facts of this moment (:attr:`~dunning.engine.registry.Workflow.render_notice`);
 this module owns the delivery and its point of no return.
+
+Per email: the job's start, the row's lock, :func:`should_send` (the one place
+that decides whether a row goes out) and the rendering share one transaction
+(:func:`prepare_email`, called by the runner); the ``sending`` mark at the
+email's own 354 and the outcome are group-committed with other threads'
+(:mod:`.outbox_commits` explains why each email still has its own point of no
+return); SMTP connections are pooled (:mod:`dunning.mail.pool`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
-
-from sqlalchemy import update
 
 from dunning import telemetry
 from dunning.engine import delivery
 from dunning.engine.jobs import finish
+from dunning.engine.outbox_commits import mark_sending, settle
 from dunning.engine.pauses import hold, paused
 from dunning.engine.registry import Result, notice_owner
 from dunning.errors import PermanentJobError
@@ -27,8 +35,15 @@ from dunning.store.models import Job, Outbox
 if TYPE_CHECKING:
     from email.message import EmailMessage
 
+    from sqlalchemy.orm import Session
+
     from dunning.runtime import Runtime
     from dunning.settings import Settings
+
+
+def _headers(settings: Settings, outbox: Outbox, extra: dict[str, str] | None) -> dict[str, str]:
+    reply_to = {"Reply-To": settings.mail_reply_to} if settings.mail_reply_to else {}
+    return {NOTICE_HEADER: outbox.key, KIND_HEADER: outbox.kind, **reply_to, **(extra or {})}
 
 
 def outbox_message(
@@ -38,18 +53,17 @@ def outbox_message(
     headers: dict[str, str] | None = None,
     to_name: str | None = None,
 ) -> EmailMessage:
-    """The email of a rendered outbox row, as :func:`send_email` hands it to the sender.
+    """The email of a rendered outbox row, as :func:`deliver` hands it to the sender.
 
     ``dunning emails preview`` builds its sample through here too, so a preview is what a customer gets.
     ``headers``: more headers (a prompt's List-Unsubscribe); ``to_name``: the customer's name for ``To:``.
     """
-    reply_to = {"Reply-To": settings.mail_reply_to} if settings.mail_reply_to else {}
     return build_message(
         RenderedEmail(subject=outbox.subject or "", html=outbox.html or "", text=outbox.text or ""),
         to=outbox.to_email,
         sender=settings.mail_from,
         message_id=outbox.message_id,
-        headers={NOTICE_HEADER: outbox.key, KIND_HEADER: outbox.kind, **reply_to, **(headers or {})},
+        headers=_headers(settings, outbox, headers),
         date=outbox.send_after,
         to_name=to_name,
     )
@@ -59,61 +73,117 @@ class _Superseded(Exception):
     """Another run reached the point of no return first; this one must not send."""
 
 
+def should_send(rt: Runtime, session: Session, outbox: Outbox, job: Job) -> Result | None:
+    """Whether this row is to be sent now: None to send it, else the outcome, already written.
+
+    Runs in the transaction that holds the row's lock; a row it turns down has its
+    status and its job finished here. Checks made at send time belong here.
+    """
+    if outbox.status in ("sent", "failed", "skipped", "unknown"):
+        finish(session, job)
+        return "already_" + outbox.status, []
+    if outbox.status == "sending":
+        outbox.status = "unknown"
+        note = (
+            f"parked: delivery of {outbox.message_id} is unknown (the worker died after handing it to "
+            "the mail server); check the server's log, then `dunning dlq requeue` to resend or purge"
+        )
+        outbox.last_error = note
+        finish(session, job, status="dead", note=note)
+        return "unknown", []
+    if paused(session, outbox.kind):
+        # On hold (``dunning pause``): back to pending, sent once resumed if still true then.
+        hold(session, job, outbox.kind, rt.clock.now())
+        return "held", []
+    owner = notice_owner(outbox.kind)
+    if owner is None:
+        raise PermanentJobError(f"outbox row {outbox.id}: no workflow writes notices of kind {outbox.kind!r}")
+    if owner.stale is not None and owner.stale(rt, session, outbox, rt.clock.now()) is not None:
+        outbox.status = "skipped"
+        finish(session, job)
+        telemetry.inc(telemetry.EMAIL_DELIVERIES, outbox.kind, "skipped")
+        return "skipped", []
+    # The recipient's side: bounced, unsubscribed from prompts, or over a cap (skipped or deferred).
+    if (held := delivery.hold(rt, session, outbox, job, rt.clock.now())) is not None:
+        telemetry.inc(telemetry.EMAIL_DELIVERIES, outbox.kind, held)
+        return held, []
+    if owner.render_notice is None:
+        raise PermanentJobError(f"outbox row {outbox.id}: workflow {owner.name} renders no notices")
+    return None
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A row decided and rendered, to be sent: what the delivery needs once its transaction is over."""
+
+    outbox_id: int
+    kind: str
+    rendered: RenderedEmail
+    to: str
+    to_name: str | None
+    message_id: str
+    headers: dict[str, str]
+    date: datetime | None
+
+
+def prepare_email(rt: Runtime, session: Session, job: Job) -> Ready | Result:
+    """Lock the row, decide (:func:`should_send`), render it once and count the attempt.
+
+    Runs in the caller's transaction: :func:`send_email`'s own, or the one that
+    starts the job (:func:`dunning.engine.runner.run_job`), saving a transaction.
+    """
+    outbox = session.get(Outbox, job.outbox_id, with_for_update=True, populate_existing=True)
+    if outbox is None:
+        raise PermanentJobError(f"outbox row {job.outbox_id} not found")
+    decided = should_send(rt, session, outbox, job)
+    if decided is not None:
+        return decided
+    owner = notice_owner(outbox.kind)
+    assert owner is not None and owner.render_notice is not None  # should_send checked both
+    owner.render_notice(rt, session, outbox, rt.clock.now())  # once: a filled row keeps its words
+    outbox.attempts += 1
+    return Ready(
+        outbox_id=outbox.id,
+        kind=outbox.kind,
+        rendered=RenderedEmail(subject=outbox.subject, html=outbox.html, text=outbox.text),
+        to=outbox.to_email,
+        to_name=delivery.recipient_name(session, outbox),
+        message_id=outbox.message_id,
+        headers=_headers(rt.settings, outbox, delivery.headers(rt, outbox, rt.clock.now())),
+        date=outbox.send_after,
+    )
+
+
 def send_email(rt: Runtime, job: Job) -> Result:
-    """Deliver one outbox email, at most once.
+    """Deliver one outbox email, at most once (the job handler; :func:`deliver` does the sending)."""
+    with transaction(rt.sessions) as session:
+        ready = prepare_email(rt, session, job)
+    return ready if isinstance(ready, tuple) else deliver(rt, job, ready)
+
+
+def deliver(rt: Runtime, job: Job, ready: Ready) -> Result:
+    """Send a prepared row, at most once, and commit its outcome with its job's end.
 
     ``pending`` -> ``sending`` is committed at the sender's point of no return (for
     SMTP: after the server's 354, before the body's final dot). A run that dies
     before it leaves the row ``pending`` and the next run sends it; a run that dies
     after it leaves ``sending``, which nobody can resolve without the mail server's
     log, so the next run parks it as ``unknown`` for ops instead of risking a
-    second copy in the customer's inbox.
+    second copy in the customer's inbox. The mark and the outcome are committed
+    together with other threads' (:mod:`.outbox_commits`, which says why that keeps
+    each email's own point of no return).
     """
-    with transaction(rt.sessions) as session:
-        outbox = session.get(Outbox, job.outbox_id, with_for_update=True, populate_existing=True)
-        if outbox is None:
-            raise PermanentJobError(f"outbox row {job.outbox_id} not found")
-        if outbox.status in ("sent", "failed", "skipped", "unknown"):
-            finish(session, job)
-            return "already_" + outbox.status, []
-        if outbox.status == "sending":
-            outbox.status = "unknown"
-            note = (
-                f"parked: delivery of {outbox.message_id} is unknown (the worker died after handing it to "
-                "the mail server); check the server's log, then `dunning dlq requeue` to resend or purge"
-            )
-            outbox.last_error = note
-            finish(session, job, status="dead", note=note)
-            return "unknown", []
-        if paused(session, outbox.kind):
-            # On hold (``dunning pause``): back to pending, sent once resumed if still true then.
-            hold(session, job, outbox.kind, rt.clock.now())
-            return "held", []
-        owner = notice_owner(outbox.kind)
-        if owner is None:
-            raise PermanentJobError(
-                f"outbox row {outbox.id}: no workflow writes notices of kind {outbox.kind!r}"
-            )
-        if owner.stale is not None and owner.stale(rt, session, outbox, rt.clock.now()) is not None:
-            outbox.status = "skipped"
-            finish(session, job)
-            telemetry.inc(telemetry.EMAIL_DELIVERIES, outbox.kind, "skipped")
-            return "skipped", []
-        if (held := delivery.hold(rt, session, outbox, job, rt.clock.now())) is not None:
-            telemetry.inc(telemetry.EMAIL_DELIVERIES, outbox.kind, held)
-            return held, []
-        if owner.render_notice is None:
-            raise PermanentJobError(f"outbox row {outbox.id}: workflow {owner.name} renders no notices")
-        owner.render_notice(rt, session, outbox, rt.clock.now())
-        outbox.attempts += 1
-        message = outbox_message(
-            rt.settings,
-            outbox,
-            headers=delivery.headers(rt, outbox, rt.clock.now()),
-            to_name=delivery.recipient_name(session, outbox),
-        )
-        outbox_id, kind = outbox.id, outbox.kind
-
+    # Built outside any transaction: no row lock is held while the MIME message is assembled.
+    message = build_message(
+        ready.rendered,
+        to=ready.to,
+        sender=rt.settings.mail_from,
+        message_id=ready.message_id,
+        headers=ready.headers,
+        date=ready.date,
+        to_name=ready.to_name,
+    )
+    outbox_id, kind = ready.outbox_id, ready.kind
     marked = False
 
     def commit_point() -> None:
@@ -122,25 +192,9 @@ def send_email(rt: Runtime, job: Job) -> Result:
         nonlocal marked
         if marked:
             return
-        with transaction(rt.sessions) as session:
-            moved = session.execute(
-                update(Outbox)
-                .where(Outbox.id == outbox_id, Outbox.status == "pending")
-                .values(status="sending")
-            ).rowcount
-        if not moved:
+        if not mark_sending(rt, outbox_id):
             raise _Superseded()
         marked = True
-
-    def settle(status: str, error: str | None) -> None:
-        with transaction(rt.sessions) as session:
-            row = session.get(Outbox, outbox_id, populate_existing=True)
-            assert row is not None
-            row.status, row.last_error = status, error
-            if status == "sent":
-                row.sent_at = rt.clock.now()
-            if status != "pending":
-                finish(session, job, status="dead" if status == "unknown" else "done", note=error)
 
     try:
         rt.sender.send(message, commit_point=commit_point)
@@ -150,18 +204,19 @@ def send_email(rt: Runtime, job: Job) -> Result:
         telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "superseded")
         return "superseded", []
     except TransientSendError as exc:
-        settle("pending", str(exc)[:500])
+        settle(rt, outbox_id, job.id, "pending", str(exc)[:500])
         telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "transient_failure")
         raise
     except PermanentSendError as exc:
-        settle("failed", f"permanent SMTP failure: {exc}"[:500])
+        settle(rt, outbox_id, job.id, "failed", f"permanent SMTP failure: {exc}"[:500])
         telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "permanent_failure")
         delivery.bounced(rt, outbox_id, exc)
         return "failed", []
     except AmbiguousSendError as exc:
-        settle("unknown", f"parked: {exc}; check the mail server's log, then requeue or purge"[:500])
+        note = f"parked: {exc}; check the mail server's log, then requeue or purge"[:500]
+        settle(rt, outbox_id, job.id, "unknown", note)
         telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "unknown")
         return "unknown", []
-    settle("sent", None)
+    settle(rt, outbox_id, job.id, "sent", None)
     telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "sent")
     return "sent", []

@@ -12,11 +12,12 @@ the lease.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING
 
 from dunning.billing.port import BillingUnavailable
 from dunning.engine.jobs import finish, retry_later, start
-from dunning.engine.outbox import send_email
+from dunning.engine.outbox import deliver, prepare_email, send_email
 from dunning.engine.registry import JobHandler, Result, job_handler
 from dunning.errors import PermanentJobError
 from dunning.mail.sending import TransientSendError
@@ -39,12 +40,28 @@ def run_job(rt: Runtime, job_id: int, *, worker_id: str | None = None, alone: bo
     that the scheduler can send the job again as soon as that worker dies. ``alone``: the run
     is alone in its process, the only way a job marked ``alone`` may start.
     """
-    with transaction(rt.sessions) as session:
-        job = start(session, job_id, run_lease_s=rt.tuning.run_lease_s, worker_id=worker_id, alone=alone)
-        if job is None:
-            return "not_runnable", []
-        session.expunge(job)
+    try:
+        with transaction(rt.sessions) as session:
+            job = start(session, job_id, run_lease_s=rt.tuning.run_lease_s, worker_id=worker_id, alone=alone)
+            if job is None:
+                return "not_runnable", []
+            # An email is locked, decided and rendered in the transaction that starts its job.
+            ready = prepare_email(rt, session, job) if job.kind == "send_email" else None
+            session.expunge(job)
+    except Exception:
+        # Whatever failed also undid the start: start again alone, and let the handler below
+        # meet the failure in its own transaction, as every other job kind does.
+        with transaction(rt.sessions) as session:
+            job = start(session, job_id, run_lease_s=rt.tuning.run_lease_s, worker_id=worker_id, alone=alone)
+            if job is None:
+                return "not_runnable", []
+            session.expunge(job)
+        ready = None
+    if isinstance(ready, tuple):
+        return ready  # decided not to send (already sent, parked, stale): written with the start
     handler = ENGINE_JOBS.get(job.kind) or job_handler(job.kind)
+    if ready is not None:
+        handler = partial(deliver, ready=ready)  # the rest of send_email, failures handled below
     try:
         if handler is None:
             raise PermanentJobError(f"unknown job kind {job.kind!r}")

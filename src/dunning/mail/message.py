@@ -12,10 +12,32 @@ import hashlib
 import re
 import unicodedata
 from datetime import UTC, datetime
-from email.headerregistry import Address, HeaderRegistry, UnstructuredHeader
+from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 
 from .render import RenderedEmail
+
+
+class _CachingHeaderRegistry(HeaderRegistry):
+    """The standard header registry, keeping the class it makes for each header name.
+
+    ``HeaderRegistry.__getitem__`` builds a new class with ``type()`` for every
+    header of every message; that was half the cost of building a notice. The
+    classes, and so the headers and bytes, are exactly the standard ones.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._classes: dict[str, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        key = name.lower()
+        cls = self._classes.get(key)
+        if cls is None:
+            # Two threads may both build one the first time: the same class, either is fine.
+            cls = self._classes[key] = super().__getitem__(name)
+        return cls
+
 
 #: Headers the outbox runner sets: the notice's idempotency key, and its kind.
 NOTICE_HEADER = "X-Dunning-Notice"
@@ -49,11 +71,13 @@ class _UrlListHeader(UnstructuredHeader):
         return f"{self.name}: " + ("," + policy.linesep + " ").join(parts) + policy.linesep
 
 
-_HEADERS = HeaderRegistry()
+_HEADERS = _CachingHeaderRegistry()
 _HEADERS.map_to_type(LIST_UNSUBSCRIBE.lower(), _UrlListHeader)
-#: The default policy (LF line ends) for callers, with our own header registry (a copy: the
-#: stdlib's default registry is shared by every message in the process).
-_POLICY = email.policy.default.clone(header_factory=_HEADERS)
+#: ``email.policy.default`` (LF line ends, for callers) with our own header registry: a copy,
+#: since the stdlib's default registry is shared by every message in the process, that caches
+#: its header classes and knows ``List-Unsubscribe``. :data:`SMTP_POLICY` for the wire (CRLF).
+POLICY = email.policy.default.clone(header_factory=_HEADERS)
+SMTP_POLICY = POLICY.clone(linesep="\r\n")
 
 
 def safe_display_name(name: str | None) -> str:
@@ -104,8 +128,8 @@ def build_message(
     as the display name of ``To:`` after :func:`safe_display_name`. Any header value with a
     line break raises ``ValueError`` (the policy refuses it): a header is never injected.
     """
-    # smtplib and FileSender write CRLF themselves.
-    msg = EmailMessage(policy=_POLICY)
+    # The default policy (LF line ends) for callers; smtplib and FileSender write CRLF themselves.
+    msg = EmailMessage(policy=POLICY)
     msg["Subject"] = rendered.subject
     msg["From"] = sender
     name = safe_display_name(to_name)

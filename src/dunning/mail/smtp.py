@@ -1,4 +1,4 @@
-"""Sending over SMTP: one connection per message, retries with backoff, a circuit breaker.
+"""Sending over SMTP: pooled connections, retries with backoff, a circuit breaker.
 
 The send sequence uses only smtplib's public calls: ``ehlo()``, ``starttls()``,
 ``login()``, then ``mail()`` and ``rcpt()`` for the envelope, ``docmd("data")``
@@ -15,6 +15,13 @@ and the send may be retried; once the dot is written the server may accept the
 message even if its answer never arrives, so a failure then means "maybe
 delivered" (:class:`~.sending.AmbiguousSendError`) and is never retried
 blindly. Only a DATA phase driven by hand can tell the two apart.
+
+Connections are kept between messages (:mod:`.pool`): a delivery starts on an
+idle connection when there is one. The point of no return is per message and
+does not move: a pooled connection that turns out dead fails at ``MAIL FROM``
+(or RCPT, or DATA), before the commit point, and the message is sent again on
+a fresh connection at once, without counting it as a retry (the server never
+took it). The body's bytes are built once per message, not once per attempt.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from .breaker import CircuitBreaker, CircuitOpen
-from .message import message_id_of
+from .message import SMTP_POLICY, message_id_of
+from .pool import ConnectionPool, Pooled
 from .sending import (
     AmbiguousSendError,
     CommitPoint,
@@ -137,8 +145,9 @@ class SmtpSender:
     the connection) or ``smtps://...`` (TLS from the first byte); user and
     password are percent-decoded. ``attempts`` counts the first try; waits
     between tries grow from ``wait`` seconds, doubling, capped at ``max_wait``.
-    One connection per message: simple and always correct; a queue worker
-    sends a few messages a second, far from where connection reuse matters.
+    Up to ``pool_size`` idle connections are kept for the next messages (0: one
+    connection per message); each serves at most ``max_uses`` messages and is
+    not reused after ``idle_s`` seconds without one.
     """
 
     def __init__(
@@ -152,6 +161,9 @@ class SmtpSender:
         ssl_context: ssl.SSLContext | None = None,
         local_hostname: str | None = None,
         breaker: CircuitBreaker | None = None,
+        pool_size: int = 8,
+        max_uses: int = 100,
+        idle_s: float = 30.0,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts: must be at least 1")
@@ -163,6 +175,7 @@ class SmtpSender:
         self.max_wait = max_wait
         self._ssl_context = ssl_context
         self._local_hostname = local_hostname
+        self.pool = ConnectionPool(pool_size, max_uses=max_uses, idle_s=idle_s)
 
     def __repr__(self) -> str:
         # Never the password: this object may be printed in a traceback.
@@ -173,6 +186,7 @@ class SmtpSender:
     def send(self, msg: EmailMessage, *, commit_point: CommitPoint | None = None) -> None:
         """Deliver ``msg``; raise ``PermanentSendError`` on a 5xx, ``TransientSendError`` when retries run out."""
         message_id = message_id_of(msg)
+        envelope = _envelope(msg)
         retrying = Retrying(
             stop=stop_after_attempt(self.attempts),
             wait=wait_exponential(multiplier=self.wait, max=self.max_wait),
@@ -193,7 +207,7 @@ class SmtpSender:
                 message_id=message_id,
             ) from None
         try:
-            retrying(self._send_once, msg, message_id, commit_point)
+            retrying(self._send_once, envelope, message_id, commit_point)
             self.breaker.success()
         except PermanentSendError:
             self.breaker.success()  # the server is up; it just refused this message
@@ -237,7 +251,7 @@ class SmtpSender:
             )
         return smtplib.SMTP(c.host, c.port, local_hostname=self._local_hostname, timeout=self.timeout_s)
 
-    def _send_once(self, msg: EmailMessage, message_id: str, commit_point: CommitPoint | None = None) -> None:
+    def _open(self) -> Pooled:
         c = self._config
         smtp = self._connect()
         try:
@@ -247,12 +261,44 @@ class SmtpSender:
                 smtp.ehlo()
             if c.username is not None:
                 smtp.login(c.username, c.password or "")
-            refused = _transmit(smtp, msg, message_id, commit_point)
-        finally:
-            # No QUIT: after the 250 the message is accepted and waiting for 221 only widens the
-            # window in which a crash leaves the delivery unknown; in any other state (say, in
-            # the middle of DATA) a QUIT would be read as message text and hang.
+        except BaseException:
             smtp.close()
+            raise
+        return self.pool.opened_one(smtp)
+
+    def _send_once(
+        self, envelope: _Envelope, message_id: str, commit_point: CommitPoint | None = None
+    ) -> None:
+        conn = self.pool.take() or self._open()
+        reached = False
+
+        def point() -> None:
+            nonlocal reached
+            reached = True
+            if commit_point is not None:
+                commit_point()
+
+        try:
+            try:
+                refused = _transmit(conn.smtp, envelope, message_id, point)
+            except Exception as exc:
+                if not conn.reused or reached or not _stale(exc):
+                    raise
+                # A pooled connection failed before the point of no return: the server dropped
+                # it while it idled, or is closing it (421). The server did not take the
+                # message; send it on a fresh connection now, which is not a retry.
+                self.pool.discard(conn)
+                log.info("smtp pooled connection failed (%s); opening a fresh one", _describe(exc))
+                conn = self._open()
+                refused = _transmit(conn.smtp, envelope, message_id, point)
+        except BaseException:
+            # Its state is unknown (in the middle of DATA, say): never reused. No QUIT: it would
+            # be read as message text and hang; closing makes the server drop an unfinished message.
+            self.pool.discard(conn)
+            raise
+        # 250 to the final dot: between transactions, the next message may use it. No QUIT
+        # either: waiting for 221 only widens the window in which a crash leaves it unknown.
+        self.pool.give_back(conn)
         if refused:
             # Some recipients accepted it, some not. Retrying would send it again to
             # the accepted ones, so this is final for this message.
@@ -263,29 +309,56 @@ class SmtpSender:
                 code=codes[0],
             )
 
+    def close(self) -> None:
+        """Close the idle pooled connections."""
+        self.pool.close_all()
+
+
+def _stale(exc: BaseException) -> bool:
+    """Whether ``exc`` says the connection itself is gone (not that the message was refused)."""
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return exc.smtp_code == 421
+    return isinstance(exc, (smtplib.SMTPServerDisconnected, ConnectionError, BrokenPipeError))
+
+
+@dataclass(frozen=True)
+class _Envelope:
+    """What goes on the wire for one message, built once for all its attempts."""
+
+    sender: str
+    recipients: list[str]
+    data: bytes  # dot-stuffed, CRLF-terminated, without the final dot
+
+
+def _envelope(msg: EmailMessage) -> _Envelope:
+    sender = str(msg["Sender"] or msg["From"])
+    recipients = [addr for _, addr in email.utils.getaddresses([str(v) for v in msg.get_all("To", [])])]
+    recipients += [addr for _, addr in email.utils.getaddresses([str(v) for v in msg.get_all("Cc", [])])]
+    # Dot-stuffing, as SMTP.data() does it.
+    data = re.sub(rb"(?m)^\.", b"..", msg.as_bytes(policy=SMTP_POLICY))
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return _Envelope(email.utils.parseaddr(sender)[1], recipients, data)
+
 
 def _transmit(
-    smtp: smtplib.SMTP, msg: EmailMessage, message_id: str, commit_point: CommitPoint | None
+    smtp: smtplib.SMTP, envelope: _Envelope, message_id: str, commit_point: CommitPoint | None
 ) -> dict[str, tuple[int, bytes]]:
     """MAIL, RCPT and DATA by hand, so that ``commit_point`` runs between the 354 and the body.
 
     The steps of ``smtplib.SMTP.sendmail`` with the DATA phase opened up (see the module
     docstring); returns the refused recipients when some, not all, were refused.
     """
-    sender = str(msg["Sender"] or msg["From"])
-    recipients = [addr for _, addr in email.utils.getaddresses([str(v) for v in msg.get_all("To", [])])]
-    recipients += [addr for _, addr in email.utils.getaddresses([str(v) for v in msg.get_all("Cc", [])])]
-    body = msg.as_bytes(policy=email.policy.SMTP)
-    code, resp = smtp.mail(email.utils.parseaddr(sender)[1])
+    code, resp = smtp.mail(envelope.sender)
     if code != 250:
         _abandon(smtp)
-        raise smtplib.SMTPSenderRefused(code, resp, sender)
+        raise smtplib.SMTPSenderRefused(code, resp, envelope.sender)
     refused: dict[str, tuple[int, bytes]] = {}
-    for rcpt in recipients:
+    for rcpt in envelope.recipients:
         code, resp = smtp.rcpt(rcpt)
         if code not in (250, 251):
             refused[rcpt] = (code, resp)
-    if len(refused) == len(recipients):
+    if len(refused) == len(envelope.recipients):
         _abandon(smtp)
         raise smtplib.SMTPRecipientsRefused(refused)
     code, resp = smtp.docmd("data")
@@ -294,12 +367,8 @@ def _transmit(
         raise smtplib.SMTPDataError(code, resp)
     if commit_point is not None:
         commit_point()  # if this raises, the connection closes and the server drops the message
-    # Dot-stuffing and the final dot, as SMTP.data() writes them.
-    data = re.sub(rb"(?m)^\.", b"..", body)
-    if not data.endswith(b"\r\n"):
-        data += b"\r\n"
     try:
-        smtp.send(data + b".\r\n")
+        smtp.send(envelope.data + b".\r\n")
         code, resp = smtp.getreply()
     except (OSError, smtplib.SMTPServerDisconnected) as exc:
         raise AmbiguousSendError(

@@ -1,0 +1,88 @@
+"""The group-committed sending mark and outcome (engine/outbox_commits.py), on SQLite and PostgreSQL.
+
+Threads of one process submit at once, as a worker's threads do; the rows are
+real outbox rows written by the product (a failed payment's first notice).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import update
+
+from dunning.engine.outbox_commits import _marks, _settles, mark_sending, settle
+from dunning.store.db import transaction
+from dunning.store.models import Job, Outbox
+
+
+def _together(n: int, work: Callable[[int], Any]) -> list[Any]:
+    """Run ``work(i)`` in ``n`` threads released at the same moment; their results (or errors)."""
+    gate = threading.Barrier(n)
+    results: list[Any] = [None] * n
+
+    def run(i: int) -> None:
+        gate.wait()
+        try:
+            results[i] = work(i)
+        except Exception as exc:  # returned to the test
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def _emails(h: Any, n: int) -> list[Outbox]:
+    for i in range(1, n + 1):
+        h.customer(f"cus_{i}", sub=f"sub_{i}")
+        h.fail(f"in_{i}", sub=f"sub_{i}", cid=f"cus_{i}", code="insufficient_funds", succeed_on_attempt=0)
+    h.settle()
+    rows = [r for r in h.outbox() if r.kind == "payment_failed"]
+    assert len(rows) == n and all(r.status == "sent" for r in rows)
+    return rows
+
+
+def test_many_runs_marking_one_row_at_once_exactly_one_owns_it(world) -> None:
+    h = world
+    (row,) = _emails(h, 1)
+    with transaction(h.rt.sessions) as s:
+        s.execute(update(Outbox).where(Outbox.id == row.id).values(status="pending"))
+    batches = _marks.batches
+    results = _together(8, lambda _: mark_sending(h.rt, row.id))
+    assert results.count(True) == 1 and results.count(False) == 7, results
+    assert _marks.batches > batches
+    (after,) = [r for r in h.outbox() if r.id == row.id]
+    assert after.status == "sending"
+
+
+def test_outcomes_of_several_threads_are_all_written(world) -> None:
+    h = world
+    rows = _emails(h, 3)
+    jobs = {j.outbox_id: j.id for j in h.jobs() if j.kind == "send_email"}
+    with transaction(h.rt.sessions) as s:
+        s.execute(
+            update(Outbox).where(Outbox.id.in_([r.id for r in rows])).values(status="sending", sent_at=None)
+        )
+        s.execute(update(Job).where(Job.id.in_(list(jobs.values()))).values(status="claimed"))
+    outcomes = [("sent", None), ("unknown", "parked: lost after the dot"), ("pending", "451 try later")]
+
+    def work(i: int) -> None:
+        status, error = outcomes[i]
+        settle(h.rt, rows[i].id, jobs[rows[i].id], status, error)
+
+    items = _settles.items
+    assert _together(3, work) == [None, None, None]
+    assert _settles.items == items + 3
+    by_id = {r.id: r for r in h.outbox()}
+    sent, unknown, pending = (by_id[r.id] for r in rows)
+    assert (sent.status, sent.last_error) == ("sent", None) and sent.sent_at is not None
+    assert (unknown.status, unknown.last_error) == ("unknown", "parked: lost after the dot")
+    assert (pending.status, pending.last_error) == ("pending", "451 try later")
+    job_status = {j.id: j.status for j in h.jobs()}
+    # As jobs.finish(): sent -> done, unknown -> dead (parked for ops), pending -> untouched (backs off).
+    assert [job_status[jobs[r.id]] for r in rows] == ["done", "dead", "claimed"]
