@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import or_, select, update
 
-from dunning.store.models import Job, PausedKind
+from dunning.store.models import Job
+from dunning.store.ops_models import PausedKind
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session

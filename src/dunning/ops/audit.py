@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from dunning.engine.jobs import wall_now
-from dunning.store.models import OpsAudit
+from dunning.store.ops_models import OpsAudit
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session

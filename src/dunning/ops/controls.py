@@ -17,7 +17,8 @@ from dunning.engine.pauses import ALL_KINDS, HELD_PREFIX, hold, paused
 from dunning.engine.registry import workflows
 from dunning.ops.audit import record
 from dunning.store.db import dialect_insert, transaction
-from dunning.store.models import Job, Outbox, PausedKind
+from dunning.store.models import Job, Outbox
+from dunning.store.ops_models import PausedKind
 
 if TYPE_CHECKING:
     from dunning.runtime import Runtime

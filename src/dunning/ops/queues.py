@@ -17,7 +17,8 @@ from dunning.broker.names import ALL_QUEUES
 from dunning.engine.jobs import wall_now
 from dunning.engine.pauses import ALL_KINDS
 from dunning.ops.broker_state import read_broker
-from dunning.store.models import DeadLetter, Job, PausedKind, Worker
+from dunning.store.models import DeadLetter, Job, Worker
+from dunning.store.ops_models import PausedKind
 
 if TYPE_CHECKING:
     import redis

@@ -377,29 +377,6 @@ class PriceMigrationMember(Base):
     reason: Mapped[str | None] = mapped_column(Text)  # why skipped, deferred or excluded
 
 
-class PausedKind(Base):
-    """A notice kind whose sending is on hold (``dunning pause``); ``*`` holds every kind."""
-
-    __tablename__ = "paused_kinds"
-
-    kind: Mapped[str] = mapped_column(String(40), primary_key=True)
-    paused_at: Mapped[datetime] = mapped_column(UtcDateTime)  # wall time
-    paused_by: Mapped[str] = mapped_column(String(255))
-
-
-class OpsAudit(Base):
-    """What an operator did (requeue, purge, pause, resume), who did it and when (wall time)."""
-
-    __tablename__ = "ops_audit"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
-    by: Mapped[str] = mapped_column(String(255))
-    action: Mapped[str] = mapped_column(String(40))
-    target: Mapped[str] = mapped_column(String(255))
-    detail: Mapped[str | None] = mapped_column(Text)
-
-
 class SimulatedClock(Base):
     """The simulated clock shared by every process (one row)."""
 
@@ -412,3 +389,4 @@ class SimulatedClock(Base):
 # Tables in modules of their own register on ``Base.metadata`` when imported; import them here so
 # that whoever imports the models (Alembic, the tests) sees the whole schema.
 from dunning.store import mail_models as _mail_models  # noqa: E402, F401
+from dunning.store import ops_models as _ops_models  # noqa: E402, F401
