@@ -40,6 +40,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SECRET = "crash-secret"
 CASES = int(os.environ.get("DUNNING_CRASH_CASES", "120"))
+# One wait's safety net. Most waits end within seconds; in some runs one job's message goes missing
+# and waits out its 300 s queue lease (cause not found yet: see the README's Tests section), so the
+# net covers two such leases rather than failing the suite on the known slow path.
+SAFETY_NET_S = max(900.0, CASES * 0.5)
 
 
 def _script(i: int) -> tuple[str, int | None, str]:
@@ -119,7 +123,7 @@ def test_sigkill_workers_during_a_run(
 
     waits: list[float] = []
 
-    def settle(timeout: float = max(600.0, CASES * 0.5)) -> None:
+    def settle(timeout: float = SAFETY_NET_S) -> None:
         # Ends when the work is done; the timeout is a safety net only (see ``waits``).
         t0 = time.monotonic()
         deadline = t0 + timeout
@@ -248,6 +252,6 @@ def test_sigkill_workers_during_a_run(
         f"{totals.workers_recovered} dead workers recovered, {totals.runs_released} runs sent again, "
         f"{totals.messages_given_back} fetched messages given back, "
         f"{totals.expired_started + totals.expired_unstarted} leases expired; "
-        f"longest wait {max(waits):.1f} s of a {max(600.0, CASES * 0.5):.0f} s safety net"
+        f"longest wait {max(waits):.1f} s of a {SAFETY_NET_S:.0f} s safety net"
     )
     assert workers.kills >= 5
