@@ -8,8 +8,10 @@ database, an empty mailbox with no faults).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,3 +140,23 @@ def world(
         db_url=db_url, redis_url=redis_server.url, smtp=smtp, home=tmp_path, broker=broker, counter=counter
     ) as h:  # type: ignore[arg-type]
         yield h
+
+
+@pytest.fixture
+def probe_broker(dunning_broker: tuple[Any, Any]) -> Iterator[Callable[..., Any]]:
+    """``make(park)``: a broker of our class on its own namespace (no worker consumes it), removed after the test."""
+    from dunning.broker.consumer import DunningRedisBroker
+
+    workers_broker, _ = dunning_broker
+    namespace = f"probe-{uuid.uuid4()}"
+    made: list[Any] = []
+
+    def make(park: Callable[[dict[str, Any]], None]) -> Any:
+        b = DunningRedisBroker(client=workers_broker.client, middleware=[], namespace=namespace, park=park)
+        made.append(b)
+        return b
+
+    yield make
+    client = workers_broker.client
+    for key in client.scan_iter(f"{namespace}:*"):
+        client.delete(key)

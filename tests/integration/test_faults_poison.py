@@ -448,26 +448,6 @@ def test_undecodable_bytes_on_redis_are_parked_and_strand_no_good_event(quiet_wo
 # -- the consumer on its own, against the real Redis ----------------------------------------------
 
 
-@pytest.fixture
-def probe_broker(dunning_broker) -> Iterator[Callable[..., Any]]:
-    """``make(park)``: a broker of our class on its own namespace (no worker consumes it)."""
-    from dunning.broker.consumer import DunningRedisBroker
-
-    workers_broker, _ = dunning_broker
-    namespace = f"probe-{uuid.uuid4()}"
-    made: list[Any] = []
-
-    def make(park: Callable[[dict[str, Any]], None]) -> Any:
-        b = DunningRedisBroker(client=workers_broker.client, middleware=[], namespace=namespace, park=park)
-        made.append(b)
-        return b
-
-    yield make
-    client = workers_broker.client
-    for key in client.scan_iter(f"{namespace}:*"):
-        client.delete(key)
-
-
 def _mixed_queue(broker: Any, queue: str) -> tuple[list[str], dict[str, bytes]]:
     """Good messages with every kind of garbage between them; (good message ids, garbage by Redis id).
 

@@ -288,6 +288,36 @@ class RefusingRedisConsumer(_RedisConsumer):
         except redis.ConnectionError as e:
             raise ConnectionClosed(e) from None
 
+    def close(self) -> None:
+        """Give back the fetched messages no worker thread was handed, then close.
+
+        Dramatiq's Redis consumer prefetches (twice the worker threads) into a
+        cache that a clean shutdown neither runs nor requeues: the ids stay in this
+        process's acks set. Our heartbeat row is removed at that shutdown, so the
+        scheduler no longer knows the process, and the messages waited for
+        Dramatiq's maintenance pass (by chance, after ``heartbeat_timeout``) or,
+        for a job, its lease: minutes, at the end of a quiet run (what the crash
+        test sometimes waited out after a sibling's SIGKILL stopped a pool).
+        These messages never started, so giving them back cannot run anything twice.
+        """
+        leftover, self.message_cache = self.message_cache, []
+        ids: list[str] = []
+        for data in leftover:
+            if data is None:
+                continue
+            try:
+                ids.append(decode_message(data).options["redis_message_id"])
+            except (NotAMessage, KeyError):
+                continue  # bytes that are not a message: whoever fetches them after maintenance parks them
+        if ids:
+            try:
+                # Dramatiq's own requeue: only ids still in our acks set go back (SREM, then RPUSH).
+                self.broker.do_requeue(self.queue_name, *ids)
+                log.info("queue %s: gave back %d fetched messages at shutdown", self.queue_name, len(ids))
+            except redis.ConnectionError:
+                log.warning("queue %s: could not give back %d fetched messages", self.queue_name, len(ids))
+        super().close()
+
     def refuse(self, data: bytes, reason: str) -> None:
         """Park bytes that are not a message and acknowledge them; if parking fails, dead-letter them."""
         broker = self.broker
