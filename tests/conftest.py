@@ -125,21 +125,50 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def world(
-    db_url: str,
+def make_world(
     redis_server: RedisProcess,
     smtp: SmtpServer,
     tmp_path: Path,
     dunning_broker: tuple[object, object],
-) -> Iterator[object]:
-    """A running product (worker, scheduler, sandbox billing) on real servers."""
+) -> Iterator[Callable[..., Any]]:
+    """``make_world(db_url, **options)``: the product on real servers, stopped after the test.
+
+    Options are :func:`tests.support.harness.harness`'s (``start_workers=False`` for a world
+    the test drives itself, ``policy_path`` for another policy); one world per test.
+    """
+    from contextlib import ExitStack
+
     from tests.support.harness import harness
 
     broker, counter = dunning_broker
-    with harness(
-        db_url=db_url, redis_url=redis_server.url, smtp=smtp, home=tmp_path, broker=broker, counter=counter
-    ) as h:  # type: ignore[arg-type]
-        yield h
+    with ExitStack() as stack:
+
+        def make(db_url: str, **options: Any) -> Any:
+            return stack.enter_context(
+                harness(
+                    db_url=db_url,
+                    redis_url=redis_server.url,
+                    smtp=smtp,  # type: ignore[arg-type]
+                    home=tmp_path,
+                    broker=broker,  # type: ignore[arg-type]
+                    counter=counter,  # type: ignore[arg-type]
+                    **options,
+                )
+            )
+
+        yield make
+
+
+@pytest.fixture
+def world(db_url: str, make_world: Callable[..., Any]) -> Any:
+    """A running product (worker, scheduler, sandbox billing) on real servers."""
+    return make_world(db_url)
+
+
+@pytest.fixture
+def idle_world(db_url: str, make_world: Callable[..., Any]) -> Any:
+    """The product's stores, broker and sandbox with no worker and no scheduler: the test drives them."""
+    return make_world(db_url, start_workers=False)
 
 
 @pytest.fixture

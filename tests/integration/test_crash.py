@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -34,7 +35,7 @@ from dunning.engine.scheduler import TickResult, run_forever
 from dunning.runtime import Tuning, build_runtime
 from dunning.settings import load_settings
 from dunning.store.migrate import upgrade
-from dunning.store.models import Case, DeadLetter, Job, Outbox, ProcessedEvent
+from dunning.store.models import Case, DeadLetter, Job, Outbox, ProcessedEvent, Worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -44,6 +45,9 @@ CASES = int(os.environ.get("DUNNING_CRASH_CASES", "120"))
 # and waits out its 300 s queue lease (cause not found yet: see the README's Tests section), so the
 # net covers two such leases rather than failing the suite on the known slow path.
 SAFETY_NET_S = max(900.0, CASES * 0.5)
+#: A wait longer than this writes what is outstanding to ``artifacts/crash-test/`` (git-ignored).
+SLOW_WAIT_S = 60.0
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _script(i: int) -> tuple[str, int | None, str]:
@@ -56,6 +60,36 @@ def _script(i: int) -> tuple[str, int | None, str]:
     if kind == 8:
         return "stolen_card", None, "canceled"
     return "expired_card", None, "card_update"
+
+
+def _write_slow_wait(path: Path, rt: Any, broker: Any, workers: WorkerGroup, done: int, sent: int) -> None:
+    """Append the outstanding jobs, the workers' rows and every queue's Redis state to ``path``."""
+    lines = [f"== {time.strftime('%H:%M:%S')} wait over {SLOW_WAIT_S:.0f} s: {done}/{sent} events done"]
+    with rt.sessions() as s:
+        for j in s.execute(select(Job).where(Job.status.in_(("claimed", "pending")))).scalars():
+            lines.append(
+                f"job {j.id} {j.key} {j.kind} {j.status} due={j.due_at} claims={j.claims} runs={j.runs}"
+                f" crashes={j.crashes} alone={j.alone} worker={j.worker_id} lease={j.lease_until}"
+                f" error={j.last_error!r}"
+            )
+        for w in s.execute(select(Worker)).scalars():
+            lines.append(f"worker row {w.id} pid={w.pid} beat={w.heartbeat_at}")
+    client = broker.client
+    for key in sorted(k.decode() for k in client.scan_iter("dramatiq:*")):
+        kind = client.type(key).decode()
+        if kind == "list":
+            lines.append(f"{key} list {[i.decode() for i in client.lrange(key, 0, 20)]}")
+        elif kind == "set":
+            lines.append(f"{key} set {sorted(i.decode() for i in client.smembers(key))[:20]}")
+        elif kind == "zset":
+            lines.append(f"{key} zset {client.zrange(key, 0, 20, withscores=True)}")
+        elif kind == "hash":
+            lines.append(f"{key} hash of {client.hlen(key)}")
+    lines.append(f"pool pids {workers.worker_pids()}, kills {workers.kills}, restarts {workers.restarts}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as out:
+        out.write("\n".join(lines) + "\n")
+    print(f"crash test: slow wait, state written to {path}")
 
 
 # A safety net for the whole run, far above its duration (the suite's default of 300 s was not).
@@ -103,10 +137,11 @@ def test_sigkill_workers_during_a_run(
 
     def killer() -> None:
         while not stop.is_set():
-            # Kill only a pool that has been up a moment: a pool killed while it boots does no work at all.
-            # ... and a pool gets a few seconds of work between kills: a Dramatiq pool needs several
-            # seconds to stop after one of its processes dies, so faster kills only measure restarts.
-            if killing.is_set() and workers.up_for() > 3.0:
+            # Kill only a pool that has booted (see ``booted_for``: a worker killed while Dramatiq's
+            # parent waits for it to boot can hang the parent for good) and had a moment of work:
+            # a Dramatiq pool needs several seconds to stop after one of its processes dies, so
+            # faster kills only measure restarts.
+            if killing.is_set() and workers.booted_for() > 1.0:
                 workers.kill_one(rng)
             stop.wait(rng.uniform(1.5, 3.0))
 
@@ -122,11 +157,13 @@ def test_sigkill_workers_during_a_run(
     sent = 0
 
     waits: list[float] = []
+    slow_report = REPO / "artifacts" / "crash-test" / f"slow-waits-{os.getpid()}.txt"
 
     def settle(timeout: float = SAFETY_NET_S) -> None:
         # Ends when the work is done; the timeout is a safety net only (see ``waits``).
         t0 = time.monotonic()
         deadline = t0 + timeout
+        reported = False
         while time.monotonic() < deadline:
             with rt.sessions() as s:
                 done = s.execute(select(func.count()).select_from(ProcessedEvent)).scalar_one()
@@ -135,6 +172,11 @@ def test_sigkill_workers_during_a_run(
             if done >= sent and busy == 0:
                 waits.append(time.monotonic() - t0)
                 return
+            if not reported and time.monotonic() - t0 > SLOW_WAIT_S:
+                # Recovery takes seconds; a wait this long is the lease backstop at work. Keep
+                # what the work looks like now, to find what left it to the lease.
+                reported = True
+                _write_slow_wait(slow_report, rt, broker, workers, done, sent)
             time.sleep(0.05)
         with rt.sessions() as s:
             stuck = [
@@ -253,5 +295,8 @@ def test_sigkill_workers_during_a_run(
         f"{totals.messages_given_back} fetched messages given back, "
         f"{totals.expired_started + totals.expired_unstarted} leases expired; "
         f"longest wait {max(waits):.1f} s of a {SAFETY_NET_S:.0f} s safety net"
+        f" ({sum(w > SLOW_WAIT_S for w in waits)} over {SLOW_WAIT_S:.0f} s)"
     )
-    assert workers.kills >= 5
+    # Kills land on a booted pool only, one per restart (~7 s here): a few, each on live work.
+    assert workers.kills >= 4, workers.kills
+    assert totals.workers_recovered > 0 and totals.runs_released + totals.messages_given_back > 0

@@ -10,15 +10,14 @@ import itertools
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import dramatiq
 import pytest
 from sqlalchemy import func, select, update
-from tests.support.harness import START, Harness, harness
+from tests.support.harness import START, Harness
 
 from dunning.contract import parse_event
 from dunning.engine.ingest import ingest
@@ -267,21 +266,9 @@ def test_a_job_run_twice_has_one_effect(world) -> None:
 
 
 @pytest.fixture
-def pg_idle(
-    pg_url: str, redis_server: Any, smtp: Any, tmp_path: Path, dunning_broker: tuple[Any, Any]
-) -> Iterator[Harness]:
+def pg_idle(pg_url: str, make_world: Callable[..., Any]) -> Harness:
     """A harness on PostgreSQL with no worker or scheduler running: the test drives them."""
-    broker, counter = dunning_broker
-    with harness(
-        db_url=pg_url,
-        redis_url=redis_server.url,
-        smtp=smtp,
-        home=tmp_path,
-        broker=broker,
-        counter=counter,
-        start_workers=False,
-    ) as h:
-        yield h
+    return make_world(pg_url, start_workers=False)
 
 
 def _envelope(type_: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -172,25 +172,11 @@ ZONES = {"cus_tok": "Asia/Tokyo", "cus_la": "America/Los_Angeles", "cus_utc": "U
 
 
 @pytest.fixture
-def capped_world(
-    db_url: str, redis_server: Any, smtp: Any, tmp_path: Path, dunning_broker: Any
-) -> Iterator[Any]:
+def capped_world(db_url: str, tmp_path: Path, make_world: Callable[..., Any]) -> Any:
     """A world whose policy allows one prompt a week (and the default one dunning email a day)."""
-    from tests.support.harness import harness
-
     policy = tmp_path / "policy.toml"
     policy.write_text('version = "caps"\n[emails]\nmax_dunning_per_day = 1\nmax_prompts_per_week = 1\n')
-    broker, counter = dunning_broker
-    with harness(
-        db_url=db_url,
-        redis_url=redis_server.url,
-        smtp=smtp,
-        home=tmp_path,
-        broker=broker,
-        counter=counter,
-        policy_path=policy,
-    ) as h:
-        yield h
+    return make_world(db_url, policy_path=policy)
 
 
 def test_caps_and_coalescing_over_a_week_in_three_timezones(capped_world: Any) -> None:

@@ -12,9 +12,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,21 +21,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def quiet(db_url: str, redis_server, smtp, tmp_path: Path, dunning_broker) -> Iterator[Any]:
+def quiet(idle_world: Any) -> Any:
     """The product's stores and broker, with no worker and no scheduler running."""
-    from tests.support.harness import harness
-
-    broker, counter = dunning_broker
-    with harness(
-        db_url=db_url,
-        redis_url=redis_server.url,
-        smtp=smtp,
-        home=tmp_path,
-        broker=broker,
-        counter=counter,
-        start_workers=False,
-    ) as h:
-        yield h
+    return idle_world
 
 
 def _message(queue: str, actor: str, *, ts_ms: int | None = None) -> Any:

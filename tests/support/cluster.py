@@ -31,8 +31,12 @@ class WorkerGroup:
         self.kills = 0
         self.restarts = 0
         self.started_at = 0.0
+        self._log_offset = 0
+        self._booted_at: float | None = None
 
     def start(self) -> None:
+        self._log_offset = self.log.stat().st_size if self.log.exists() else 0
+        self._booted_at = None
         handle = self.log.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dunning", *self.args],
@@ -48,6 +52,25 @@ class WorkerGroup:
         if self.proc is None or self.proc.poll() is not None:
             return 0.0
         return time.monotonic() - self.started_at
+
+    def booted_for(self) -> float:
+        """Seconds since Dramatiq's parent finished booting the pool (seen in its log), 0 until then.
+
+        Until then the parent waits for each worker process's "booted" event, and a worker
+        SIGKILLed while it sets that event (a multiprocessing lock held by a dead process)
+        leaves the parent blocked for good with no worker left: a Dramatiq limitation that
+        no supervisor sees, since the parent lives on. A worker killed earlier in its boot
+        costs a 30 s wait (``--worker-fork-timeout``). Kills for the crash test wait for this.
+        """
+        if self.up_for() == 0.0:
+            return 0.0
+        if self._booted_at is None:
+            with self.log.open("rb") as handle:
+                handle.seek(self._log_offset)
+                if b"is booting up." not in handle.read():
+                    return 0.0
+            self._booted_at = time.monotonic()
+        return time.monotonic() - self._booted_at
 
     def worker_pids(self) -> list[int]:
         """The worker processes (children of dramatiq's parent, itself our child or grandchild)."""
