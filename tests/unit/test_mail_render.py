@@ -463,3 +463,28 @@ def test_rendering_is_fast(renderer: Renderer) -> None:
         renderer.render(ctx)
     per_email_ms = (time.perf_counter() - start) / count * 1000
     assert per_email_ms < 5, f"{per_email_ms:.2f} ms per email"
+
+
+def test_a_template_compiles_once_for_every_language_and_each_keeps_its_own() -> None:
+    """The environments of the languages share compiled templates, not translations."""
+    fresh = Renderer(TEMPLATES)
+    compiled: list[str] = []
+    for language in ("en", "fr", "de"):
+        fresh.environment(language).compile = _counting(fresh.environment(language).compile, compiled)
+    english = fresh.render(make_ctx("payment_failed", locale="en", decline_class="soft"))
+    after_english = len(compiled)
+    french = fresh.render(make_ctx("payment_failed", locale="fr", decline_class="soft"))
+    german = fresh.render(make_ctx("payment_failed", locale="de", decline_class="soft"))
+    assert after_english >= 2  # the kind's text and HTML templates (and the layouts they extend)
+    assert len(compiled) == after_english  # French and German reused them
+    assert english.text.startswith("Hi Ada,")
+    assert french.text.startswith("Bonjour Ada,")
+    assert "49,00 €" in flat(german.text) and "3. März 2026" in flat(german.text)
+
+
+def _counting(compile_: Any, calls: list[str]) -> Any:
+    def wrapped(source: Any, name: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        calls.append(str(name))
+        return compile_(source, name, *args, **kwargs)
+
+    return wrapped

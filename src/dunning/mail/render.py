@@ -39,7 +39,7 @@ from jinja2 import Environment, TemplateNotFound
 import dunning
 
 from .locales import SHIPPED_LANGUAGES, SOURCE_LANGUAGE, resolve_locale
-from .templates import find_catalogs, make_environment, make_loader, translations_for
+from .templates import SharedBytecode, find_catalogs, make_environment, make_loader, translations_for
 from .templates import load_translations as load_translations  # re-exported: its home before templates.py
 
 
@@ -207,6 +207,7 @@ class Renderer:
             {SOURCE_LANGUAGE, *self._catalogs, *self._operator_catalogs}
         )
         self._envs: dict[str, Environment] = {}
+        self._bytecode = SharedBytecode()
         self._translations: dict[str, gettext_module.NullTranslations] = {}
         self._lock = threading.Lock()
         # Remote stylesheets are never fetched: a render must not touch the network.
@@ -227,7 +228,7 @@ class Renderer:
     def _build_environment(self, language: str) -> Environment:
         translations = translations_for(language, self._catalogs, self._operator_catalogs)
         self._translations[language] = translations
-        return make_environment(self.loader, translations)
+        return make_environment(self.loader, translations, self._bytecode)
 
     def render(self, ctx: Renderable) -> RenderedEmail:
         """Render one notice in the customer's language and timezone."""

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import gettext as gettext_module
 import io
+import threading
 from pathlib import Path
 
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from jinja2 import BaseLoader, ChoiceLoader, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2.bccache import Bucket, BytecodeCache
 from jinja2.sandbox import SandboxedEnvironment
 
 
@@ -82,12 +84,45 @@ def translations_for(
     return first
 
 
+class SharedBytecode(BytecodeCache):
+    """Compiled templates shared by the environments of one renderer, in memory.
+
+    Each language has its own environment (its gettext installed), but the same
+    options, so a template compiles to the same code in all of them: compiled once,
+    not once per language (nine times the start-up check's 38 templates took
+    3.4 s of the 4 s a worker spent checking them before it could boot). Jinja
+    checks each entry against the template's source before using it.
+    """
+
+    def __init__(self) -> None:
+        self._code: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def load_bytecode(self, bucket: Bucket) -> None:
+        with self._lock:
+            code = self._code.get(bucket.key)
+        if code is not None:
+            bucket.bytecode_from_string(code)
+
+    def dump_bytecode(self, bucket: Bucket) -> None:
+        code = bucket.bytecode_to_string()
+        with self._lock:
+            self._code[bucket.key] = code
+
+
 def make_environment(
-    loader: BaseLoader, translations: gettext_module.NullTranslations
+    loader: BaseLoader,
+    translations: gettext_module.NullTranslations,
+    bytecode: BytecodeCache | None = None,
 ) -> SandboxedEnvironment:
-    """A sandboxed environment with autoescaped HTML, strict variables and gettext installed."""
+    """A sandboxed environment with autoescaped HTML, strict variables and gettext installed.
+
+    ``bytecode``: where compiled templates are shared with the renderer's other environments
+    (they must all be made by this function, whose options decide the compiled code).
+    """
     env = SandboxedEnvironment(
         loader=loader,
+        bytecode_cache=bytecode,
         autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
         undefined=StrictUndefined,
         extensions=["jinja2.ext.i18n"],
