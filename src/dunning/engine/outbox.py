@@ -135,6 +135,11 @@ def prepare_email(rt: Runtime, session: Session, job: Job) -> Ready | Result:
     outbox = session.get(Outbox, job.outbox_id, with_for_update=True, populate_existing=True)
     if outbox is None:
         raise PermanentJobError(f"outbox row {job.outbox_id} not found")
+    return prepare_row(rt, session, job, outbox)
+
+
+def prepare_row(rt: Runtime, session: Session, job: Job, outbox: Outbox) -> Ready | Result:
+    """:func:`prepare_email` for a row its caller has locked already (a batch locks many in one statement)."""
     decided = should_send(rt, session, outbox, job)
     if decided is not None:
         return decided
