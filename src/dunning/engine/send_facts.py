@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, literal_column, or_, select, union_all
 
 from dunning.store.mail_models import MailBounce, MailSuppression
 from dunning.store.models import Outbox
@@ -85,23 +85,29 @@ def load(session: Session, to_emails: Iterable[str], now: datetime) -> SendFacts
     """Load the facts for emails to ``to_emails`` decided from ``now`` on, and keep them on the session."""
     emails = sorted(set(to_emails))
     keys = sorted({address_key(a) for a in emails})
+    # Paused kinds, bounced and unsubscribed addresses: one statement, and almost always only
+    # its first part finds anything (paused kinds are few; bounces and unsubscribes are rare).
+    parts = [select(literal_column("'p'"), PausedKind.kind)]
+    if keys:
+        parts.append(select(literal_column("'b'"), MailBounce.address).where(MailBounce.address.in_(keys)))
+        parts.append(
+            select(literal_column("'s'"), MailSuppression.address).where(MailSuppression.address.in_(keys))
+        )
+    found: dict[str, list[str]] = {"p": [], "b": [], "s": []}
+    for flag, value in session.execute(union_all(*parts)).tuples():
+        found[flag].append(value)
     facts = SendFacts(
         loaded_at=now,
-        paused=frozenset(session.execute(select(PausedKind.kind)).scalars()),
+        paused=frozenset(found["p"]),
         addresses=frozenset(keys),
         to_emails=frozenset(emails),
     )
-    if keys:
-        facts.bounces = {
-            b.address: b
-            for b in session.execute(select(MailBounce).where(MailBounce.address.in_(keys))).scalars()
-        }
-        facts.suppressions = {
-            s.address: s
-            for s in session.execute(
-                select(MailSuppression).where(MailSuppression.address.in_(keys))
-            ).scalars()
-        }
+    for address in found["b"]:
+        if (bounce := session.get(MailBounce, address)) is not None:
+            facts.bounces[address] = bounce
+    for address in found["s"]:
+        if (unsubscribed := session.get(MailSuppression, address)) is not None:
+            facts.suppressions[address] = unsubscribed
     if emails:
         rows = session.execute(
             select(
