@@ -12,10 +12,10 @@ starts them all in one transaction:
 - one ``UPDATE jobs … RETURNING`` starts every job (the conditions of
   :func:`dunning.engine.jobs.start`, so a redelivered copy still finds nothing
   to do);
-- one ``SELECT … FOR UPDATE`` locks their outbox rows, in id order;
-- the cases and customers the decisions and renderings read, and the facts of
-  :mod:`.send_facts` (paused kinds, bounces, unsubscribes, what each address
-  was sent lately), are loaded in a statement each;
+- one ``SELECT … FOR UPDATE OF outbox`` locks their outbox rows, in id order,
+  and loads the cases and customers the decisions and renderings read;
+- the facts of :mod:`.send_facts` (paused kinds, bounces, unsubscribes, what
+  each address was sent lately) are loaded in two statements;
 - then each email is decided and rendered by the same code as alone
   (:func:`dunning.engine.outbox.prepare_row`), from what was loaded.
 
@@ -33,9 +33,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import make_transient_to_detached
 
 from dunning.engine import send_facts
 from dunning.engine.groupcommit import GroupCommit
@@ -49,6 +50,9 @@ if TYPE_CHECKING:
 
     from dunning.engine.registry import Result
     from dunning.runtime import Runtime
+
+_JOBS = Job.__table__
+_OUTBOX = Outbox.__table__
 
 
 @dataclass(frozen=True)
@@ -106,44 +110,47 @@ def _begin_many(items: list[Begin]) -> list[Outcome | Exception]:
 def _begin_batch(rt: Runtime, session: Session, worker_id: str | None, job_ids: list[int]) -> list[Outcome]:
     """Start the jobs, lock, decide and render their emails; one outcome per id (None: not runnable)."""
     wall = wall_now()
-    jobs: dict[int, Job] = {
-        job.id: job
-        for job in session.execute(
-            update(Job)
-            .where(
-                Job.id.in_(sorted(set(job_ids))),
-                Job.status == "claimed",
-                Job.runs < Job.claims,
-                Job.alone.is_(False),
-            )
-            .values(
-                runs=Job.runs + 1,
-                lease_until=wall + timedelta(seconds=rt.tuning.run_lease_s),
-                worker_id=worker_id,
-            )
-            .returning(Job),
-            execution_options={"populate_existing": True},
-        ).scalars()
-    }
+    # Core, not the ORM's UPDATE … RETURNING: the jobs come back as plain rows, made detached
+    # objects below (what the ORM path yields after ``expunge``) at a fraction of its CPU.
+    jobs: dict[int, Job] = {}
+    for row in session.execute(
+        update(_JOBS)
+        .where(
+            _JOBS.c.id.in_(sorted(set(job_ids))),
+            _JOBS.c.status == "claimed",
+            _JOBS.c.runs < _JOBS.c.claims,
+            _JOBS.c.alone.is_(False),
+        )
+        .values(
+            runs=_JOBS.c.runs + 1,
+            lease_until=wall + timedelta(seconds=rt.tuning.run_lease_s),
+            worker_id=worker_id,
+        )
+        .returning(*_JOBS.c)
+    ).mappings():
+        job = Job(**row)
+        make_transient_to_detached(job)
+        jobs[job.id] = job
     outbox_ids = sorted({j.outbox_id for j in jobs.values() if j.kind == "send_email" and j.outbox_id})
     rows: dict[int, Outbox] = {}
     if outbox_ids:
-        # Locked in id order, as any two batches do: neither waits for the other in a cycle.
-        rows = {
-            o.id: o
-            for o in session.execute(
-                select(Outbox)
-                .where(Outbox.id.in_(outbox_ids))
-                .order_by(Outbox.id)
-                .with_for_update()
-                .execution_options(populate_existing=True)
-            ).scalars()
-        }
-        # Held until the transaction ends: the identity map only keeps rows someone refers to.
-        session.info["send_rows"] = [
-            *_load(session, Case, {o.case_id for o in rows.values() if o.case_id}),
-            *_load(session, Customer, {o.customer_id for o in rows.values() if o.customer_id}),
-        ]
+        # Locked in id order, as any two batches do: neither waits for the other in a cycle. The
+        # cases and customers the decisions and renderings read come in the same statement (only
+        # the outbox rows are locked, as alone); no workflow writes outbox rows, so waiting for a
+        # lock here only ever waits for another run of the same email.
+        found = session.execute(
+            select(Outbox, Case, Customer)
+            .outerjoin(Case, Case.id == Outbox.case_id)
+            .outerjoin(Customer, Customer.id == Outbox.customer_id)
+            .where(Outbox.id.in_(outbox_ids))
+            .order_by(Outbox.id)
+            .with_for_update(of=_OUTBOX)
+            .execution_options(populate_existing=True)
+        ).all()
+        rows = {outbox.id: outbox for outbox, _, _ in found}
+        # Held until the transaction ends: the identity map only keeps rows someone refers to,
+        # and ``session.get`` finds them there without a query.
+        session.info["send_rows"] = found
         send_facts.load(session, (o.to_email for o in rows.values()), rt.clock.now())
     outcomes: list[Outcome] = []
     for job_id in job_ids:
@@ -158,18 +165,7 @@ def _begin_batch(rt: Runtime, session: Session, worker_id: str | None, job_ids: 
                 raise LookupError(f"outbox row {job.outbox_id} not found")  # alone, it is parked
             ready = prepare_row(rt, session, job, row)
         outcomes.append(Started(job, ready))
-    session.flush()
-    for outcome in outcomes:
-        if isinstance(outcome, Started):
-            session.expunge(outcome.job)
-    return outcomes
-
-
-def _load(session: Session, model: Any, ids: set[Any]) -> list[Any]:
-    """Put the rows in the session's identity map, where ``session.get`` finds them without a query."""
-    if not ids:
-        return []
-    return list(session.execute(select(model).where(model.id.in_(sorted(ids)))).scalars())
+    return outcomes  # the jobs were never in the session: nothing to expunge
 
 
 _begins: GroupCommit[Begin, Outcome] = GroupCommit(_begin_many)
