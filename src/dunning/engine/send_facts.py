@@ -94,7 +94,7 @@ def load(session: Session, to_emails: Iterable[str], now: datetime) -> SendFacts
             select(literal_column("'s'"), MailSuppression.address).where(MailSuppression.address.in_(keys))
         )
     found: dict[str, list[str]] = {"p": [], "b": [], "s": []}
-    for flag, value in session.execute(union_all(*parts)).tuples():
+    for flag, value in session.execute(union_all(*parts)):
         found[flag].append(value)
     facts = SendFacts(
         loaded_at=now,
