@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Final
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import make_transient_to_detached
 
 from dunning.engine import send_facts
@@ -53,6 +53,26 @@ if TYPE_CHECKING:
 
 _JOBS = Job.__table__
 _OUTBOX = Outbox.__table__
+# Built once: constructing a statement (coercions, cache key) cost as much as running it.
+_START = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id.in_(bindparam("ids", expanding=True)),
+        _JOBS.c.status == "claimed",
+        _JOBS.c.runs < _JOBS.c.claims,
+        _JOBS.c.alone.is_(False),
+    )
+    .values(runs=_JOBS.c.runs + 1, lease_until=bindparam("lease"), worker_id=bindparam("worker"))
+    .returning(*_JOBS.c)
+)
+_LOCK = (
+    select(Outbox, Case, Customer)
+    .outerjoin(Case, Case.id == Outbox.case_id)
+    .outerjoin(Customer, Customer.id == Outbox.customer_id)
+    .where(Outbox.id.in_(bindparam("ids", expanding=True)))
+    .order_by(Outbox.id)
+    .with_for_update(of=_OUTBOX)
+)
 
 
 @dataclass(frozen=True)
@@ -114,19 +134,12 @@ def _begin_batch(rt: Runtime, session: Session, worker_id: str | None, job_ids: 
     # objects below (what the ORM path yields after ``expunge``) at a fraction of its CPU.
     jobs: dict[int, Job] = {}
     for row in session.execute(
-        update(_JOBS)
-        .where(
-            _JOBS.c.id.in_(sorted(set(job_ids))),
-            _JOBS.c.status == "claimed",
-            _JOBS.c.runs < _JOBS.c.claims,
-            _JOBS.c.alone.is_(False),
-        )
-        .values(
-            runs=_JOBS.c.runs + 1,
-            lease_until=wall + timedelta(seconds=rt.tuning.run_lease_s),
-            worker_id=worker_id,
-        )
-        .returning(*_JOBS.c)
+        _START,
+        {
+            "ids": sorted(set(job_ids)),
+            "lease": wall + timedelta(seconds=rt.tuning.run_lease_s),
+            "worker": worker_id,
+        },
     ).mappings():
         job = Job(**row)
         make_transient_to_detached(job)
@@ -139,13 +152,7 @@ def _begin_batch(rt: Runtime, session: Session, worker_id: str | None, job_ids: 
         # the outbox rows are locked, as alone); no workflow writes outbox rows, so waiting for a
         # lock here only ever waits for another run of the same email.
         found = session.execute(
-            select(Outbox, Case, Customer)
-            .outerjoin(Case, Case.id == Outbox.case_id)
-            .outerjoin(Customer, Customer.id == Outbox.customer_id)
-            .where(Outbox.id.in_(outbox_ids))
-            .order_by(Outbox.id)
-            .with_for_update(of=_OUTBOX)
-            .execution_options(populate_existing=True)
+            _LOCK, {"ids": outbox_ids}, execution_options={"populate_existing": True}
         ).all()
         rows = {outbox.id: outbox for outbox, _, _ in found}
         # Held until the transaction ends: the identity map only keeps rows someone refers to,

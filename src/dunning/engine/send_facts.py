@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, literal_column, or_, select, union_all
+from sqlalchemy import and_, bindparam, literal_column, or_, select, union_all
 
 from dunning.store.mail_models import MailBounce, MailSuppression
 from dunning.store.models import Outbox
@@ -71,6 +71,41 @@ class SendFacts:
         ]
 
 
+# Built once (constructing a statement costs about as much as running it). Paused kinds,
+# bounced and unsubscribed addresses in one statement: almost always only its first part
+# finds anything (paused kinds are few; bounces and unsubscribes are rare).
+_FLAGS = union_all(
+    select(literal_column("'p'"), PausedKind.kind),
+    select(literal_column("'b'"), MailBounce.address).where(
+        MailBounce.address.in_(bindparam("keys", expanding=True))
+    ),
+    select(literal_column("'s'"), MailSuppression.address).where(
+        MailSuppression.address.in_(bindparam("keys", expanding=True))
+    ),
+)
+_HISTORY = select(
+    Outbox.id,
+    Outbox.to_email,
+    Outbox.kind,
+    Outbox.variant,
+    Outbox.status,
+    Outbox.sent_at,
+    Outbox.send_after,
+    Outbox.case_id,
+).where(
+    Outbox.to_email.in_(bindparam("emails", expanding=True)),
+    or_(
+        and_(
+            Outbox.status.in_(DELIVERED),
+            Outbox.send_after >= bindparam("since", type_=Outbox.send_after.type),
+        ),
+        and_(
+            Outbox.status == "pending", Outbox.send_after <= bindparam("until", type_=Outbox.send_after.type)
+        ),
+    ),
+)
+
+
 def facts_of(session: Session) -> SendFacts | None:
     """The facts loaded for the session's transaction, if it decides a batch of sends."""
     return session.info.get(_KEY)
@@ -85,16 +120,8 @@ def load(session: Session, to_emails: Iterable[str], now: datetime) -> SendFacts
     """Load the facts for emails to ``to_emails`` decided from ``now`` on, and keep them on the session."""
     emails = sorted(set(to_emails))
     keys = sorted({address_key(a) for a in emails})
-    # Paused kinds, bounced and unsubscribed addresses: one statement, and almost always only
-    # its first part finds anything (paused kinds are few; bounces and unsubscribes are rare).
-    parts = [select(literal_column("'p'"), PausedKind.kind)]
-    if keys:
-        parts.append(select(literal_column("'b'"), MailBounce.address).where(MailBounce.address.in_(keys)))
-        parts.append(
-            select(literal_column("'s'"), MailSuppression.address).where(MailSuppression.address.in_(keys))
-        )
     found: dict[str, list[str]] = {"p": [], "b": [], "s": []}
-    for flag, value in session.execute(union_all(*parts)):
+    for flag, value in session.execute(_FLAGS, {"keys": keys}):
         found[flag].append(value)
     facts = SendFacts(
         loaded_at=now,
@@ -109,25 +136,8 @@ def load(session: Session, to_emails: Iterable[str], now: datetime) -> SendFacts
         if (unsubscribed := session.get(MailSuppression, address)) is not None:
             facts.suppressions[address] = unsubscribed
     if emails:
-        rows = session.execute(
-            select(
-                Outbox.id,
-                Outbox.to_email,
-                Outbox.kind,
-                Outbox.variant,
-                Outbox.status,
-                Outbox.sent_at,
-                Outbox.send_after,
-                Outbox.case_id,
-            ).where(
-                Outbox.to_email.in_(emails),
-                or_(
-                    and_(Outbox.status.in_(DELIVERED), Outbox.send_after >= now - LOOKBACK),
-                    and_(Outbox.status == "pending", Outbox.send_after <= now + _AHEAD),
-                ),
-            )
-        ).all()
-        for r in rows:
+        params = {"emails": emails, "since": now - LOOKBACK, "until": now + _AHEAD}
+        for r in session.execute(_HISTORY, params):
             facts.history.setdefault(r.to_email, []).append(r)
     session.info[_KEY] = facts
     return facts
