@@ -81,17 +81,18 @@ def _by_runtime(items: Sequence[Item]) -> Iterator[tuple[Runtime, list[int]]]:
     yield from groups.values()
 
 
+_MARK = (
+    _OUTBOX.update()
+    .where(_OUTBOX.c.id.in_(bindparam("b_ids", expanding=True)), _OUTBOX.c.status == "pending")
+    .values(status="sending")
+    .returning(_OUTBOX.c.id)
+)
+
+
 def _mark(conn: Connection, items: list[Mark]) -> list[bool]:
     """``pending -> sending`` for every row in one statement; True where this run moved it."""
     ids = sorted({item.outbox_id for item in items})
-    moved = set(
-        conn.execute(
-            _OUTBOX.update()
-            .where(_OUTBOX.c.id.in_(ids), _OUTBOX.c.status == "pending")
-            .values(status="sending")
-            .returning(_OUTBOX.c.id)
-        ).scalars()
-    )
+    moved = set(conn.execute(_MARK, {"b_ids": ids}).scalars())
     results = []
     for item in items:
         # Two runs of one row in one batch cannot both own it: the first does.
