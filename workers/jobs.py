@@ -38,8 +38,12 @@ def run_job(*args: Any, **kwargs: Any) -> None:
 
 @dramatiq.actor(queue_name=MAIL_QUEUE, actor_name=MAIL_ACTOR, throws=(InvalidEvent,), max_retries=5)
 def deliver_email(*args: Any, **kwargs: Any) -> None:
-    """Deliver one outbox email."""
+    """Deliver one outbox email (started with the emails other threads of this worker are starting)."""
     _, dispatch = run(
-        get_runtime(), _job_id(args, kwargs), worker_id=current_worker_id(), alone=running_alone()
+        get_runtime(),
+        _job_id(args, kwargs),
+        worker_id=current_worker_id(),
+        alone=running_alone(),
+        grouped=True,
     )
     send_jobs(dramatiq.get_broker(), dispatch)

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import update
 
-from dunning.engine.outbox_commits import _marks, _settles, mark_sending, settle
+from dunning.engine.outbox_commits import _writes, mark_sending, settle
 from dunning.store.db import transaction
 from dunning.store.models import Job, Outbox
 
@@ -52,10 +52,10 @@ def test_many_runs_marking_one_row_at_once_exactly_one_owns_it(world) -> None:
     (row,) = _emails(h, 1)
     with transaction(h.rt.sessions) as s:
         s.execute(update(Outbox).where(Outbox.id == row.id).values(status="pending"))
-    batches = _marks.batches
+    batches = _writes.batches
     results = _together(8, lambda _: mark_sending(h.rt, row.id))
     assert results.count(True) == 1 and results.count(False) == 7, results
-    assert _marks.batches > batches
+    assert _writes.batches > batches
     (after,) = [r for r in h.outbox() if r.id == row.id]
     assert after.status == "sending"
 
@@ -75,9 +75,9 @@ def test_outcomes_of_several_threads_are_all_written(world) -> None:
         status, error = outcomes[i]
         settle(h.rt, rows[i].id, jobs[rows[i].id], status, error)
 
-    items = _settles.items
+    items = _writes.items
     assert _together(3, work) == [None, None, None]
-    assert _settles.items == items + 3
+    assert _writes.items == items + 3
     by_id = {r.id: r for r in h.outbox()}
     sent, unknown, pending = (by_id[r.id] for r in rows)
     assert (sent.status, sent.last_error) == ("sent", None) and sent.sent_at is not None

@@ -11,7 +11,7 @@ the subscription's timeline saying why.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, or_, select, update
 
@@ -19,6 +19,7 @@ from dunning.domain.emails import PROMPT, TRANSACTIONAL, Defer, Drop, Mail, deci
 from dunning.engine.links import UNSUBSCRIBE, outbox_subject
 from dunning.engine.recipients import bounce, record_bounce, suppression
 from dunning.engine.registry import mail_kind
+from dunning.engine.send_facts import DELIVERED, LOOKBACK, facts_of
 from dunning.mail.message import LIST_UNSUBSCRIBE, LIST_UNSUBSCRIBE_POST, ONE_CLICK
 from dunning.store.db import transaction
 from dunning.store.models import Customer, Job, Outbox
@@ -33,8 +34,8 @@ if TYPE_CHECKING:
 #: How long an unsubscribe link works: mail clients offer the button on old emails too.
 UNSUBSCRIBE_TTL = timedelta(days=730)
 #: How far back the caps look (a week, and a day of slack for a recipient far from UTC).
-_LOOKBACK = timedelta(days=8)
-_DELIVERED = ("sent", "sending", "unknown")
+_LOOKBACK = LOOKBACK
+_DELIVERED = DELIVERED
 
 
 def hold(rt: Runtime, session: Session, outbox: Outbox, job: Job, now: datetime) -> str | None:
@@ -143,7 +144,23 @@ def bounced(rt: Runtime, outbox_id: int, exc: PermanentSendError) -> None:
 
 def _history(session: Session, outbox: Outbox, now: datetime) -> tuple[list[Mail], list[Mail]]:
     """What this address was sent lately, and what else is due for it now (not this email)."""
-    rows = session.execute(
+    facts = facts_of(session)
+    if facts is not None and facts.covers_history(outbox.to_email, now):
+        rows = facts.recent(outbox.to_email, outbox.id, now)  # loaded for a batch of sends
+    else:
+        rows = _query_history(session, outbox, now)
+    sent, due = [], []
+    for r in rows:
+        kind = mail_kind(r.kind, r.variant)
+        if r.status == "pending":
+            due.append(Mail(r.id, r.kind, kind, r.send_after, r.case_id))
+        else:
+            sent.append(Mail(r.id, r.kind, kind, r.sent_at or r.send_after, r.case_id))
+    return sent, due
+
+
+def _query_history(session: Session, outbox: Outbox, now: datetime) -> list[Any]:
+    return session.execute(
         select(
             Outbox.id,
             Outbox.kind,
@@ -161,14 +178,6 @@ def _history(session: Session, outbox: Outbox, now: datetime) -> tuple[list[Mail
             ),
         )
     ).all()
-    sent, due = [], []
-    for r in rows:
-        kind = mail_kind(r.kind, r.variant)
-        if r.status == "pending":
-            due.append(Mail(r.id, r.kind, kind, r.send_after, r.case_id))
-        else:
-            sent.append(Mail(r.id, r.kind, kind, r.sent_at or r.send_after, r.case_id))
-    return sent, due
 
 
 def _skip(session: Session, outbox: Outbox, job: Job, now: datetime, reason: str) -> str:

@@ -29,6 +29,7 @@ from dunning.errors import PermanentJobError
 from dunning.mail.message import KIND_HEADER, NOTICE_HEADER, build_message
 from dunning.mail.render import RenderedEmail
 from dunning.mail.sending import AmbiguousSendError, PermanentSendError, TransientSendError
+from dunning.mail.wire import WireMessage, wire_message
 from dunning.store.db import transaction
 from dunning.store.models import Job, Outbox
 
@@ -135,6 +136,11 @@ def prepare_email(rt: Runtime, session: Session, job: Job) -> Ready | Result:
     outbox = session.get(Outbox, job.outbox_id, with_for_update=True, populate_existing=True)
     if outbox is None:
         raise PermanentJobError(f"outbox row {job.outbox_id} not found")
+    return prepare_row(rt, session, job, outbox)
+
+
+def prepare_row(rt: Runtime, session: Session, job: Job, outbox: Outbox) -> Ready | Result:
+    """:func:`prepare_email` for a row its caller has locked already (a batch locks many in one statement)."""
     decided = should_send(rt, session, outbox, job)
     if decided is not None:
         return decided
@@ -161,6 +167,18 @@ def send_email(rt: Runtime, job: Job) -> Result:
     return ready if isinstance(ready, tuple) else deliver(rt, job, ready)
 
 
+def _wire(rt: Runtime, ready: Ready) -> WireMessage | None:
+    return wire_message(
+        ready.rendered,
+        to=ready.to,
+        sender=rt.settings.mail_from,
+        message_id=ready.message_id,
+        headers=ready.headers,
+        date=ready.date,
+        to_name=ready.to_name,
+    )
+
+
 def deliver(rt: Runtime, job: Job, ready: Ready) -> Result:
     """Send a prepared row, at most once, and commit its outcome with its job's end.
 
@@ -173,16 +191,21 @@ def deliver(rt: Runtime, job: Job, ready: Ready) -> Result:
     together with other threads' (:mod:`.outbox_commits`, which says why that keeps
     each email's own point of no return).
     """
-    # Built outside any transaction: no row lock is held while the MIME message is assembled.
-    message = build_message(
-        ready.rendered,
-        to=ready.to,
-        sender=rt.settings.mail_from,
-        message_id=ready.message_id,
-        headers=ready.headers,
-        date=ready.date,
-        to_name=ready.to_name,
-    )
+    # Built outside any transaction: no row lock is held while the message is assembled. The
+    # SMTP sender takes the bytes written directly (the same bytes, a fraction of the CPU).
+    send_wire = getattr(rt.sender, "send_wire", None)
+    wire = _wire(rt, ready) if send_wire is not None else None
+    message = None
+    if wire is None:
+        message = build_message(
+            ready.rendered,
+            to=ready.to,
+            sender=rt.settings.mail_from,
+            message_id=ready.message_id,
+            headers=ready.headers,
+            date=ready.date,
+            to_name=ready.to_name,
+        )
     outbox_id, kind = ready.outbox_id, ready.kind
     marked = False
 
@@ -197,7 +220,11 @@ def deliver(rt: Runtime, job: Job, ready: Ready) -> Result:
         marked = True
 
     try:
-        rt.sender.send(message, commit_point=commit_point)
+        if wire is not None:
+            send_wire(wire, commit_point=commit_point)
+        else:
+            assert message is not None
+            rt.sender.send(message, commit_point=commit_point)
     except _Superseded:
         with transaction(rt.sessions) as session:
             finish(session, job, note="another run sent it")

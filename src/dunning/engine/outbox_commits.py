@@ -8,7 +8,9 @@ Alone, each is a transaction of one small statement, and its fixed cost
 The threads of a worker hand them to :class:`~dunning.engine.groupcommit.GroupCommit`,
 the same leader-follower pattern as the ingest path: whoever arrives first
 commits everything waiting, in one transaction with one statement per kind
-of write.
+of write. Marks and outcomes share one group commit: a transaction carries
+the marks of the threads at their 354 and the outcomes of those past their
+250 alike, and each thread still goes on only once its own write is committed.
 
 Why batching the ``sending`` mark keeps every email's own point of no return:
 a thread submits its row only when *its* connection is at *its* 354, and
@@ -30,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from sqlalchemy import bindparam
 
@@ -39,6 +41,8 @@ from dunning.engine.jobs import wall_now
 from dunning.store.models import Job, Outbox
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
     from dunning.runtime import Runtime
 
 
@@ -62,7 +66,7 @@ class Settle:
     at: datetime  # business time of the outcome (``sent_at``)
 
 
-Item = TypeVar("Item", Mark, Settle)
+Item = Mark | Settle
 
 # Core on a bare connection: no ORM session, identity map or unit of work for a few UPDATEs.
 _OUTBOX = Outbox.__table__
@@ -77,30 +81,23 @@ def _by_runtime(items: Sequence[Item]) -> Iterator[tuple[Runtime, list[int]]]:
     yield from groups.values()
 
 
-def _mark_many(items: list[Mark]) -> list[bool | Exception]:
-    """``pending -> sending`` for every row in one statement per database; True where this run moved it."""
-    results: list[bool | Exception] = [False] * len(items)
-    for rt, indexes in _by_runtime(items):
-        try:
-            with rt.engine.begin() as conn:
-                ids = sorted({items[i].outbox_id for i in indexes})
-                moved = set(
-                    conn.execute(
-                        _OUTBOX.update()
-                        .where(_OUTBOX.c.id.in_(ids), _OUTBOX.c.status == "pending")
-                        .values(status="sending")
-                        .returning(_OUTBOX.c.id)
-                    ).scalars()
-                )
-        except Exception as exc:
-            for i in indexes:
-                results[i] = exc
-            continue
-        for i in indexes:
-            # Two runs of one row in one batch cannot both own it: the first does.
-            oid = items[i].outbox_id
-            results[i] = oid in moved
-            moved.discard(oid)
+_MARK = (
+    _OUTBOX.update()
+    .where(_OUTBOX.c.id.in_(bindparam("b_ids", expanding=True)), _OUTBOX.c.status == "pending")
+    .values(status="sending")
+    .returning(_OUTBOX.c.id)
+)
+
+
+def _mark(conn: Connection, items: list[Mark]) -> list[bool]:
+    """``pending -> sending`` for every row in one statement; True where this run moved it."""
+    ids = sorted({item.outbox_id for item in items})
+    moved = set(conn.execute(_MARK, {"b_ids": ids}).scalars())
+    results = []
+    for item in items:
+        # Two runs of one row in one batch cannot both own it: the first does.
+        results.append(item.outbox_id in moved)
+        moved.discard(item.outbox_id)
     return results
 
 
@@ -129,48 +126,62 @@ _FINISH = (
 )
 
 
-def _settle_many(items: list[Settle]) -> list[Exception | None]:
-    """Every outcome in one transaction per database: one executemany per statement."""
-    results: list[Exception | None] = [None] * len(items)
+def _settle(conn: Connection, batch: list[Settle]) -> None:
+    """Every outcome: one executemany per statement."""
+    wall = wall_now()
+    sent = [{"b_id": s.outbox_id, "b_at": s.at} for s in batch if s.status == "sent"]
+    other = [
+        {"b_id": s.outbox_id, "b_status": s.status, "b_error": s.error} for s in batch if s.status != "sent"
+    ]
+    done = [
+        {
+            "b_id": s.job_id,
+            "b_status": "dead" if s.status == "unknown" else "done",
+            "b_at": wall,
+            "b_error": s.error,
+        }
+        for s in batch
+        if s.status != "pending"
+    ]
+    for statement, rows in ((_SENT, sent), (_NOT_SENT, other), (_FINISH, done)):
+        if rows:
+            conn.execute(statement, rows)
+
+
+def _write_many(items: list[Mark | Settle]) -> list[bool | Exception | None]:
+    """The marks, then the outcomes, in one transaction per database.
+
+    Marks first: a second run's mark of a row settled in the same batch then finds it
+    ``sending`` (marked by the first run's earlier commit), as it would alone.
+    """
+    results: list[bool | Exception | None] = [None] * len(items)
     for rt, indexes in _by_runtime(items):
-        batch = [items[i] for i in indexes]
-        wall = wall_now()
-        sent = [{"b_id": s.outbox_id, "b_at": s.at} for s in batch if s.status == "sent"]
-        other = [
-            {"b_id": s.outbox_id, "b_status": s.status, "b_error": s.error}
-            for s in batch
-            if s.status != "sent"
-        ]
-        done = [
-            {
-                "b_id": s.job_id,
-                "b_status": "dead" if s.status == "unknown" else "done",
-                "b_at": wall,
-                "b_error": s.error,
-            }
-            for s in batch
-            if s.status != "pending"
-        ]
+        marks = [(i, m) for i in indexes if isinstance(m := items[i], Mark)]
+        settles = [s for i in indexes if isinstance(s := items[i], Settle)]
         try:
             with rt.engine.begin() as conn:
-                for statement, rows in ((_SENT, sent), (_NOT_SENT, other), (_FINISH, done)):
-                    if rows:
-                        conn.execute(statement, rows)
+                moved = _mark(conn, [m for _, m in marks]) if marks else []
+                if settles:
+                    _settle(conn, settles)
         except Exception as exc:
             for i in indexes:
                 results[i] = exc
+            continue
+        for (i, _), ours in zip(marks, moved, strict=True):
+            results[i] = ours
     return results
 
 
-_marks: GroupCommit[Mark, bool] = GroupCommit(_mark_many)
-_settles: GroupCommit[Settle, bool] = GroupCommit(_settle_many)
+# One group commit for both: a transaction carries the marks of threads at their 354 and the
+# outcomes of threads past their 250 alike, each still committed before its caller goes on.
+_writes: GroupCommit[Mark | Settle, bool | None] = GroupCommit(_write_many)
 
 
 def mark_sending(rt: Runtime, outbox_id: int) -> bool:
     """Commit ``pending -> sending`` for one row (with whatever other threads are marking); False: not ours."""
-    return _marks.submit(Mark(rt, outbox_id))
+    return bool(_writes.submit(Mark(rt, outbox_id)))
 
 
 def settle(rt: Runtime, outbox_id: int, job_id: int, status: str, error: str | None) -> None:
     """Commit one delivery's outcome (with whatever other threads are settling)."""
-    _settles.submit(Settle(rt, outbox_id, job_id, status, error, rt.clock.now()))
+    _writes.submit(Settle(rt, outbox_id, job_id, status, error, rt.clock.now()))

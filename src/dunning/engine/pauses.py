@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import or_, select, update
 
+from dunning.engine.send_facts import facts_of
 from dunning.store.models import Job
 from dunning.store.ops_models import PausedKind
 
@@ -30,6 +31,9 @@ HOLD_RECHECK = timedelta(hours=1)
 
 def paused(session: Session, kind: str) -> bool:
     """Whether notices of ``kind`` are on hold (by their own pause, or by ``all``)."""
+    facts = facts_of(session)
+    if facts is not None:  # a batch of sends loaded the paused kinds once for all of them
+        return kind in facts.paused or ALL_KINDS in facts.paused
     found = session.execute(
         select(PausedKind.kind).where(or_(PausedKind.kind == kind, PausedKind.kind == ALL_KINDS)).limit(1)
     ).first()

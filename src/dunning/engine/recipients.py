@@ -13,16 +13,15 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from dunning.engine.send_facts import address_key, facts_of
 from dunning.store.mail_models import MailBounce, MailSuppression
-
-
-def address_key(address: str) -> str:
-    """The key of an address in both lists."""
-    return address.strip().lower()
 
 
 def suppression(session: Session, address: str) -> MailSuppression | None:
     """The address's unsubscribe record, or None."""
+    facts = facts_of(session)
+    if facts is not None and (key := address_key(address)) in facts.addresses:
+        return facts.suppressions.get(key)  # loaded for a batch of sends (none found: None)
     return session.get(MailSuppression, address_key(address))
 
 
@@ -42,6 +41,9 @@ def suppress(
 
 def bounce(session: Session, address: str) -> MailBounce | None:
     """The address's bounce record, or None."""
+    facts = facts_of(session)
+    if facts is not None and (key := address_key(address)) in facts.addresses:
+        return facts.bounces.get(key)  # loaded for a batch of sends (none found: None)
     return session.get(MailBounce, address_key(address))
 
 

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from dunning.billing.port import BillingUnavailable
 from dunning.engine.jobs import finish, retry_later, start
-from dunning.engine.outbox import deliver, prepare_email, send_email
+from dunning.engine.outbox import Ready, deliver, prepare_email, send_email
+from dunning.engine.outbox_batch import ALONE, Started, begin
 from dunning.engine.registry import JobHandler, Result, job_handler
 from dunning.errors import PermanentJobError
 from dunning.mail.sending import TransientSendError
@@ -33,18 +34,37 @@ log = logging.getLogger(__name__)
 ENGINE_JOBS: dict[str, JobHandler] = {"send_email": send_email}
 
 
-def run_job(rt: Runtime, job_id: int, *, worker_id: str | None = None, alone: bool = False) -> Result:
+def run_job(
+    rt: Runtime, job_id: int, *, worker_id: str | None = None, alone: bool = False, grouped: bool = False
+) -> Result:
     """Run a claimed job once. Returns an outcome word and messages to send after commit.
 
     ``worker_id``: the worker process running it (its heartbeat row), recorded on the job so
     that the scheduler can send the job again as soon as that worker dies. ``alone``: the run
-    is alone in its process, the only way a job marked ``alone`` may start.
+    is alone in its process, the only way a job marked ``alone`` may start. ``grouped``: start
+    it with the jobs other threads are starting (:mod:`.outbox_batch`; the mail actor does).
     """
+    started = begin(rt, job_id, worker_id=worker_id) if grouped and not alone else ALONE
+    if started is None:
+        return "not_runnable", []
+    if isinstance(started, Started):
+        job, ready = started.job, started.ready
+    else:
+        job, ready = _start_alone(rt, job_id, worker_id=worker_id, alone=alone)
+        if job is None:
+            return "not_runnable", []
+    return _run(rt, job, ready)
+
+
+def _start_alone(
+    rt: Runtime, job_id: int, *, worker_id: str | None, alone: bool
+) -> tuple[Job | None, Ready | Result | None]:
+    """Start the job in a transaction of its own (an email is also locked, decided and rendered in it)."""
     try:
         with transaction(rt.sessions) as session:
             job = start(session, job_id, run_lease_s=rt.tuning.run_lease_s, worker_id=worker_id, alone=alone)
             if job is None:
-                return "not_runnable", []
+                return None, None
             # An email is locked, decided and rendered in the transaction that starts its job.
             ready = prepare_email(rt, session, job) if job.kind == "send_email" else None
             session.expunge(job)
@@ -54,9 +74,14 @@ def run_job(rt: Runtime, job_id: int, *, worker_id: str | None = None, alone: bo
         with transaction(rt.sessions) as session:
             job = start(session, job_id, run_lease_s=rt.tuning.run_lease_s, worker_id=worker_id, alone=alone)
             if job is None:
-                return "not_runnable", []
+                return None, None
             session.expunge(job)
         ready = None
+    return job, ready
+
+
+def _run(rt: Runtime, job: Job, ready: Ready | Result | None) -> Result:
+    """Run a started job's handler (for an email prepared at its start: the delivery)."""
     if isinstance(ready, tuple):
         return ready  # decided not to send (already sent, parked, stale): written with the start
     handler = ENGINE_JOBS.get(job.kind) or job_handler(job.kind)

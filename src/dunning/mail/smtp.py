@@ -50,6 +50,7 @@ from .sending import (
     SendError,
     TransientSendError,
 )
+from .wire import WireMessage
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +186,14 @@ class SmtpSender:
 
     def send(self, msg: EmailMessage, *, commit_point: CommitPoint | None = None) -> None:
         """Deliver ``msg``; raise ``PermanentSendError`` on a 5xx, ``TransientSendError`` when retries run out."""
-        message_id = message_id_of(msg)
-        envelope = _envelope(msg)
+        self._deliver(_envelope(msg), message_id_of(msg), commit_point)
+
+    def send_wire(self, wire: WireMessage, *, commit_point: CommitPoint | None = None) -> None:
+        """:meth:`send` for a message already written (:func:`.wire.wire_message`): no ``EmailMessage``."""
+        envelope = _Envelope(wire.sender, list(wire.recipients), _stuffed(wire.data))
+        self._deliver(envelope, wire.message_id, commit_point)
+
+    def _deliver(self, envelope: _Envelope, message_id: str, commit_point: CommitPoint | None) -> None:
         retrying = Retrying(
             stop=stop_after_attempt(self.attempts),
             wait=wait_exponential(multiplier=self.wait, max=self.max_wait),
@@ -334,11 +341,13 @@ def _envelope(msg: EmailMessage) -> _Envelope:
     sender = str(msg["Sender"] or msg["From"])
     recipients = [addr for _, addr in email.utils.getaddresses([str(v) for v in msg.get_all("To", [])])]
     recipients += [addr for _, addr in email.utils.getaddresses([str(v) for v in msg.get_all("Cc", [])])]
-    # Dot-stuffing, as SMTP.data() does it.
-    data = re.sub(rb"(?m)^\.", b"..", msg.as_bytes(policy=SMTP_POLICY))
-    if not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    return _Envelope(email.utils.parseaddr(sender)[1], recipients, data)
+    return _Envelope(email.utils.parseaddr(sender)[1], recipients, _stuffed(msg.as_bytes(policy=SMTP_POLICY)))
+
+
+def _stuffed(data: bytes) -> bytes:
+    """Dot-stuffing, as ``SMTP.data()`` does it, and a final CRLF."""
+    data = re.sub(rb"(?m)^\.", b"..", data)
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
 def _transmit(
