@@ -136,7 +136,7 @@ def test_smtp_451_twice_delivers_exactly_once(world) -> None:
 def test_smtp_550_marks_the_email_failed_without_a_retry_loop(world) -> None:
     h = world
     h.customer()
-    h.smtp.fail_next(1, code=550)
+    h.smtp.fail_next(1, code=550, text="5.1.1 No such user here")
     h.fail(code="insufficient_funds")
     h.settle()
 
@@ -163,6 +163,30 @@ def test_smtp_550_marks_the_email_failed_without_a_retry_loop(world) -> None:
 
 
 # -- bad and early events ---------------------------------------------------------------------
+
+
+def test_a_refused_message_fails_alone_and_the_address_keeps_getting_email(world) -> None:
+    """A spam filter's 554 5.7.1 refuses the message, not the mailbox: the next notice still goes."""
+    h = world
+    h.customer()
+    h.smtp.fail_next(1, code=554, text="5.7.1 Message rejected by policy")
+    h.fail(code="insufficient_funds")
+    h.settle()
+
+    assert h.smtp.messages == []
+    [row] = h.outbox()
+    assert (row.kind, row.status, row.attempts) == ("payment_failed", "failed", 1)
+    assert row.last_error is not None and "554 5.7.1" in row.last_error
+    assert any(
+        "payment_failed refused by the mail server (SMTP 554 5.7.1): the message, not the address" in line
+        for line in h.timeline()
+    )
+    assert not any("marked as bouncing" in line for line in h.timeline())
+
+    h.advance(timedelta(days=6), step=timedelta(days=3))
+    assert h.notices() == ["payment_reminder"]
+    reminder = next(r for r in h.outbox() if r.kind == "payment_reminder")
+    assert reminder.status == "sent"
 
 
 def test_invalid_event_is_parked_with_its_reason_and_requeue_parks_it_again(world) -> None:

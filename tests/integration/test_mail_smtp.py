@@ -56,6 +56,8 @@ class Handler:
     attempts: int = 0  # MAIL FROM commands seen: one per delivery attempt
     fail_next: int = 0
     refuse_all: bool = False
+    mail_reply: str | None = None  # a refusal of MAIL FROM, when set
+    data_reply: str | None = None  # a refusal of every body, when set
     logins: list[tuple[str, str]] = field(default_factory=list)
     login_peers: set[Any] = field(default_factory=set)  # one peer (client port) per connection
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -65,6 +67,8 @@ class Handler:
     ) -> str:
         with self.lock:
             self.attempts += 1
+        if self.mail_reply:
+            return self.mail_reply
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -79,6 +83,8 @@ class Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         with self.lock:
+            if self.data_reply:
+                return self.data_reply
             if self.fail_next > 0:
                 self.fail_next -= 1
                 return "451 4.3.0 Temporary failure, try again later"
@@ -102,6 +108,7 @@ class MailServer:
         self.handler.attempts = 0
         self.handler.fail_next = 0
         self.handler.refuse_all = False
+        self.handler.mail_reply = self.handler.data_reply = None
 
 
 @pytest.fixture(scope="module")
@@ -245,10 +252,47 @@ def test_550_is_permanent_without_retry(mail_server: MailServer, rendered: Any) 
     assert mail_server.handler.attempts == 1
     assert mail_server.handler.received == []
     assert info.value.code == 550
+    assert info.value.about_address and info.value.smtp_reply() == "SMTP 550"
     # Ids and codes only: the server's reply quoted the address, the error must not.
     assert RECIPIENT not in str(info.value)
     assert "Zoë" not in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    ("reply", "about_address", "status"),
+    [
+        ("554 5.7.1 Message rejected as spam", False, "5.7.1"),
+        ("552 5.3.4 Message too big for system", False, "5.3.4"),
+        ("554 Transaction failed", False, None),
+        ("550 5.1.1 <zoe@example.com>: no such user", True, "5.1.1"),
+        ("550 5.2.1 Mailbox disabled", True, "5.2.1"),
+        ("550 Mailbox unavailable", True, None),
+    ],
+)
+def test_a_refused_body_says_whether_the_address_or_the_message_was_refused(
+    mail_server: MailServer, rendered: Any, reply: str, about_address: bool, status: str | None
+) -> None:
+    mail_server.handler.data_reply = reply
+    with pytest.raises(PermanentSendError) as info:
+        fast(mail_server.url, attempts=4).send(make_message(rendered))
+    assert mail_server.handler.attempts == 1  # permanent: no retry loop
+    assert (info.value.code, info.value.about_address, info.value.status) == (
+        int(reply[:3]),
+        about_address,
+        status,
+    )
+    assert "zoe@example.com" not in str(info.value) and "spam" not in str(info.value)
+
+
+def test_our_sender_refused_is_a_configuration_problem_not_a_bounce(
+    mail_server: MailServer, rendered: Any
+) -> None:
+    mail_server.handler.mail_reply = "553 5.1.8 Sender address rejected: domain not found"
+    with pytest.raises(TransientSendError) as info:
+        fast(mail_server.url, attempts=4).send(make_message(rendered))
+    assert mail_server.handler.attempts == 1
+    assert "configuration" in str(info.value) and "553" in str(info.value)
 
 
 def test_closed_port_is_transient(rendered: Any) -> None:

@@ -463,6 +463,7 @@ class SmtpServer:
         self._messages: list[ReceivedMail] = []
         self._fail_remaining = 0
         self._fail_code = 451
+        self._fail_text: str | None = None
         self._fail_at: Literal["rcpt", "data"] = "data"
         self._refuse_code: int | None = None
         self._refuse_at: Literal["rcpt", "data"] = "data"
@@ -550,10 +551,15 @@ class SmtpServer:
 
     # -- faults --------------------------------------------------------------
 
-    def fail_next(self, n: int, code: int = 451, at: Literal["rcpt", "data"] = "data") -> None:
-        """Refuse the next ``n`` messages (or recipients, ``at="rcpt"``) with ``code``, then accept again."""
+    def fail_next(
+        self, n: int, code: int = 451, at: Literal["rcpt", "data"] = "data", text: str | None = None
+    ) -> None:
+        """Refuse the next ``n`` messages (or recipients, ``at="rcpt"``) with ``code``, then accept again.
+
+        ``text``: the reply's text after the code (default: ``4.3.0 …`` or ``5.7.1 Message refused``).
+        """
         with self._cond:
-            self._fail_remaining, self._fail_code, self._fail_at = n, code, at
+            self._fail_remaining, self._fail_code, self._fail_at, self._fail_text = n, code, at, text
 
     def refuse_all(self, code: int = 550, at: Literal["rcpt", "data"] = "data") -> None:
         """Refuse every message (or recipient) with ``code`` until :meth:`reset_faults`."""
@@ -586,6 +592,8 @@ class SmtpServer:
             elif self._fail_remaining > 0 and self._fail_at == stage:
                 self._fail_remaining -= 1
                 code = self._fail_code
+                if self._fail_text is not None:
+                    return f"{code} {self._fail_text}"
             else:
                 return None
         return f"{code} {_REFUSAL_TEXT.get(code // 100, 'Refused')}"

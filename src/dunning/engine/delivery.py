@@ -137,8 +137,24 @@ def bounced(rt: Runtime, outbox_id: int, exc: PermanentSendError) -> None:
                 row.case_id,
                 now,
                 "email",
-                f"{row.kind} refused by the mail server (SMTP {exc.code or '5xx'}): the address is marked "
+                f"{row.kind} refused by the mail server ({exc.smtp_reply()}): the address is marked "
                 "as bouncing, and gets no more email until the customer's email changes",
+            )
+
+
+def refused(rt: Runtime, outbox_id: int, exc: PermanentSendError) -> None:
+    """The server refused this message, not the address (content, policy): say so on the timeline."""
+    now = rt.clock.now()
+    with transaction(rt.sessions) as session:
+        row = session.get(Outbox, outbox_id)
+        if row is not None and row.subscription_id:
+            unit_of(session).add_timeline(
+                row.subscription_id,
+                row.case_id,
+                now,
+                "email",
+                f"{row.kind} refused by the mail server ({exc.smtp_reply()}): the message, not the"
+                " address; later emails to it still go",
             )
 
 

@@ -237,7 +237,10 @@ def deliver(rt: Runtime, job: Job, ready: Ready) -> Result:
     except PermanentSendError as exc:
         settle(rt, outbox_id, job.id, "failed", f"permanent SMTP failure: {exc}"[:500])
         telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "permanent_failure")
-        delivery.bounced(rt, outbox_id, exc)
+        if exc.about_address:
+            delivery.bounced(rt, outbox_id, exc)
+        else:
+            delivery.refused(rt, outbox_id, exc)
         return "failed", []
     except AmbiguousSendError as exc:
         note = f"parked: {exc}; check the mail server's log, then requeue or purge"[:500]

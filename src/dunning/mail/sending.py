@@ -48,7 +48,31 @@ class TransientSendError(SendError):
 
 
 class PermanentSendError(SendError):
-    """The server refused the message for good (5xx): retrying the same message will not help."""
+    """The server refused the message for good (5xx): retrying the same message will not help.
+
+    ``about_address``: the refusal names the recipient's mailbox (a 5xx to ``RCPT TO``, or an
+    enhanced status ``5.1.x`` / ``5.2.1`` after it: no such user, bad domain, mailbox disabled),
+    so later mail to it would bounce too. False when it refused this message (content, policy,
+    ``5.7.x``): the address stays good for the next one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        message_id: str | None = None,
+        code: int | None = None,
+        about_address: bool = True,
+        status: str | None = None,
+    ) -> None:
+        super().__init__(message, message_id=message_id, code=code)
+        self.about_address = about_address
+        #: The reply's enhanced status code (``"5.7.1"``), when the server gave one.
+        self.status = status
+
+    def smtp_reply(self) -> str:
+        """``"SMTP 554 5.7.1"``: the code and enhanced status, never the server's text."""
+        return f"SMTP {self.code or '5xx'}" + (f" {self.status}" if self.status else "")
 
 
 class AmbiguousSendError(SendError):

@@ -100,7 +100,11 @@ def _classify(exc: BaseException) -> str | None:
     retrying now will not help, but neither should the notice be given up, so
     it surfaces as a ``TransientSendError`` without in-loop retries.
     """
-    if isinstance(exc, (smtplib.SMTPAuthenticationError, smtplib.SMTPNotSupportedError)):
+    # Our own sender refused (MAIL FROM) says nothing of the recipient, and every email would
+    # meet it: the configuration's problem, like bad credentials.
+    if isinstance(
+        exc, (smtplib.SMTPAuthenticationError, smtplib.SMTPNotSupportedError, smtplib.SMTPSenderRefused)
+    ):
         return "config"
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         codes = [code for code, _ in exc.recipients.values()]
@@ -114,6 +118,42 @@ def _classify(exc: BaseException) -> str | None:
     if isinstance(exc, smtplib.SMTPException):
         return "config"  # e.g. "no suitable authentication method"
     return None
+
+
+#: An RFC 3463 enhanced status code at the start of a reply's text ("5.1.1 <bob@…> no such user").
+_ENHANCED = re.compile(rb"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+def enhanced_status(reply: bytes | str | None) -> str | None:
+    """The enhanced status code a server put first in its reply (``"5.7.1"``), or None."""
+    if reply is None:
+        return None
+    data = reply.encode("utf-8", "replace") if isinstance(reply, str) else reply
+    found = _ENHANCED.match(data)
+    return b".".join(found.groups()).decode("ascii") if found else None
+
+
+def about_address(exc: BaseException) -> bool:
+    """Whether a permanent refusal is of the recipient's mailbox rather than of this message.
+
+    A 5xx to ``RCPT TO`` names the mailbox. After it (the ``DATA`` command or the final dot)
+    the enhanced status tells: ``5.1.x`` (addressing) and ``5.2.1`` (mailbox disabled) are
+    about the address; ``5.7.x`` (policy, spam), ``5.6.x`` (content), ``5.3.4`` (size) are
+    about the message. Without one, RFC 5321's codes: 550, 551 and 553 name the mailbox,
+    552 (storage) and 554 (transaction failed, what spam filters answer) the message.
+    """
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return True
+    if isinstance(exc, smtplib.SMTPResponseException):
+        status = enhanced_status(exc.smtp_error)
+        if status is None:
+            return exc.smtp_code in (550, 551, 553)
+        return status.startswith("5.1.") or status == "5.2.1"
+    return True
+
+
+def _status(exc: BaseException) -> str | None:
+    return enhanced_status(exc.smtp_error) if isinstance(exc, smtplib.SMTPResponseException) else None
 
 
 def _code(exc: BaseException) -> int | None:
@@ -130,7 +170,8 @@ def _describe(exc: BaseException) -> str:
     Servers often quote the recipient in their reply ("550 <bob@example.com>: no such user").
     """
     if isinstance(exc, smtplib.SMTPResponseException):
-        return f"{type(exc).__name__} {exc.smtp_code}"
+        status = enhanced_status(exc.smtp_error)
+        return f"{type(exc).__name__} {exc.smtp_code}" + (f" {status}" if status else "")
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         codes = sorted({code for code, _ in exc.recipients.values()})
         return f"SMTPRecipientsRefused {','.join(map(str, codes))}"
@@ -235,7 +276,11 @@ class SmtpSender:
             # possibly the recipient's address) into logs and dead letters.
             if kind == "permanent":
                 raise PermanentSendError(
-                    f"{message_id}: refused ({_describe(exc)})", message_id=message_id, code=_code(exc)
+                    f"{message_id}: refused ({_describe(exc)})",
+                    message_id=message_id,
+                    code=_code(exc),
+                    about_address=about_address(exc),
+                    status=_status(exc),
                 ) from None
             if kind == "config":
                 raise TransientSendError(
