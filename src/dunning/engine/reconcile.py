@@ -84,7 +84,10 @@ def reconcile(
         )
     ).all()
     known = {row.key for row in stored} | buffered
-    doomed = [(row.key, row.subject) for row in stored if row.status == "pending" and row.key not in by_key]
+    # In key order: the caller's timeline lines then do not depend on where the rows lie on disk.
+    doomed = sorted(
+        (row.key, row.subject) for row in stored if row.status == "pending" and row.key not in by_key
+    )
     if doomed:
         session.execute(
             update(Job)

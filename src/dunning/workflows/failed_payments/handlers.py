@@ -120,10 +120,22 @@ def _subscription_upserted(
         raise MissingReference(
             "data.subscription.customer_id", "unknown customer; send customer.upserted first"
         )
-    row = session.get(Subscription, data.id, with_for_update=True)
+    batch = payments_batch(session)
+    if batch is not None and data.id in batch.upserts:
+        row = batch.upserts[data.id]  # prefetched for the batch, locked
+    else:
+        row = session.get(Subscription, data.id, with_for_update=True)
+    if batch is not None:
+        # The next event about it runs a barrier first; failures read it from the session, not
+        # from the batch's snapshots, which may now be stale.
+        batch.touched_subscriptions.add(data.id)
+        batch.subscriptions.pop(data.id, None)
+        batch.customers.pop(data.customer_id, None)
     if row is None:
         row = Subscription(id=data.id, access="active")
         session.add(row)
+        if batch is not None:
+            batch.upserts[data.id] = row
     elif _stale(row.source_at, event.occurred_at):
         record(session, data.id, None, now, "event", f"older subscription.upserted ignored ({event.id})")
         return "stale", []
@@ -271,6 +283,7 @@ def _payment_failed(
         # The next event about this invoice, or any other kind of event, first runs a barrier:
         # it writes this case and drops the prefetched facts about the invoice.
         batch.touched_invoices.add(inv.id)
+        batch.touched_subscriptions.add(inv.subscription_id)
     decision = policy_cases.open_case(
         policy,
         now,

@@ -7,7 +7,7 @@ the outbox when a notice comes due: the same planner, on the facts of the moment
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -58,7 +58,16 @@ def replan(
     finished) is left alone; pending jobs no longer planned are canceled, with the reason on
     the subscription's timeline.
     """
-    ids = sorted(set(subscription_ids))
+    return replan_each(rt, session, dict.fromkeys(subscription_ids, cause), now)
+
+
+def replan_each(rt: Runtime, session: Session, causes: Mapping[str, str], now: datetime) -> int:
+    """:func:`replan` for many subscriptions, each with its own cause, in one go.
+
+    One load of the facts and one reconcile whatever the number of subscriptions: the
+    group commit re-plans every subscription its events touched this way, once, at its end.
+    """
+    ids = sorted(causes)
     if not ids:
         return 0
     facts = load_facts(session, ids, now)
@@ -90,7 +99,7 @@ def replan(
             None,
             now,
             "notice",
-            f"{kind_of(key)} canceled after {cause}: {reason} ({key.removeprefix('lc:')})",
+            f"{kind_of(key)} canceled after {causes[subject]}: {reason} ({key.removeprefix('lc:')})",
         )
     return len(result.added) + len(result.canceled)
 
