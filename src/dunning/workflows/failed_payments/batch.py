@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import Row, select
+from sqlalchemy import Row, inspect, select
 from sqlalchemy.orm import Session
 
 from dunning import contract as c
@@ -91,8 +91,11 @@ class PaymentsBatch:
             return event.data.invoice.id not in self.touched_invoices
         if isinstance(event, c.SubscriptionUpserted):
             sub = event.data.subscription
+            row = self.upserts.get(sub.id)
+            # A subscription not stored yet is added to the session: its first upsert runs alone.
             return (
-                sub.id in self.upserts
+                row is not None
+                and inspect(row).persistent
                 and sub.id not in self.touched_subscriptions
                 and sub.status != "canceled"
             )

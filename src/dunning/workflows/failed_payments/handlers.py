@@ -73,6 +73,12 @@ def _open_cases(session: Session, **where: str) -> list[Case]:
     return list(session.execute(stmt.order_by(Case.id).with_for_update()).scalars())
 
 
+#: What a group commit writes of a subscription an upsert changed (all but the key).
+SUBSCRIPTION_COLUMNS = tuple(c.key for c in Subscription.__table__.columns if c.key != "id")
+#: What :func:`_set_payment_method` writes.
+PM_COLUMNS = ("pm_source_at", "pm_present", "pm_brand", "pm_last4", "pm_exp_month", "pm_exp_year")
+
+
 def _stale(source_at: datetime | None, occurred_at: datetime) -> bool:
     """Whether an event is older than the one that last wrote the row."""
     return source_at is not None and occurred_at < source_at
@@ -151,14 +157,19 @@ def _subscription_upserted(
             f"subscription.upserted changed customer/currency from {row.customer_id}/{row.currency}"
             f" to {data.customer_id}/{data.currency} ({event.id})",
         )
+    if batch is not None:
+        # The group's subscription rows (locked) in one statement with its other writes.
+        unit_of(session).write_through(row, SUBSCRIPTION_COLUMNS)
     row.source_at = event.occurred_at
     row.customer_id, row.plan, row.status = data.customer_id, data.plan, data.status
     row.amount_minor, row.currency, row.interval = data.amount_minor, data.currency, data.interval
     row.interval_count, row.current_period_end = data.interval_count, data.current_period_end
     row.trial_end, row.cancel_at_period_end = data.trial_end, data.cancel_at_period_end
     row.updated_at = now
-    if data.payment_method is not None:
-        _set_payment_method(customer, data.payment_method, event.occurred_at)
+    card = data.payment_method
+    if card is not None and _set_payment_method(customer, card, event.occurred_at) and batch is not None:
+        # Only the card's columns: the customer row is not locked, its profile is not ours to write.
+        unit_of(session).write_through(customer, PM_COLUMNS)
     dispatch: list[Dispatch] = []
     if data.status == "canceled":
         for case in _open_cases(session, subscription_id=data.id):

@@ -15,13 +15,17 @@ re-plan must not see yet (it holds offers): that failure runs a barrier first.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from dunning import contract as c
 from dunning.engine.batch import batch_of
+from dunning.store.models import Customer, Subscription
+from dunning.store.unit import unit_of
 from dunning.workflows.lifecycle.planning import replan_each
 
 if TYPE_CHECKING:
@@ -67,7 +71,36 @@ class LifecycleBatch:
         assert self.rt is not None and self.now is not None
         pending, now = self.pending, self.now
         self.pending, self.now = {}, None
-        replan_each(self.rt, session, pending, now)
+        rows = _held_rows(session, pending)
+        if rows is None:
+            replan_each(self.rt, session, pending, now)
+            return
+        # The only unwritten changes are the ones the unit writes itself (the upserted rows,
+        # which are read from the session here): no need for the session to flush them first,
+        # one UPDATE per row, before the re-plan's reads.
+        with session.no_autoflush:
+            replan_each(self.rt, session, pending, now, rows=rows)
+
+
+def _held_rows(session: Session, ids: Collection[str]) -> list[tuple[Subscription, Customer | None]] | None:
+    """The subscriptions and customers the session holds, if every change it holds is the unit's to write.
+
+    None when the session holds other unwritten changes (they must be flushed before the
+    re-plan reads the store) or does not hold every row.
+    """
+    written = unit_of(session).written_objects()
+    if session.new or session.deleted or any(id(obj) not in written for obj in session.dirty):
+        return None
+    rows: list[tuple[Subscription, Customer | None]] = []
+    for sub_id in sorted(ids):
+        sub = session.identity_map.get(identity_key(Subscription, sub_id))
+        if not isinstance(sub, Subscription):
+            return None
+        customer = session.identity_map.get(identity_key(Customer, sub.customer_id))
+        if not isinstance(customer, Customer):
+            return None
+        rows.append((sub, customer))
+    return rows
 
 
 def lifecycle_batch(session: Session) -> LifecycleBatch | None:
