@@ -131,6 +131,8 @@ def insert_tables(session: Session, parts: Sequence[TableRows]) -> list[tuple[An
     documents: list[str] = []
     for p in parts:
         documents.append(orjson.dumps(p.rows, option=orjson.OPT_NAIVE_UTC).decode())
+        if p.update_key is not None:
+            documents.append(ids_param([r[p.update_key] for r in p.rows]))
         if p.link is not None:
             documents.append(orjson.dumps([r.get(p.link.field) for r in p.rows]).decode())
     result = session.connection().exec_driver_sql(_tables_statement(shapes), tuple(documents))
@@ -160,10 +162,12 @@ def _tables_statement(shapes: tuple[tuple[Any, ...], ...]) -> str:
         names = ", ".join(table.c[name].name for name in columns)
         if update_key is not None:
             sets = ", ".join(f"{table.c[n].name} = r.{table.c[n].name}" for n in columns if n != update_key)
+            # The keys again, as ``= ANY(...)``: joined to the recordset alone, the planner
+            # (which guesses 100 rows for it) scans the whole table and hashes it.
             ctes.append(
                 f"t{i} AS (UPDATE {table.name} AS u SET {sets}"
                 f" FROM json_populate_recordset(NULL::{table.name}, %s::json) AS r"
-                f" WHERE u.{update_key} = r.{update_key})"
+                f" WHERE u.{update_key} = r.{update_key} AND u.{update_key} = ANY({ANY_OF_JSON}))"
             )
             continue
         if link is None:
