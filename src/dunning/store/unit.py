@@ -227,7 +227,8 @@ class Unit:
                 continue  # unchanged, or already flushed by the session (an autoflush)
             row = {"id": obj.id, **{c: getattr(obj, c) for c in columns}}
             by_shape.setdefault((state.mapper.local_table, columns), []).append(row)
-            done.append((obj, columns))
+            # Only the changed ones need telling they are stored (the others have no history).
+            done.append((obj, tuple(c for c in columns if c in state.committed_state)))
         self.written_through = {}
         parts = [TableRows(table, rows, update_key="id") for (table, _), rows in by_shape.items()]
         return parts, done
