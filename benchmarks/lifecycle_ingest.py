@@ -45,6 +45,8 @@ from benchmarks.ingest import (
     PLAIN_NOOP_ACTOR,
     PLAIN_NOOP_QUEUE,
     Workers,
+    cpu_delta,
+    cpu_snapshot,
     run_noop,
 )
 
@@ -106,22 +108,31 @@ def push(
     customers: int,
     rng: random.Random,
     timeout: float,
+    workers: Workers | None = None,
 ) -> dict[str, Any]:
     # Distinct customers per run: each event is a real change (a repeat of the same facts plans nothing new).
     picks = rng.sample(range(customers), n)
     msgs = build_raw_messages(
         EVENTS_QUEUE, INGEST_ACTOR, [(subscription_event(run, i, c, rng),) for i, c in enumerate(picks)]
     )
+    before = cpu_snapshot(st, workers) if workers else None
     t0 = time.perf_counter()
     push_raw(client, EVENTS_QUEUE, msgs)
     curve = wait_for_count(lambda: processed(conn, run), n, timeout=timeout, poll=0.1, t0=t0)
+    cpu = cpu_delta(before, cpu_snapshot(st, workers)) if workers and before else None
     elapsed = curve[-1][0]
-    return {
+    out: dict[str, Any] = {
         "events": n,
         "elapsed_s": round(elapsed, 3),
         "rate_e2e": round(n / elapsed, 1),
         "rate_steady": round(steady_rate(curve, n), 1),
+        "cpu_s": cpu,
     }
+    if cpu:
+        # CPU per event of our own processes (the producer and poller are the benchmark's).
+        out["cpu_ms_per_event"] = {k: round(1000 * cpu[k] / n, 3) for k in ("workers", "postgres", "redis")}
+        out["cpu_ms_per_event"]["total"] = round(sum(out["cpu_ms_per_event"].values()), 3)
+    return out
 
 
 def main() -> None:
@@ -161,14 +172,14 @@ def main() -> None:
             "-Q",
             EVENTS_QUEUE,
         ]
-        with Workers(cmd, st.env(), st.work / "lifecycle-workers.log", args.processes):
+        with Workers(cmd, st.env(), st.work / "lifecycle-workers.log", args.processes) as workers:
             # The warm-up uses customers the timed run does not touch.
             warm_rng = random.Random(args.seed + 1)
             push(st, client, conn, "warm", 300, customers, warm_rng, timeout=120)
             time.sleep(1.5)
             say(f"timed run: {args.events} subscription.upserted events")
             results["ingest"] = push(
-                st, client, conn, "run", args.events, customers, rng, timeout=args.timeout
+                st, client, conn, "run", args.events, customers, rng, timeout=args.timeout, workers=workers
             )
         row = conn.execute("SELECT count(*) FROM jobs WHERE kind = 'lifecycle_notice'").fetchone()
         results["lifecycle_jobs"] = int(row[0]) if row else 0
@@ -183,7 +194,11 @@ def main() -> None:
         f"SUMMARY subscription.upserted ingest {fmt_rate(results['ingest']['rate_steady'])} steady "
         f"({fmt_rate(results['ingest']['rate_e2e'])} end to end), {results['lifecycle_jobs']} notice jobs planned | "
         f"product no-op {fmt_rate(results['noop']['rate_steady'])} | plain Dramatiq no-op {fmt_rate(plain)} | "
-        f"ingest {100 * results['ingest_vs_plain_ratio']:.1f}% of plain (target >= 40%)"
+        f"ingest {100 * results['ingest_vs_plain_ratio']:.1f}% of plain (target >= 40%), "
+        f"{100 * results['ingest_vs_noop_ratio']:.1f}% of product no-op | CPU ms/event "
+        f"{results['ingest'].get('cpu_ms_per_event')} | others CPU-s: plain no-op "
+        f"{(results['noop_plain_dramatiq'].get('cpu_s') or {}).get('others')}, ingest "
+        f"{(results['ingest'].get('cpu_s') or {}).get('others')}"
     )
     record("lifecycle_ingest", {**vars(args), "customers": customers}, results)
 

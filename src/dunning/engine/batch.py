@@ -4,9 +4,13 @@ The threads of a worker process apply their events in one transaction
 (:mod:`dunning.engine.ingest`). What the events of a batch will read is loaded
 up front, by each workflow that reacts to them (its :class:`BatchPart`), in a
 fixed number of statements; an event that could change what was loaded first
-runs a *barrier*: what the unit of work buffered is written, and every part
-forgets what it loaded, so the event observes the batch's earlier events
-exactly as if they had been committed.
+runs a *barrier*: every part finishes what it deferred, what the unit of work
+buffered is written, and every part forgets what it loaded, so the event
+observes the batch's earlier events exactly as if they had been committed.
+
+A part may defer work to the end of the group (:meth:`BatchPart.finish`): the
+lifecycle workflow re-plans all the subscriptions a group touched at once, in a
+fixed number of statements, instead of once per event.
 """
 
 from __future__ import annotations
@@ -36,6 +40,12 @@ class BatchPart(Protocol):
     def forget(self) -> None:
         """Drop what was loaded (the barrier wrote everything buffered; rows may have changed)."""
 
+    def finish(self, session: Session) -> None:
+        """Do what this part deferred for the events applied so far (before a barrier, and at the end).
+
+        Runs before the unit writes what it buffered, so what it buffers is written too.
+        """
+
 
 @runtime_checkable
 class SqlPrefetch(Protocol):
@@ -60,6 +70,9 @@ class Batch:
     def __init__(self, parts: dict[str, BatchPart]) -> None:
         self.processed: set[str] = set()
         self.parts = parts
+        # Whether the event being applied needed no barrier: only such an event may leave work
+        # for :meth:`finish` (one applied after a barrier does it at once, as outside a batch).
+        self.batched = False
 
     def prefetch(self, session: Session, events: list[Event]) -> None:
         """Which events were applied already, and each part's own lookups."""
@@ -88,6 +101,11 @@ class Batch:
         """True when every part can apply ``event`` without a barrier first (no part: never)."""
         return bool(self.parts) and all(part.batchable(event) for part in self.parts.values())
 
+    def finish(self, session: Session) -> None:
+        """Every part's deferred work, in registry order (before a barrier's writes, and before commit)."""
+        for part in self.parts.values():
+            part.finish(session)
+
 
 def batch_of(session: Session) -> Batch | None:
     """The batch the session's transaction belongs to, if it is a group commit."""
@@ -99,6 +117,8 @@ def barrier(session: Session) -> None:
     batch = batch_of(session)
     if batch is None:
         return
+    # The deferred work first: the event after the barrier must observe it (and it buffers rows).
+    batch.finish(session)
     unit = unit_of(session)
     if unit.buffered():
         unit.flush(session)

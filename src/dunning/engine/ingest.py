@@ -68,6 +68,8 @@ def ingest_many(rt: Runtime, events: list[c.Event]) -> list[Outcome | Exception]
                     continue
                 seen.add(event.id)
                 outcomes.append(outcome)
+            # What the parts deferred (e.g. re-planning the subscriptions touched), once for the group.
+            batch.finish(session)
         # The messages to send after commit travel with the first result that is not a refusal.
         results: list[Outcome | Exception] = []
         for outcome in outcomes:
@@ -96,7 +98,8 @@ def apply_event(rt: Runtime, session: Session, event: c.Event) -> tuple[str, lis
     """
     batch = batch_of(session)
     if batch is not None:
-        if not batch.batchable(event):
+        batch.batched = batch.batchable(event)
+        if not batch.batched:
             barrier(session)
         if event.id in batch.processed:
             return "duplicate", []

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -44,6 +44,15 @@ class WantedJob:
     payload: Mapping[str, Any] = field(default_factory=dict)
 
 
+class StoredJob(NamedTuple):
+    """A stored job as reconcile reads it."""
+
+    key: str
+    subject: str | None
+    status: str
+    due_at: datetime
+
+
 @dataclass(frozen=True, slots=True)
 class Reconciled:
     """What a reconcile changed: the jobs it added, and the keys (with subjects) it canceled."""
@@ -60,11 +69,13 @@ def reconcile(
     subjects: Collection[str],
     wanted: Sequence[WantedJob],
     now: datetime,
+    stored: Sequence[StoredJob] | None = None,
 ) -> Reconciled:
     """Make the pending ``kind`` jobs of ``subjects`` be exactly ``wanted`` (see the module doc).
 
     ``wanted`` jobs must belong to ``subjects``. Jobs due now are claimed and sent after
-    commit, like every job the unit writes.
+    commit, like every job the unit writes. ``stored``: the stored ``kind`` jobs of
+    ``subjects``, if the caller read them already in this transaction (with its own reads).
     """
     if not subjects:
         return Reconciled([], [])
@@ -78,13 +89,20 @@ def reconcile(
     }
     if buffered - by_key.keys():
         unit.jobs = [job for job in unit.jobs if job["key"] not in buffered or job["key"] in by_key]
-    stored = session.execute(
-        select(Job.key, Job.subject, Job.status, Job.due_at).where(
-            Job.kind == kind, Job.subject.in_(list(subjects))
-        )
-    ).all()
+    if stored is None:
+        stored = [
+            StoredJob(*row)
+            for row in session.execute(
+                select(Job.key, Job.subject, Job.status, Job.due_at).where(
+                    Job.kind == kind, Job.subject.in_(list(subjects))
+                )
+            )
+        ]
     known = {row.key for row in stored} | buffered
-    doomed = [(row.key, row.subject) for row in stored if row.status == "pending" and row.key not in by_key]
+    # In key order: the caller's timeline lines then do not depend on where the rows lie on disk.
+    doomed = sorted(
+        (row.key, row.subject) for row in stored if row.status == "pending" and row.key not in by_key
+    )
     if doomed:
         session.execute(
             update(Job)

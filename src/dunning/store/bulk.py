@@ -31,7 +31,7 @@ from functools import cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Row, Table, select
+from sqlalchemy import Row, Table, bindparam, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
@@ -91,6 +91,9 @@ class TableRows:
     on_conflict: str | None = None
     returning: tuple[str, ...] = ()
     link: Link | None = None
+    #: Set: the rows update the stored rows whose ``update_key`` column they name (the other
+    #: columns they hold are set), instead of being inserted. No ``returning`` nor ``link``.
+    update_key: str | None = None
 
 
 def insert_tables(session: Session, parts: Sequence[TableRows]) -> list[tuple[Any, ...]]:
@@ -122,11 +125,14 @@ def insert_tables(session: Session, parts: Sequence[TableRows]) -> list[tuple[An
     if session.get_bind().dialect.name != "postgresql":
         return _insert_tables_one_by_one(session, parts)
     shapes = tuple(
-        (p.table, _columns(p), p.on_conflict, p.returning, p.link, _linked_keys(p, parts)) for p in parts
+        (p.table, _columns(p), p.on_conflict, p.returning, p.link, _linked_keys(p, parts), p.update_key)
+        for p in parts
     )
     documents: list[str] = []
     for p in parts:
         documents.append(orjson.dumps(p.rows, option=orjson.OPT_NAIVE_UTC).decode())
+        if p.update_key is not None:
+            documents.append(ids_param([r[p.update_key] for r in p.rows]))
         if p.link is not None:
             documents.append(orjson.dumps([r.get(p.link.field) for r in p.rows]).decode())
     result = session.connection().exec_driver_sql(_tables_statement(shapes), tuple(documents))
@@ -152,8 +158,18 @@ def _linked_keys(part: TableRows, parts: Sequence[TableRows]) -> str | None:
 def _tables_statement(shapes: tuple[tuple[Any, ...], ...]) -> str:
     ctes: list[str] = []
     final = "SELECT 1 WHERE false"
-    for i, (table, columns, on_conflict, returning, link, linked_key) in enumerate(shapes):
+    for i, (table, columns, on_conflict, returning, link, linked_key, update_key) in enumerate(shapes):
         names = ", ".join(table.c[name].name for name in columns)
+        if update_key is not None:
+            sets = ", ".join(f"{table.c[n].name} = r.{table.c[n].name}" for n in columns if n != update_key)
+            # The keys again, as ``= ANY(...)``: joined to the recordset alone, the planner
+            # (which guesses 100 rows for it) scans the whole table and hashes it.
+            ctes.append(
+                f"t{i} AS (UPDATE {table.name} AS u SET {sets}"
+                f" FROM json_populate_recordset(NULL::{table.name}, %s::json) AS r"
+                f" WHERE u.{update_key} = r.{update_key} AND u.{update_key} = ANY({ANY_OF_JSON}))"
+            )
+            continue
         if link is None:
             source = f"SELECT {names} FROM json_populate_recordset(NULL::{table.name}, %s::json)"
         else:
@@ -187,6 +203,9 @@ def _insert_tables_one_by_one(session: Session, parts: Sequence[TableRows]) -> l
     ids: dict[str, dict[Any, Any]] = {}
     out: list[tuple[Any, ...]] = []
     for part in parts:
+        if part.update_key is not None:
+            _update_executemany(session, part.table, part.update_key, part.rows)
+            continue
         rows: Sequence[dict[str, Any]] = part.rows
         link = part.link
         if link is not None:
@@ -209,6 +228,16 @@ def _insert_tables_one_by_one(session: Session, parts: Sequence[TableRows]) -> l
         if part.returning:
             out = [tuple(getattr(r, c) for c in part.returning) for r in got]
     return out
+
+
+def _update_executemany(session: Session, table: Table, key: str, rows: Sequence[dict[str, Any]]) -> None:
+    columns = [name for name in rows[0] if name != key]
+    stmt = (
+        update(table)
+        .where(table.c[key] == bindparam(f"_{key}"))
+        .values({name: bindparam(f"_{name}") for name in columns})
+    )
+    session.connection().execute(stmt, [{f"_{k}": v for k, v in row.items()} for row in rows])
 
 
 def _insert_executemany(

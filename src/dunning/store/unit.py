@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from dunning.engine.jobs import Dispatch, local_worker, wall_now
 from dunning.store.bulk import Link, TableRows, allocate_ids, insert_tables
@@ -99,6 +100,9 @@ class Unit:
         self._case_ids: list[int] = []
         self._top_case_id = 0
         self._cases_with_jobs: set[int | None] = set()
+        # Stored ORM rows whose listed columns this unit writes (set-based, in its one
+        # statement) instead of the session's flush (one UPDATE per row and column set).
+        self.written_through: dict[int, tuple[Any, tuple[str, ...]]] = {}
 
     # -- buffering ---------------------------------------------------------------
 
@@ -182,13 +186,52 @@ class Unit:
 
         self.jobs = [j for j in self.jobs if not doomed(j)]
 
+    def write_through(self, obj: Any, columns: tuple[str, ...]) -> None:
+        """Write ``columns`` of the stored ORM row ``obj`` (keyed by ``id``) with the unit's rows.
+
+        At flush, if any of them changed, all of them are written in the unit's statement and
+        the object is told they are stored, so the session's own flush skips them. Only for
+        rows this transaction holds locked, or columns nobody else writes meanwhile: the values
+        written are the object's, whatever the stored row holds by then.
+        """
+        known = self.written_through.get(id(obj))
+        if known is not None:
+            columns = tuple(dict.fromkeys(known[1] + columns))
+        self.written_through[id(obj)] = (obj, columns)
+
+    def written_objects(self) -> set[int]:
+        """``id()`` of the ORM objects the unit writes itself (:meth:`write_through`)."""
+        return set(self.written_through)
+
     # -- writing -----------------------------------------------------------------
 
     def buffered(self) -> bool:
         """Whether anything waits to be written."""
         return bool(
-            self.processed_events or self.invoices or self.cases or self.jobs or self.outbox or self.timeline
+            self.processed_events
+            or self.invoices
+            or self.cases
+            or self.jobs
+            or self.outbox
+            or self.timeline
+            or self.written_through
         )
+
+    def _updates(self) -> tuple[list[TableRows], list[tuple[Any, tuple[str, ...]]]]:
+        """The rows of :meth:`write_through` objects that changed, by table and columns."""
+        by_shape: dict[tuple[Any, tuple[str, ...]], list[dict[str, Any]]] = {}
+        done: list[tuple[Any, tuple[str, ...]]] = []
+        for obj, columns in self.written_through.values():
+            state = inspect(obj)
+            if not state.persistent or not any(c in state.committed_state for c in columns):
+                continue  # unchanged, or already flushed by the session (an autoflush)
+            row = {"id": obj.id, **{c: getattr(obj, c) for c in columns}}
+            by_shape.setdefault((state.mapper.local_table, columns), []).append(row)
+            # Only the changed ones need telling they are stored (the others have no history).
+            done.append((obj, tuple(c for c in columns if c in state.committed_state)))
+        self.written_through = {}
+        parts = [TableRows(table, rows, update_key="id") for (table, _), rows in by_shape.items()]
+        return parts, done
 
     def flush(self, session: Session) -> None:
         """Write everything buffered, in one statement (called before commit, and by barriers).
@@ -200,9 +243,11 @@ class Unit:
         due = [j for j in jobs if j["status"] == "claimed"]
         later = [j for j in jobs if j["status"] != "claimed"]
         link = Link(field="outbox_key", parent=Outbox.__tablename__, parent_key="key", column="outbox_id")
+        updates, written = self._updates()
         rows = insert_tables(
             session,
             [
+                *updates,
                 TableRows(ProcessedEvent.__table__, self.processed_events),
                 TableRows(Invoice.__table__, self.invoices),
                 TableRows(
@@ -214,6 +259,9 @@ class Unit:
                 TableRows(TimelineEntry.__table__, self.timeline),
             ],
         )
+        for obj, columns in written:
+            for column in columns:  # stored now: nothing left for the session's flush
+                set_committed_value(obj, column, getattr(obj, column))
         self.dispatch.extend(Dispatch(queue, job_id) for job_id, queue in sorted(rows))
         self.processed_events, self.invoices, self.cases = [], [], []
         self.outbox, self.jobs, self.timeline = [], [], []

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import Row, select
+from sqlalchemy import Row, inspect, select, text
 from sqlalchemy.orm import Session
 
 from dunning import contract as c
@@ -73,12 +73,33 @@ class PaymentsBatch:
         self.customers: dict[str, CustomerFacts] = {}
         self.subscriptions: dict[str, SubscriptionFacts] = {}
         self.held: list[Any] = []
+        # The rows ``subscription.upserted`` events of the batch update (locked; None: not stored
+        # yet), as ORM objects: they are changed in place and written by the session's flush.
+        # Nothing else writes these tables but through the ORM, so they stay true across barriers.
+        self.upserts: dict[str, Subscription | None] = {}
+        # Subscriptions an event of the batch changed (or opened a case of) since the last barrier.
+        self.touched_subscriptions: set[str] = set()
 
     def batchable(self, event: c.Event) -> bool:
-        """Failures of invoices not touched yet in this batch need no barrier: they only open cases."""
-        return (
-            isinstance(event, c.InvoicePaymentFailed) and event.data.invoice.id not in self.touched_invoices
-        )
+        """Whether ``event`` can be applied without a barrier first.
+
+        Failures of invoices not touched yet in this batch: they only open cases.
+        ``subscription.upserted`` of a prefetched subscription not touched yet, unless it
+        cancels it (that closes its open cases, which the batch may hold unwritten).
+        """
+        if isinstance(event, c.InvoicePaymentFailed):
+            return event.data.invoice.id not in self.touched_invoices
+        if isinstance(event, c.SubscriptionUpserted):
+            sub = event.data.subscription
+            row = self.upserts.get(sub.id)
+            # A subscription not stored yet is added to the session: its first upsert runs alone.
+            return (
+                row is not None
+                and inspect(row).persistent
+                and sub.id not in self.touched_subscriptions
+                and sub.status != "canceled"
+            )
+        return False
 
     def forget(self) -> None:
         """Drop what the barrier's writes may have changed."""
@@ -86,12 +107,17 @@ class PaymentsBatch:
             self.cases_by_invoice.pop(invoice_id, None)
             self.invoices.pop(invoice_id, None)
         self.touched_invoices.clear()
+        self.touched_subscriptions.clear()
         self.customers.clear()
         self.subscriptions.clear()
 
+    def finish(self, session: Session) -> None:
+        """Nothing deferred: every event's writes are buffered in the unit as it is applied."""
+
     def prefetch(self, session: Session, events: list[c.Event]) -> None:
-        """Load (and lock) what the batch's failures will read, in a fixed number of statements."""
+        """Load (and lock) what the batch's events will read, in a fixed number of statements."""
         _prefetch(session, events, self)
+        _prefetch_upserts(session, events, self)
 
     def prefetch_sql(self, events: list[c.Event]) -> tuple[str, tuple[Any, ...]] | None:
         """PostgreSQL: the same lookups as one scalar subquery, for the engine's single statement."""
@@ -101,6 +127,7 @@ class PaymentsBatch:
     def prefetched(self, session: Session, events: list[c.Event], found: Any) -> None:
         """Keep what :meth:`prefetch_sql`'s subquery returned."""
         _take(session, _failed_invoices(events), found, self)
+        _prefetch_upserts(session, events, self)
 
 
 def payments_batch(session: Session) -> PaymentsBatch | None:
@@ -204,6 +231,48 @@ def _prefetch(session: Session, events: list[c.Event], batch: PaymentsBatch) -> 
         list(subscriptions),
         list(customers),
         batch,
+    )
+
+
+#: PostgreSQL: the upserted subscriptions (locked, in id order) with their stored customers, in
+#: one fixed statement (an ``IN`` list costs SQLAlchemy more to build than the rows to load).
+_PG_UPSERTS = (
+    select(Subscription, Customer)
+    .outerjoin(Customer, Customer.id == Subscription.customer_id)
+    .where(text("subscriptions.id = ANY(ARRAY(SELECT json_array_elements_text(CAST(:ids AS json))))"))
+    .order_by(Subscription.id)
+    .with_for_update(of=Subscription)
+)
+
+
+def _prefetch_upserts(session: Session, events: list[c.Event], batch: PaymentsBatch) -> None:
+    """Load the subscriptions (locked, in id order) and customers the batch's upserts change."""
+    subs = {
+        e.data.subscription.id: e.data.subscription.customer_id
+        for e in events
+        if isinstance(e, c.SubscriptionUpserted)
+    }
+    if not subs:
+        return
+    batch.upserts.update(dict.fromkeys(subs))
+    # Into the session's identity map: the handler's ``session.get`` then finds the customers
+    # without a statement (one whose event names another customer is loaded then).
+    # ``batch.held`` keeps them alive (the identity map holds objects weakly).
+    if session.get_bind().dialect.name == "postgresql":
+        for sub, customer in session.execute(_PG_UPSERTS, {"ids": ids_param(sorted(subs))}):
+            batch.upserts[sub.id] = sub
+            batch.held.append(customer)
+        return
+    rows = session.execute(
+        select(Subscription)
+        .where(Subscription.id.in_(sorted(subs)))
+        .order_by(Subscription.id)
+        .with_for_update()
+    ).scalars()
+    for row in rows:
+        batch.upserts[row.id] = row
+    batch.held += (
+        session.execute(select(Customer).where(Customer.id.in_(sorted(set(subs.values()))))).scalars().all()
     )
 
 

@@ -73,6 +73,12 @@ def _open_cases(session: Session, **where: str) -> list[Case]:
     return list(session.execute(stmt.order_by(Case.id).with_for_update()).scalars())
 
 
+#: What a group commit writes of a subscription an upsert changed (all but the key).
+SUBSCRIPTION_COLUMNS = tuple(c.key for c in Subscription.__table__.columns if c.key != "id")
+#: What :func:`_set_payment_method` writes.
+PM_COLUMNS = ("pm_source_at", "pm_present", "pm_brand", "pm_last4", "pm_exp_month", "pm_exp_year")
+
+
 def _stale(source_at: datetime | None, occurred_at: datetime) -> bool:
     """Whether an event is older than the one that last wrote the row."""
     return source_at is not None and occurred_at < source_at
@@ -120,10 +126,22 @@ def _subscription_upserted(
         raise MissingReference(
             "data.subscription.customer_id", "unknown customer; send customer.upserted first"
         )
-    row = session.get(Subscription, data.id, with_for_update=True)
+    batch = payments_batch(session)
+    if batch is not None and data.id in batch.upserts:
+        row = batch.upserts[data.id]  # prefetched for the batch, locked
+    else:
+        row = session.get(Subscription, data.id, with_for_update=True)
+    if batch is not None:
+        # The next event about it runs a barrier first; failures read it from the session, not
+        # from the batch's snapshots, which may now be stale.
+        batch.touched_subscriptions.add(data.id)
+        batch.subscriptions.pop(data.id, None)
+        batch.customers.pop(data.customer_id, None)
     if row is None:
         row = Subscription(id=data.id, access="active")
         session.add(row)
+        if batch is not None:
+            batch.upserts[data.id] = row
     elif _stale(row.source_at, event.occurred_at):
         record(session, data.id, None, now, "event", f"older subscription.upserted ignored ({event.id})")
         return "stale", []
@@ -139,14 +157,19 @@ def _subscription_upserted(
             f"subscription.upserted changed customer/currency from {row.customer_id}/{row.currency}"
             f" to {data.customer_id}/{data.currency} ({event.id})",
         )
+    if batch is not None:
+        # The group's subscription rows (locked) in one statement with its other writes.
+        unit_of(session).write_through(row, SUBSCRIPTION_COLUMNS)
     row.source_at = event.occurred_at
     row.customer_id, row.plan, row.status = data.customer_id, data.plan, data.status
     row.amount_minor, row.currency, row.interval = data.amount_minor, data.currency, data.interval
     row.interval_count, row.current_period_end = data.interval_count, data.current_period_end
     row.trial_end, row.cancel_at_period_end = data.trial_end, data.cancel_at_period_end
     row.updated_at = now
-    if data.payment_method is not None:
-        _set_payment_method(customer, data.payment_method, event.occurred_at)
+    card = data.payment_method
+    if card is not None and _set_payment_method(customer, card, event.occurred_at) and batch is not None:
+        # Only the card's columns: the customer row is not locked, its profile is not ours to write.
+        unit_of(session).write_through(customer, PM_COLUMNS)
     dispatch: list[Dispatch] = []
     if data.status == "canceled":
         for case in _open_cases(session, subscription_id=data.id):
@@ -271,6 +294,7 @@ def _payment_failed(
         # The next event about this invoice, or any other kind of event, first runs a barrier:
         # it writes this case and drops the prefetched facts about the invoice.
         batch.touched_invoices.add(inv.id)
+        batch.touched_subscriptions.add(inv.subscription_id)
     decision = policy_cases.open_case(
         policy,
         now,

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from dunning import contract as c
 from dunning.engine.jobs import Dispatch
 from dunning.store.models import Invoice, Subscription
+from dunning.workflows.lifecycle.batch import lifecycle_batch
 from dunning.workflows.lifecycle.loading import subscriptions_of
 from dunning.workflows.lifecycle.planning import replan
 
@@ -56,7 +57,12 @@ def _subscription_upserted(
             upgrade.ends_at,
             upgrade.revert_to,
         )
-    replan(rt, session, [data.id], now, cause=f"subscription.upserted {event.id}")
+    cause = f"subscription.upserted {event.id}"
+    part = lifecycle_batch(session)
+    if part is not None:
+        part.defer(rt, data.id, now, cause=cause)  # re-planned with the group's others, at its end
+    else:
+        replan(rt, session, [data.id], now, cause=cause)
     return "subscription", []
 
 

@@ -8,8 +8,9 @@ offered annual billing, and which lifecycle emails each already has.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -17,6 +18,9 @@ from sqlalchemy.orm import Session
 from dunning.store.models import Case, Customer, Outbox, Subscription
 from dunning.workflows.lifecycle.facts import Card, SubscriptionFacts, Upgrade
 from dunning.workflows.lifecycle.notices import KINDS
+
+if TYPE_CHECKING:
+    from dunning.workflows.lifecycle.reads import Found
 
 
 def subscriptions_of(session: Session, customer_id: str) -> list[str]:
@@ -27,22 +31,53 @@ def subscriptions_of(session: Session, customer_id: str) -> list[str]:
 
 
 def load_facts(
-    session: Session, subscription_ids: Collection[str], now: datetime, *, as_if_unsent: str | None = None
+    session: Session,
+    subscription_ids: Collection[str],
+    now: datetime,
+    *,
+    as_if_unsent: str | None = None,
+    rows: Sequence[tuple[Subscription, Customer | None]] | None = None,
+    found: Found | None = None,
 ) -> dict[str, SubscriptionFacts]:
     """The planner's view of each known subscription (unknown ids are left out).
 
     ``as_if_unsent``: an outbox key to leave out, to ask whether the planner would want that
     email had it not been written yet (an annual offer, once written, makes itself "the last
-    offer" and plans the next one instead).
+    offer" and plans the next one instead). ``rows``: the subscriptions with their customers,
+    when the caller holds them already. ``found``: the rest, if the caller read it
+    (:func:`dunning.workflows.lifecycle.reads.replan_reads`); then no statement at all.
     """
     ids = list(subscription_ids)
     if not ids:
         return {}
-    rows = session.execute(
-        select(Subscription, Customer)
-        .join(Customer, Customer.id == Subscription.customer_id, isouter=True)
-        .where(Subscription.id.in_(ids))
-    ).all()
+    if rows is None:
+        result = session.execute(
+            select(Subscription, Customer)
+            .join(Customer, Customer.id == Subscription.customer_id, isouter=True)
+            .where(Subscription.id.in_(ids))
+        )
+        rows = [(sub, customer) for sub, customer in result]
+    if found is not None:
+        open_cases, last_offer, sent = found.open_cases, found.last_offer, found.sent
+    else:
+        open_cases, last_offer, sent = _found(session, ids, as_if_unsent)
+    facts: dict[str, SubscriptionFacts] = {}
+    for sub, customer in rows:
+        facts[sub.id] = facts_of(
+            sub,
+            customer,
+            open_case=sub.id in open_cases,
+            last_annual_offer_at=last_offer.get(sub.id),
+            sent_keys=frozenset(sent.get(sub.id, ())),
+            now=now,
+        )
+    return facts
+
+
+def _found(
+    session: Session, ids: list[str], as_if_unsent: str | None
+) -> tuple[set[str], dict[str, datetime], dict[str, set[str]]]:
+    """Open cases, last annual offers and lifecycle emails sent, of ``ids`` (three statements)."""
     # ``closed_at`` is set when a case ends, whatever its outcome.
     open_cases = set(
         session.execute(
@@ -71,17 +106,7 @@ def load_facts(
         )
     ):
         sent[sub_id].add(key)
-    facts: dict[str, SubscriptionFacts] = {}
-    for sub, customer in rows:
-        facts[sub.id] = facts_of(
-            sub,
-            customer,
-            open_case=sub.id in open_cases,
-            last_annual_offer_at=last_offer.get(sub.id),
-            sent_keys=frozenset(sent.get(sub.id, ())),
-            now=now,
-        )
-    return facts
+    return open_cases, last_offer, sent
 
 
 def facts_of(

@@ -7,7 +7,7 @@ the outbox when a notice comes due: the same planner, on the facts of the moment
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -15,11 +15,13 @@ from sqlalchemy.orm import Session
 
 from dunning.broker.names import JOBS_QUEUE
 from dunning.engine.reconcile import WantedJob, reconcile
+from dunning.store.models import Customer, Subscription
 from dunning.store.unit import unit_of
 from dunning.workflows.lifecycle.explain import kind_of, why_not
 from dunning.workflows.lifecycle.facts import SubscriptionFacts
 from dunning.workflows.lifecycle.loading import load_facts
 from dunning.workflows.lifecycle.planner import PlannedNotice, plan_notices
+from dunning.workflows.lifecycle.reads import replan_reads
 
 if TYPE_CHECKING:
     from dunning.runtime import Runtime
@@ -58,10 +60,32 @@ def replan(
     finished) is left alone; pending jobs no longer planned are canceled, with the reason on
     the subscription's timeline.
     """
-    ids = sorted(set(subscription_ids))
+    return replan_each(rt, session, dict.fromkeys(subscription_ids, cause), now)
+
+
+def replan_each(
+    rt: Runtime,
+    session: Session,
+    causes: Mapping[str, str],
+    now: datetime,
+    *,
+    rows: Sequence[tuple[Subscription, Customer | None]] | None = None,
+) -> int:
+    """:func:`replan` for many subscriptions, each with its own cause, in one go.
+
+    One load of the facts and one reconcile whatever the number of subscriptions: the
+    group commit re-plans every subscription its events touched this way, once, at its end.
+    ``rows``: the subscriptions and their customers, if the caller holds them (:func:`load_facts`).
+    """
+    ids = sorted(causes)
     if not ids:
         return 0
-    facts = load_facts(session, ids, now)
+    if session.get_bind().dialect.name == "postgresql":
+        # The reads beside the rows, and the reconcile's, in one statement.
+        found, stored = replan_reads(session, ids, JOB_KIND)
+        facts = load_facts(session, ids, now, rows=rows, found=found)
+    else:
+        facts, stored = load_facts(session, ids, now, rows=rows), None
     wanted: list[WantedJob] = []
     planned: dict[str, PlannedNotice] = {}
     for sub in facts.values():
@@ -77,7 +101,9 @@ def replan(
                     payload={"key": notice.key, "kind": notice.kind},
                 )
             )
-    result = reconcile(session, kind=JOB_KIND, queue=JOBS_QUEUE, subjects=ids, wanted=wanted, now=now)
+    result = reconcile(
+        session, kind=JOB_KIND, queue=JOBS_QUEUE, subjects=ids, wanted=wanted, now=now, stored=stored
+    )
     unit = unit_of(session)
     for job in result.added:
         notice = planned[job.key]
@@ -90,7 +116,7 @@ def replan(
             None,
             now,
             "notice",
-            f"{kind_of(key)} canceled after {cause}: {reason} ({key.removeprefix('lc:')})",
+            f"{kind_of(key)} canceled after {causes[subject]}: {reason} ({key.removeprefix('lc:')})",
         )
     return len(result.added) + len(result.canceled)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dunning.engine.registry import Workflow
 from dunning.workflows.lifecycle import annual_switch, calendar_view, links
+from dunning.workflows.lifecycle.batch import WORKFLOW_NAME, LifecycleBatch
 from dunning.workflows.lifecycle.handlers import HANDLERS
 from dunning.workflows.lifecycle.jobs import JOBS, stale
 from dunning.workflows.lifecycle.notices import KINDS, MAIL_KINDS, PROMPT_KINDS
@@ -11,7 +12,7 @@ from dunning.workflows.lifecycle.rendering import render_outbox
 from dunning.workflows.lifecycle.samples import sample
 
 WORKFLOW = Workflow(
-    name="lifecycle",
+    name=WORKFLOW_NAME,
     events=HANDLERS,
     jobs={**JOBS, **annual_switch.JOBS},
     notice_kinds=KINDS,
@@ -22,4 +23,5 @@ WORKFLOW = Workflow(
     stale=stale,
     links={**links.LINK_PAGES, **annual_switch.LINK_PAGES},
     upcoming=calendar_view.upcoming_for_subscription,
+    batch_part=LifecycleBatch,
 )

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from dunning import contract as c
 from dunning.engine.jobs import Dispatch
 from dunning.store.models import Invoice, Subscription
+from dunning.workflows.price_migrations.batch import prices_batch
 from dunning.workflows.price_migrations.rules import (
     EARLY_CANCEL,
     Terms,
@@ -92,6 +93,9 @@ def _subscription_upserted(
     row = session.get(Subscription, event.data.subscription.id)
     if row is None or row.source_at != event.occurred_at:
         return "stale", []  # an older event: the failed-payment handler kept the newer facts
+    part = prices_batch(session)
+    if part is not None and part.quiet(row.id):
+        return "subscription", []  # no member on its way: nothing to react to (asked once per batch)
     react(session, row.id, now, cause=f"subscription.upserted {event.id}")
     return "subscription", []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dunning.engine.registry import Workflow
 from dunning.workflows.price_migrations import choices
+from dunning.workflows.price_migrations.batch import WORKFLOW_NAME, PricesBatch
 from dunning.workflows.price_migrations.handlers import HANDLERS
 from dunning.workflows.price_migrations.jobs import JOBS
 from dunning.workflows.price_migrations.notices import KINDS, MAIL_KINDS
@@ -11,7 +12,7 @@ from dunning.workflows.price_migrations.rendering import render_outbox, stale
 from dunning.workflows.price_migrations.samples import sample
 
 WORKFLOW = Workflow(
-    name="price_migrations",
+    name=WORKFLOW_NAME,
     events=HANDLERS,
     jobs=JOBS,
     notice_kinds=KINDS,
@@ -20,4 +21,5 @@ WORKFLOW = Workflow(
     render_notice=render_outbox,
     stale=stale,
     links=choices.LINK_PAGES,
+    batch_part=PricesBatch,
 )
