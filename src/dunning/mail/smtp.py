@@ -32,7 +32,6 @@ import email.utils
 import logging
 import re
 import smtplib
-import socket
 import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -50,6 +49,7 @@ from .sending import (
     SendError,
     TransientSendError,
 )
+from .smtp_errors import about_address, classify, code_of, describe, status_of
 from .wire import WireMessage
 
 log = logging.getLogger(__name__)
@@ -91,93 +91,6 @@ def _parse_smtp_url(url: str) -> _SmtpConfig:
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
     )
-
-
-def _classify(exc: BaseException) -> str | None:
-    """``"retry"``, ``"permanent"`` or ``"config"`` for a delivery failure; None for anything else (a bug).
-
-    "config" (bad credentials, a missing extension) is not about this message:
-    retrying now will not help, but neither should the notice be given up, so
-    it surfaces as a ``TransientSendError`` without in-loop retries.
-    """
-    # Our own sender refused (MAIL FROM) says nothing of the recipient, and every email would
-    # meet it: the configuration's problem, like bad credentials.
-    if isinstance(
-        exc, (smtplib.SMTPAuthenticationError, smtplib.SMTPNotSupportedError, smtplib.SMTPSenderRefused)
-    ):
-        return "config"
-    if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        codes = [code for code, _ in exc.recipients.values()]
-        return "permanent" if codes and all(500 <= code < 600 for code in codes) else "retry"
-    if isinstance(exc, smtplib.SMTPResponseException):
-        return "permanent" if 500 <= exc.smtp_code < 600 else "retry"
-    # Disconnects, refused connections, resets, DNS failures, timeouts (socket.timeout is an
-    # OSError) and TLS errors: the network or the server had a bad moment.
-    if isinstance(exc, (smtplib.SMTPServerDisconnected, ConnectionError, socket.timeout, OSError)):
-        return "retry"
-    if isinstance(exc, smtplib.SMTPException):
-        return "config"  # e.g. "no suitable authentication method"
-    return None
-
-
-#: An RFC 3463 enhanced status code at the start of a reply's text ("5.1.1 <bob@…> no such user").
-_ENHANCED = re.compile(rb"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
-
-
-def enhanced_status(reply: bytes | str | None) -> str | None:
-    """The enhanced status code a server put first in its reply (``"5.7.1"``), or None."""
-    if reply is None:
-        return None
-    data = reply.encode("utf-8", "replace") if isinstance(reply, str) else reply
-    found = _ENHANCED.match(data)
-    return b".".join(found.groups()).decode("ascii") if found else None
-
-
-def about_address(exc: BaseException) -> bool:
-    """Whether a permanent refusal is of the recipient's mailbox rather than of this message.
-
-    A 5xx to ``RCPT TO`` names the mailbox. After it (the ``DATA`` command or the final dot)
-    the enhanced status tells: ``5.1.x`` (addressing) and ``5.2.1`` (mailbox disabled) are
-    about the address; ``5.7.x`` (policy, spam), ``5.6.x`` (content), ``5.3.4`` (size) are
-    about the message. Without one, RFC 5321's codes: 550, 551 and 553 name the mailbox,
-    552 (storage) and 554 (transaction failed, what spam filters answer) the message.
-    """
-    if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        return True
-    if isinstance(exc, smtplib.SMTPResponseException):
-        status = enhanced_status(exc.smtp_error)
-        if status is None:
-            return exc.smtp_code in (550, 551, 553)
-        return status.startswith("5.1.") or status == "5.2.1"
-    return True
-
-
-def _status(exc: BaseException) -> str | None:
-    return enhanced_status(exc.smtp_error) if isinstance(exc, smtplib.SMTPResponseException) else None
-
-
-def _code(exc: BaseException) -> int | None:
-    if isinstance(exc, smtplib.SMTPResponseException):
-        return exc.smtp_code
-    if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
-        return min(code for code, _ in exc.recipients.values())
-    return None
-
-
-def _describe(exc: BaseException) -> str:
-    """An exception summary safe for logs: class name and codes, never the server's free text.
-
-    Servers often quote the recipient in their reply ("550 <bob@example.com>: no such user").
-    """
-    if isinstance(exc, smtplib.SMTPResponseException):
-        status = enhanced_status(exc.smtp_error)
-        return f"{type(exc).__name__} {exc.smtp_code}" + (f" {status}" if status else "")
-    if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        codes = sorted({code for code, _ in exc.recipients.values()})
-        return f"SMTPRecipientsRefused {','.join(map(str, codes))}"
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return f"{type(exc).__name__} errno {exc.errno}"
-    return type(exc).__name__
 
 
 class SmtpSender:
@@ -238,12 +151,12 @@ class SmtpSender:
         retrying = Retrying(
             stop=stop_after_attempt(self.attempts),
             wait=wait_exponential(multiplier=self.wait, max=self.max_wait),
-            retry=retry_if_exception(lambda exc: _classify(exc) == "retry"),
+            retry=retry_if_exception(lambda exc: classify(exc) == "retry"),
             before_sleep=lambda state: log.warning(
                 "smtp send %s failed (attempt %d): %s; retrying",
                 message_id,
                 state.attempt_number,
-                _describe(state.outcome.exception()) if state.outcome else "?",
+                describe(state.outcome.exception()) if state.outcome else "?",
             ),
             reraise=True,
         )
@@ -264,7 +177,7 @@ class SmtpSender:
             self.breaker.failure()
             raise
         except Exception as exc:
-            kind = _classify(exc)
+            kind = classify(exc)
             if kind is None:
                 raise
             if kind == "permanent":
@@ -276,22 +189,22 @@ class SmtpSender:
             # possibly the recipient's address) into logs and dead letters.
             if kind == "permanent":
                 raise PermanentSendError(
-                    f"{message_id}: refused ({_describe(exc)})",
+                    f"{message_id}: refused ({describe(exc)})",
                     message_id=message_id,
-                    code=_code(exc),
+                    code=code_of(exc),
                     about_address=about_address(exc),
-                    status=_status(exc),
+                    status=status_of(exc),
                 ) from None
             if kind == "config":
                 raise TransientSendError(
-                    f"{message_id}: SMTP configuration problem ({_describe(exc)})",
+                    f"{message_id}: SMTP configuration problem ({describe(exc)})",
                     message_id=message_id,
-                    code=_code(exc),
+                    code=code_of(exc),
                 ) from None
             raise TransientSendError(
-                f"{message_id}: not delivered after {tries} attempt(s) ({_describe(exc)})",
+                f"{message_id}: not delivered after {tries} attempt(s) ({describe(exc)})",
                 message_id=message_id,
-                code=_code(exc),
+                code=code_of(exc),
             ) from None
 
     def _connect(self) -> smtplib.SMTP:
@@ -340,7 +253,7 @@ class SmtpSender:
                 # it while it idled, or is closing it (421). The server did not take the
                 # message; send it on a fresh connection now, which is not a retry.
                 self.pool.discard(conn)
-                log.info("smtp pooled connection failed (%s); opening a fresh one", _describe(exc))
+                log.info("smtp pooled connection failed (%s); opening a fresh one", describe(exc))
                 conn = self._open()
                 refused = _transmit(conn.smtp, envelope, message_id, point)
         except BaseException:
