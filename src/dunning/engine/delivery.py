@@ -13,13 +13,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import update
 
 from dunning.domain.emails import PROMPT, TRANSACTIONAL, Defer, Drop, Mail, decide
 from dunning.engine.links import UNSUBSCRIBE, outbox_subject
 from dunning.engine.recipients import bounce, record_bounce, suppression
 from dunning.engine.registry import mail_kind
-from dunning.engine.send_facts import DELIVERED, LOOKBACK, facts_of
+from dunning.engine.send_facts import HISTORY, LOOKBACK, facts_of
 from dunning.mail.message import LIST_UNSUBSCRIBE, LIST_UNSUBSCRIBE_POST, ONE_CLICK
 from dunning.store.db import transaction
 from dunning.store.models import Customer, Job, Outbox
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 UNSUBSCRIBE_TTL = timedelta(days=730)
 #: How far back the caps look (a week, and a day of slack for a recipient far from UTC).
 _LOOKBACK = LOOKBACK
-_DELIVERED = DELIVERED
 
 
 def hold(rt: Runtime, session: Session, outbox: Outbox, job: Job, now: datetime) -> str | None:
@@ -176,24 +175,9 @@ def _history(session: Session, outbox: Outbox, now: datetime) -> tuple[list[Mail
 
 
 def _query_history(session: Session, outbox: Outbox, now: datetime) -> list[Any]:
-    return session.execute(
-        select(
-            Outbox.id,
-            Outbox.kind,
-            Outbox.variant,
-            Outbox.status,
-            Outbox.sent_at,
-            Outbox.send_after,
-            Outbox.case_id,
-        ).where(
-            Outbox.to_email == outbox.to_email,
-            Outbox.id != outbox.id,
-            or_(
-                and_(Outbox.status.in_(_DELIVERED), Outbox.send_after >= now - _LOOKBACK),
-                and_(Outbox.status == "pending", Outbox.send_after <= now),
-            ),
-        )
-    ).all()
+    # The batch's statement for one address: what it sent lately and what else is due now.
+    params = {"emails": [outbox.to_email], "since": now - _LOOKBACK, "until": now}
+    return [r for r in session.execute(HISTORY, params) if r.id != outbox.id]
 
 
 def _skip(session: Session, outbox: Outbox, job: Job, now: datetime, reason: str) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dunning import telemetry
 from dunning.engine import delivery
@@ -29,7 +29,7 @@ from dunning.errors import PermanentJobError
 from dunning.mail.message import KIND_HEADER, NOTICE_HEADER, build_message
 from dunning.mail.render import RenderedEmail
 from dunning.mail.sending import AmbiguousSendError, PermanentSendError, TransientSendError
-from dunning.mail.wire import WireMessage, wire_message
+from dunning.mail.wire import wire_message
 from dunning.store.db import transaction
 from dunning.store.models import Job, Outbox
 
@@ -167,16 +167,16 @@ def send_email(rt: Runtime, job: Job) -> Result:
     return ready if isinstance(ready, tuple) else deliver(rt, job, ready)
 
 
-def _wire(rt: Runtime, ready: Ready) -> WireMessage | None:
-    return wire_message(
-        ready.rendered,
-        to=ready.to,
-        sender=rt.settings.mail_from,
-        message_id=ready.message_id,
-        headers=ready.headers,
-        date=ready.date,
-        to_name=ready.to_name,
-    )
+def _message_args(rt: Runtime, ready: Ready) -> dict[str, Any]:
+    """What ``wire_message`` and ``build_message`` both take besides the rendered email."""
+    return {
+        "to": ready.to,
+        "sender": rt.settings.mail_from,
+        "message_id": ready.message_id,
+        "headers": ready.headers,
+        "date": ready.date,
+        "to_name": ready.to_name,
+    }
 
 
 def deliver(rt: Runtime, job: Job, ready: Ready) -> Result:
@@ -194,18 +194,9 @@ def deliver(rt: Runtime, job: Job, ready: Ready) -> Result:
     # Built outside any transaction: no row lock is held while the message is assembled. The
     # SMTP sender takes the bytes written directly (the same bytes, a fraction of the CPU).
     send_wire = getattr(rt.sender, "send_wire", None)
-    wire = _wire(rt, ready) if send_wire is not None else None
-    message = None
-    if wire is None:
-        message = build_message(
-            ready.rendered,
-            to=ready.to,
-            sender=rt.settings.mail_from,
-            message_id=ready.message_id,
-            headers=ready.headers,
-            date=ready.date,
-            to_name=ready.to_name,
-        )
+    args = _message_args(rt, ready)
+    wire = wire_message(ready.rendered, **args) if send_wire is not None else None
+    message = build_message(ready.rendered, **args) if wire is None else None
     outbox_id, kind = ready.outbox_id, ready.kind
     marked = False
 

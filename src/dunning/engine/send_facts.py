@@ -83,7 +83,8 @@ _FLAGS = union_all(
         MailSuppression.address.in_(bindparam("keys", expanding=True))
     ),
 )
-_HISTORY = select(
+#: Recent and due emails of some addresses (``emails``): sent since ``since``, pending until ``until``.
+HISTORY = select(
     Outbox.id,
     Outbox.to_email,
     Outbox.kind,
@@ -137,7 +138,7 @@ def load(session: Session, to_emails: Iterable[str], now: datetime) -> SendFacts
             facts.suppressions[address] = unsubscribed
     if emails:
         params = {"emails": emails, "since": now - LOOKBACK, "until": now + _AHEAD}
-        for r in session.execute(_HISTORY, params):
+        for r in session.execute(HISTORY, params):
             facts.history.setdefault(r.to_email, []).append(r)
     session.info[_KEY] = facts
     return facts
