@@ -20,11 +20,13 @@ import argparse
 import random
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import redis
 
+from benchmarks import _profile
 from benchmarks._common import (
     Stack,
     build_raw_messages,
@@ -44,6 +46,7 @@ from benchmarks.ingest import (
     INGEST_ACTOR,
     PLAIN_NOOP_ACTOR,
     PLAIN_NOOP_QUEUE,
+    ServerStatements,
     Workers,
     cpu_delta,
     cpu_snapshot,
@@ -135,6 +138,50 @@ def push(
     return out
 
 
+def profile(
+    st: Stack,
+    client: redis.Redis,
+    conn: psycopg.Connection,
+    workers: Workers,
+    args: argparse.Namespace,
+    customers: int,
+    rng: random.Random,
+) -> dict[str, Any]:
+    """More events under py-spy (``--gil``) and PostgreSQL's statement log: where the CPU goes."""
+    binary = _profile.find_py_spy()
+    if binary is None:
+        _profile.say_fallback("py-spy could not be installed")
+        return {}
+    out = st.work / "lifecycle-pyspy.txt"
+    spy = _profile.PySpy(binary, workers.pid, out, rate=250)
+    with ServerStatements(st) as server:
+        run = push(st, client, conn, "prof", args.profile_events, customers, rng, timeout=args.timeout)
+    spy_log = spy.stop()
+    with st.pg.log_path.open("rb") as fh:
+        fh.seek(server.offset)
+        statements = fh.read()
+    kept_log = Path(__file__).parent / "results" / "lifecycle-statements.log"
+    kept_log.parent.mkdir(exist_ok=True)
+    kept_log.write_bytes(statements)
+    found: dict[str, Any] = {
+        "rate_under_profiler": run["rate_steady"],
+        "statements_per_event": server.total(args.profile_events),
+        "by_kind_per_event": server.per(args.profile_events),
+    }
+    say(f"real workers, server side: {found}")
+    if not out.exists():
+        _profile.say_fallback(spy_log.strip()[-300:])
+        return found
+    # The parent only supervises; its samples are idle loops.
+    found["pyspy"] = _profile.summarise(_profile.read_stacks(out, skip_processes={workers.pid}))
+    _profile.print_summary("py-spy CPU profile of the worker processes", found["pyspy"])
+    keep = Path(__file__).parent / "results" / "lifecycle-pyspy.txt"
+    keep.parent.mkdir(exist_ok=True)
+    keep.write_bytes(out.read_bytes())
+    say(f"collapsed stacks kept in {keep.relative_to(Path(__file__).parent.parent)}")
+    return found
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events", type=int, default=5000, help="subscription.upserted events in the timed run")
@@ -143,8 +190,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=8)
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--profile-events",
+        type=int,
+        default=0,
+        help="after the timed run, this many more events under py-spy and the statement log (0: skip)",
+    )
     args = p.parse_args()
-    customers = args.events + 1000
+    customers = args.events + args.profile_events + 1000
     rng = random.Random(args.seed)
     results: dict[str, Any] = {"loadavg_before": loadavg()}
     with stack("lifecycle-ingest") as st:
@@ -181,6 +234,8 @@ def main() -> None:
             results["ingest"] = push(
                 st, client, conn, "run", args.events, customers, rng, timeout=args.timeout, workers=workers
             )
+            if args.profile_events:
+                results["profile"] = profile(st, client, conn, workers, args, customers, rng)
         row = conn.execute("SELECT count(*) FROM jobs WHERE kind = 'lifecycle_notice'").fetchone()
         results["lifecycle_jobs"] = int(row[0]) if row else 0
         conn.close()
