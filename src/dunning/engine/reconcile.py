@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
+import orjson
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from dunning.engine.jobs import wall_now
+from dunning.store.bulk import ANY_OF_JSON, ids_param
 from dunning.store.models import Job
 from dunning.store.unit import unit_of
 
@@ -103,12 +105,6 @@ def reconcile(
     doomed = sorted(
         (row.key, row.subject) for row in stored if row.status == "pending" and row.key not in by_key
     )
-    if doomed:
-        session.execute(
-            update(Job)
-            .where(Job.key.in_([key for key, _ in doomed]), Job.status == "pending")
-            .values(status="canceled", finished_at=wall_now())
-        )
     added = [job for key, job in by_key.items() if key not in known]
     revived = [by_key[row.key] for row in stored if row.status == "canceled" and row.key in by_key]
     # A wanted job whose time moved (a renewal moved within the same day keeps its key).
@@ -117,10 +113,19 @@ def reconcile(
         for row in stored
         if row.status == "pending" and row.key in by_key and row.due_at != by_key[row.key].due_at
     ]
-    for job in moved:  # rare: one statement each
-        session.execute(
-            update(Job).where(Job.key == job.key, Job.status == "pending").values(due_at=job.due_at)
-        )
+    if (doomed or moved) and _without_orm_jobs(session):
+        cancel_and_move(session, [key for key, _ in doomed], moved)
+    else:
+        if doomed:
+            session.execute(
+                update(Job)
+                .where(Job.key.in_([key for key, _ in doomed]), Job.status == "pending")
+                .values(status="canceled", finished_at=wall_now())
+            )
+        for job in moved:  # one statement each
+            session.execute(
+                update(Job).where(Job.key == job.key, Job.status == "pending").values(due_at=job.due_at)
+            )
     for job in revived:  # rare: one statement each
         session.execute(
             update(Job)
@@ -149,3 +154,40 @@ def reconcile(
             now=now,
         )
     return Reconciled(added + revived, doomed)
+
+
+def _without_orm_jobs(session: Session) -> bool:
+    """PostgreSQL, and no job loaded as an ORM object: the set-based UPDATE need not refresh any.
+
+    (The ingest path never loads one; a job runner does, and keeps the ORM's UPDATE, which
+    brings the objects it holds up to date.)
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return False
+    return not any(key[0] is Job for key in session.identity_map)
+
+
+#: PostgreSQL: cancel the pending jobs of some keys and move others, in one statement whose text
+#: never changes (prepared once per connection; an ``IN`` list is a new statement for every
+#: length, and the ORM's bulk UPDATE costs the client several times the round trip). The two
+#: sets of keys are disjoint (a moved job is wanted, a canceled one is not).
+_CANCEL_AND_MOVE = (
+    "WITH c AS (UPDATE jobs SET status = 'canceled', finished_at = %s"
+    f" WHERE key = ANY({ANY_OF_JSON}) AND status = 'pending'),"
+    " m AS (UPDATE jobs AS u SET due_at = r.due_at"
+    " FROM json_to_recordset(%s::json) AS r(key text, due_at timestamptz)"
+    f" WHERE u.key = r.key AND u.key = ANY({ANY_OF_JSON}) AND u.status = 'pending')"
+    " SELECT 1"
+)
+
+
+def cancel_and_move(session: Session, doomed: Sequence[str], moved: Sequence[WantedJob]) -> None:
+    """Cancel the pending jobs ``doomed`` and set the due time of the pending ``moved`` ones (PostgreSQL).
+
+    The same rows and values as the ORM's ``UPDATE … WHERE key IN (…) AND status = 'pending'``
+    and one ``UPDATE`` per moved job, in one round trip.
+    """
+    moves = orjson.dumps([{"key": j.key, "due_at": j.due_at} for j in moved]).decode()
+    session.connection().exec_driver_sql(
+        _CANCEL_AND_MOVE, (wall_now(), ids_param(doomed), moves, ids_param([j.key for j in moved]))
+    )
