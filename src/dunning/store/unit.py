@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.state import InstanceState
 
 from dunning.engine.jobs import Dispatch, local_worker, wall_now
 from dunning.store.bulk import Link, TableRows, allocate_ids, insert_tables
@@ -228,7 +229,7 @@ class Unit:
             row = {"id": obj.id, **{c: getattr(obj, c) for c in columns}}
             by_shape.setdefault((state.mapper.local_table, columns), []).append(row)
             # Only the changed ones need telling they are stored (the others have no history).
-            done.append((obj, tuple(c for c in columns if c in state.committed_state)))
+            done.append((obj, tuple(c for c in state.committed_state if c in columns)))
         self.written_through = {}
         parts = [TableRows(table, rows, update_key="id") for (table, _), rows in by_shape.items()]
         return parts, done
@@ -259,13 +260,31 @@ class Unit:
                 TableRows(TimelineEntry.__table__, self.timeline),
             ],
         )
-        for obj, columns in written:
-            for column in columns:  # stored now: nothing left for the session's flush
-                set_committed_value(obj, column, getattr(obj, column))
+        _stored(session, written)
         self.dispatch.extend(Dispatch(queue, job_id) for job_id, queue in sorted(rows))
         self.processed_events, self.invoices, self.cases = [], [], []
         self.outbox, self.jobs, self.timeline = [], [], []
         self._cases_with_jobs.clear()
+
+
+def _stored(session: Session, written: list[tuple[Any, tuple[str, ...]]]) -> None:
+    """Tell the ORM objects whose changes the unit wrote that those values are stored now.
+
+    An object none of whose other attributes changed is marked clean at once, as the
+    session's own flush marks the objects it wrote (``_commit_all_states``): the commit's
+    flush then finds the session clean and walks nothing. One with other changes only
+    has the written columns committed, and the session's flush writes the rest.
+    """
+    clean: list[tuple[Any, Any]] = []
+    for obj, columns in written:
+        state = inspect(obj)
+        if len(columns) == len(state.committed_state) and not state.expired_attributes:
+            clean.append((state, state.dict))
+            continue
+        for column in columns:
+            set_committed_value(obj, column, getattr(obj, column))
+    if clean:
+        InstanceState._commit_all_states(clean, session.identity_map)
 
 
 def unit_of(session: Session) -> Unit:
