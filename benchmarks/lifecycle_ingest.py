@@ -17,7 +17,9 @@ measured in the same run.
 from __future__ import annotations
 
 import argparse
+import collections
 import random
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -51,6 +53,7 @@ from benchmarks.ingest import (
     cpu_delta,
     cpu_snapshot,
     run_noop,
+    sql_kind,
 )
 
 
@@ -138,6 +141,34 @@ def push(
     return out
 
 
+_LOGGED = re.compile(
+    r"\[(\d+)\] app=(\S*) LOG:  (?:(?:statement|execute [^:]*): (.*)"
+    r"|duration: ([\d.]+) ms(?:  (?:parse|bind|execute) [^:]*: (.*))?)"
+)
+
+
+def server_time(logged: str, n: int) -> dict[str, float]:
+    """Milliseconds PostgreSQL spent per event on each kind of statement (``log_min_duration_statement = 0``).
+
+    Parse and bind phases are logged with their text; the duration of a statement (or an
+    execute phase) that ``log_statement`` logged already is not: it is the next bare duration
+    line of the same backend.
+    """
+    last: dict[str, str] = {}
+    spent: collections.Counter[str] = collections.Counter()
+    for m in _LOGGED.finditer(logged):
+        pid, app, text, ms, phase_text = m.groups()
+        if app == "bench":
+            continue
+        if text is not None:
+            last[pid] = sql_kind(text)
+        elif phase_text is not None:
+            spent[sql_kind(phase_text)] += float(ms)
+        elif pid in last:
+            spent[last.pop(pid)] += float(ms)
+    return {k: round(v / n, 4) for k, v in spent.most_common()}
+
+
 def profile(
     st: Stack,
     client: redis.Redis,
@@ -147,16 +178,15 @@ def profile(
     customers: int,
     rng: random.Random,
 ) -> dict[str, Any]:
-    """More events under py-spy (``--gil``) and PostgreSQL's statement log: where the CPU goes."""
-    binary = _profile.find_py_spy()
-    if binary is None:
-        _profile.say_fallback("py-spy could not be installed")
-        return {}
-    out = st.work / "lifecycle-pyspy.txt"
-    spy = _profile.PySpy(binary, workers.pid, out, rate=250)
+    """More events with PostgreSQL's statement log, then more again under py-spy (``--gil``).
+
+    Apart: py-spy stops each worker process to sample it, which stretches the server's
+    statement times (a backend waits for its worker) as much as the workers' rate.
+    """
+    st.pg_set(log_min_duration_statement="0")
     with ServerStatements(st) as server:
-        run = push(st, client, conn, "prof", args.profile_events, customers, rng, timeout=args.timeout)
-    spy_log = spy.stop()
+        run = push(st, client, conn, "stmt", args.profile_events, customers, rng, timeout=args.timeout)
+    st.pg_set(log_min_duration_statement="-1")
     with st.pg.log_path.open("rb") as fh:
         fh.seek(server.offset)
         statements = fh.read()
@@ -164,11 +194,22 @@ def profile(
     kept_log.parent.mkdir(exist_ok=True)
     kept_log.write_bytes(statements)
     found: dict[str, Any] = {
-        "rate_under_profiler": run["rate_steady"],
+        "rate_with_statement_log": run["rate_steady"],
         "statements_per_event": server.total(args.profile_events),
         "by_kind_per_event": server.per(args.profile_events),
+        "server_ms_per_event": server_time(statements.decode(errors="replace"), args.profile_events),
     }
     say(f"real workers, server side: {found}")
+    binary = _profile.find_py_spy()
+    if binary is None:
+        _profile.say_fallback("py-spy could not be installed")
+        return found
+    out = st.work / "lifecycle-pyspy.txt"
+    spy = _profile.PySpy(binary, workers.pid, out, rate=250)
+    found["rate_under_profiler"] = push(
+        st, client, conn, "prof", args.profile_events, customers, rng, timeout=args.timeout
+    )["rate_steady"]
+    spy_log = spy.stop()
     if not out.exists():
         _profile.say_fallback(spy_log.strip()[-300:])
         return found
@@ -194,10 +235,10 @@ def main() -> None:
         "--profile-events",
         type=int,
         default=0,
-        help="after the timed run, this many more events under py-spy and the statement log (0: skip)",
+        help="after the timed run, this many more events with the statement log, then under py-spy (0: skip)",
     )
     args = p.parse_args()
-    customers = args.events + args.profile_events + 1000
+    customers = args.events + 2 * args.profile_events + 1000
     rng = random.Random(args.seed)
     results: dict[str, Any] = {"loadavg_before": loadavg()}
     with stack("lifecycle-ingest") as st:
