@@ -16,7 +16,8 @@ caller's transaction,
   released), at the time now wanted.
 
 Set-based: one SELECT, one INSERT and at most one UPDATE per call, however
-many subjects it covers (plus one UPDATE per revived or moved job, which is rare).
+many subjects it covers (plus one UPDATE per revived or moved job, which is rare;
+on PostgreSQL the cancels and the moves are one statement, :func:`cancel_and_move`).
 """
 
 from __future__ import annotations
