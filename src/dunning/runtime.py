@@ -41,6 +41,11 @@ class Tuning:
     backoff_base_s: float = 5.0
     backoff_max_s: float = 600.0
     link_ttl_days: int = 21
+    #: Mail jobs per ``deliver_email`` message (1: one message per email, as before batching).
+    mail_batch: int = 25
+    #: A batch message starts no new email after this long; the rest go back to the scheduler.
+    #: With one email's worst case (SMTP retries, ~45 s) it stays under the actors' time limit.
+    mail_batch_s: float = 10.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Tuning:

@@ -30,6 +30,7 @@ it always did.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
 
     from dunning.engine.registry import Result
     from dunning.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 _JOBS = Job.__table__
 _OUTBOX = Outbox.__table__
@@ -120,8 +123,15 @@ def _begin_many(items: list[Begin]) -> list[Outcome | Exception]:
         try:
             with transaction(rt.sessions) as session:
                 outcomes = _begin_batch(rt, session, worker_id, [items[i].job_id for i in indexes])
-        except Exception:
-            continue  # rolled back: each of them starts alone (ALONE), and meets the failure there
+        except Exception as exc:
+            # Rolled back: each of them starts alone (ALONE), and meets the failure there. The
+            # type only: the message may quote a row (an address, a name).
+            log.warning(
+                "a batch of %d mail jobs could not start together (%s); each starts alone",
+                len(indexes),
+                type(exc).__name__,
+            )
+            continue
         for i, outcome in zip(indexes, outcomes, strict=True):
             results[i] = outcome
     return results
@@ -183,7 +193,18 @@ def begin(rt: Runtime, job_id: int, *, worker_id: str | None) -> Outcome:
     runnable: done, running elsewhere, or to run alone), or :data:`ALONE` (start it alone)."""
     try:
         return _begins.submit(Begin(rt, job_id, worker_id))
-    except Exception:
+    except Exception as exc:
         # The batch was interrupted: its transaction rolled back, or committed (then the start
         # alone finds nothing to run, and the scheduler releases the run as a dead one's).
+        log.warning("a mail job's grouped start failed (%s); it starts alone", type(exc).__name__)
         return ALONE
+
+
+def begin_all(rt: Runtime, job_ids: Sequence[int], *, worker_id: str | None) -> list[Outcome]:
+    """Start the jobs of one batch message together, in one transaction of their own.
+
+    One outcome per id, as :func:`begin` gives: the message already is a batch, so it is not
+    mixed with other threads' starts. If the transaction fails, every job is :data:`ALONE`.
+    """
+    items = [Begin(rt, job_id, worker_id) for job_id in job_ids]
+    return [ALONE if isinstance(r, Exception) else r for r in _begin_many(items)]
