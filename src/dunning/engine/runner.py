@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
+from dunning import telemetry
 from dunning.billing.port import BillingUnavailable
 from dunning.broker.names import MAIL_QUEUE
 from dunning.engine.jobs import Dispatch, finish, retry_later, start
@@ -80,23 +81,27 @@ def run_batch(rt: Runtime, job_ids: Sequence[int], *, worker_id: str | None = No
     dispatch: list[Dispatch] = []
     late: list[Job] = []
     error: Exception | None = None
-    for job_id, started in zip(job_ids, begin_all(rt, job_ids, worker_id=worker_id), strict=True):
-        if started is None:
-            continue  # done, running elsewhere, or to run alone: not this message's to run
-        try:
-            if not isinstance(started, Started):
-                if time.monotonic() > deadline:
-                    dispatch.append(Dispatch(MAIL_QUEUE, job_id))  # claimed, not started: send again
+    ran = False  # at least one delivery per batch, whatever the clock says: always progress
+    with telemetry.held():  # the deliveries' counts in one round trip
+        for job_id, started in zip(job_ids, begin_all(rt, job_ids, worker_id=worker_id), strict=True):
+            if started is None:
+                continue  # done, running elsewhere, or to run alone: not this message's to run
+            try:
+                if not isinstance(started, Started):
+                    if ran and time.monotonic() > deadline:
+                        dispatch.append(Dispatch(MAIL_QUEUE, job_id))  # claimed, not started: send again
+                        continue
+                    ran = True
+                    _, more = run_job(rt, job_id, worker_id=worker_id)
+                elif isinstance(started.ready, Ready) and ran and time.monotonic() > deadline:
+                    late.append(started.job)
                     continue
-                _, more = run_job(rt, job_id, worker_id=worker_id)
-            elif isinstance(started.ready, Ready) and time.monotonic() > deadline:
-                late.append(started.job)
-                continue
-            else:
-                _, more = _run(rt, started.job, started.ready)
-            dispatch.extend(more)
-        except Exception as exc:
-            error = error or exc
+                else:
+                    ran = ran or isinstance(started.ready, Ready)
+                    _, more = _run(rt, started.job, started.ready)
+                dispatch.extend(more)
+            except Exception as exc:
+                error = error or exc
     if late:
         with transaction(rt.sessions) as session:
             dispatch.extend(give_back(session, late, queue_lease_s=rt.tuning.queue_lease_s))
