@@ -19,6 +19,10 @@ starts them all in one transaction:
 - then each email is decided and rendered by the same code as alone
   (:func:`dunning.engine.outbox.prepare_row`), from what was loaded.
 
+A batch message (``deliver_email([id, ...])``, :func:`dunning.engine.runner.run_batch`)
+starts its jobs the same way, by :func:`begin_all`: the message is the batch, so its
+transaction is its own rather than a group commit with other threads'.
+
 Idempotency is that of one email alone: the start and every decision commit
 together or not at all, and the point of no return (``pending -> sending``)
 is still each email's own, later (:mod:`.outbox_commits`). If anything in the
