@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import bindparam
+from sqlalchemy import bindparam, text
 
 from dunning.engine.groupcommit import GroupCommit
 from dunning.engine.jobs import wall_now
@@ -126,9 +126,33 @@ _FINISH = (
 )
 
 
+# PostgreSQL: every delivered email of a batch, its row and its job, in one statement (the two
+# executemany UPDATEs it replaces were a fifth of a mail worker's CPU). The data-modifying CTE
+# runs to completion whether or not the outer UPDATE reads it.
+_SENT_AND_DONE = text(
+    "WITH v AS (SELECT * FROM unnest(CAST(:oids AS integer[]), CAST(:ats AS timestamptz[]),"
+    " CAST(:jids AS bigint[])) AS v(oid, at, jid)),"
+    " o AS (UPDATE outbox SET status = 'sent', last_error = NULL, sent_at = v.at FROM v WHERE outbox.id = v.oid)"
+    " UPDATE jobs SET status = 'done', finished_at = :wall, lease_until = NULL, last_error = NULL"
+    " FROM v WHERE jobs.id = v.jid"
+)
+
+
 def _settle(conn: Connection, batch: list[Settle]) -> None:
-    """Every outcome: one executemany per statement."""
+    """Every outcome: one executemany per statement (on PostgreSQL, one statement for the sent ones)."""
     wall = wall_now()
+    if conn.dialect.name == "postgresql" and any(s.status == "sent" for s in batch):
+        sent_ones = [s for s in batch if s.status == "sent"]
+        conn.execute(
+            _SENT_AND_DONE,
+            {
+                "oids": [s.outbox_id for s in sent_ones],
+                "ats": [s.at for s in sent_ones],
+                "jids": [s.job_id for s in sent_ones],
+                "wall": wall,
+            },
+        )
+        batch = [s for s in batch if s.status != "sent"]
     sent = [{"b_id": s.outbox_id, "b_at": s.at} for s in batch if s.status == "sent"]
     other = [
         {"b_id": s.outbox_id, "b_status": s.status, "b_error": s.error} for s in batch if s.status != "sent"
