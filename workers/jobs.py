@@ -37,7 +37,7 @@ def run_job(*args: Any, **kwargs: Any) -> None:
     send_jobs(dramatiq.get_broker(), dispatch)
 
 
-#: Most job ids one message may carry (``send_jobs`` puts ``Tuning.mail_batch``, 25 by default).
+#: Most job ids one message may carry (``send_jobs`` puts ``Tuning.mail_batch``, 50 by default).
 MAX_BATCH = 1000
 
 

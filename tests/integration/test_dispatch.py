@@ -97,15 +97,19 @@ def test_mail_jobs_share_messages_of_at_most_mail_batch_ids_and_alone_ones_do_no
     assert [m.args for m in jobs] == [(200,)]
     batches = [m for m in queued if not m.options.get("dunning_alone")]
     singles = [m for m in queued if m.options.get("dunning_alone")]
-    # In the order given, 25 at a time; the jobs that must run alone each in a message of their own.
+    # In the order given, at most 25 to a message and as few messages as that allows, of even
+    # sizes; the jobs that must run alone each in a message of their own.
     assert [m.args for m in batches] == [
-        (list(range(1, 26)),),
-        (list(range(26, 51)),),
-        (list(range(51, 61)),),
+        (list(range(1, 21)),),
+        (list(range(21, 41)),),
+        (list(range(41, 61)),),
     ]
     assert [m.args for m in singles] == [(100,), (101,)]
     assert all(m.actor_name == ACTOR_FOR_QUEUE[MAIL_QUEUE] for m in queued)
     assert len({m.options["redis_message_id"] for m in queued}) == 5
+    broker.client.flushall()
+    assert send_jobs(broker, mail[:11], mail_batch=5) == 11
+    assert [len(m.args[0]) for m in _queued(broker, MAIL_QUEUE)] == [4, 4, 3]
 
 
 def test_one_mail_job_per_message_when_mail_batch_is_one(broker: RedisBroker) -> None:

@@ -13,8 +13,8 @@ from dunning.broker.liveness import ALONE_OPTION
 from dunning.broker.names import ACTOR_FOR_QUEUE, MAIL_QUEUE
 from dunning.engine.jobs import Dispatch
 
-#: Mail jobs per message by default (``Tuning.mail_batch``, which callers with a runtime pass).
-MAIL_BATCH = 25
+#: Mail jobs per message at most, by default (``Tuning.mail_batch``, which callers with a runtime pass).
+MAIL_BATCH = 50
 
 
 def send_jobs(broker: dramatiq.Broker, items: Iterable[Dispatch], *, mail_batch: int = MAIL_BATCH) -> int:
@@ -23,7 +23,7 @@ def send_jobs(broker: dramatiq.Broker, items: Iterable[Dispatch], *, mail_batch:
     A lost send is recovered by the job's lease.
 
     The mail queue's jobs go up to ``mail_batch`` to a message (``deliver_email([id, ...])``,
-    in the order given): a mail worker starts a message's emails in one transaction and sends
+    in the order given, the messages of even sizes): a mail worker starts a message's emails in one transaction and sends
     them over one pooled connection, and per-message costs (Dramatiq's, the start's statements
     and commit) are paid once per batch instead of once per email. A job that must run alone
     (``Dispatch.alone``: it was in flight when a worker died) always gets a message of its own,
@@ -72,7 +72,16 @@ def _grouped(items: list[Dispatch], mail_batch: int) -> list[list[Dispatch]]:
             mail.append(item)
         else:
             groups.append([item])
-    groups.extend(mail[i : i + mail_batch] for i in range(0, len(mail), mail_batch))
+    if mail:
+        # As few messages as the cap allows, of even sizes (60 at 50 a message: 30 and 30, not
+        # 50 and 10), so that the worker threads that take them finish together.
+        count = -(-len(mail) // mail_batch)
+        size, extra = divmod(len(mail), count)
+        start = 0
+        for i in range(count):
+            end = start + size + (1 if i < extra else 0)
+            groups.append(mail[start:end])
+            start = end
     return groups
 
 
