@@ -8,12 +8,10 @@
 2. **Delivery**: M cases with an outbox row each (rendered by the real
    renderer: ``payment_failed`` in mixed locales and decline classes) and a
    claimed ``send_email`` job are written straight into PostgreSQL (not timed).
-   An SMTP sink (aiosmtpd, discarding) runs in its own process.
-   ``dunning worker -Q mail`` runs 2 x 8; the M jobs are enqueued exactly as the
-   scheduler does (``send_jobs`` with one ``Dispatch`` per job, 500 per call like
-   one scheduler pass: ``deliver_email`` messages of up to ``--mail-batch`` job
-   ids each, ``Tuning.mail_batch``) and the clock runs until every outbox row is
-   ``sent``.
+   An SMTP sink (aiosmtpd, discarding) runs in its own process. ``dunning worker
+   -Q mail`` runs 2 x 8; the M jobs are enqueued as the scheduler does (``send_jobs``,
+   500 ``Dispatch`` items per call like one scheduler pass: ``deliver_email`` messages
+   of up to ``--mail-batch`` ids) and the clock runs until every outbox row is ``sent``.
    Bare smtplib against the same sink is measured first, in the same run: one
    thread with one connection per message, and 4 threads keeping their
    connections (the best the sink does), so a slow sink or a busy machine is
@@ -55,9 +53,7 @@ from benchmarks._common import (
 )
 from benchmarks.smtp_sink import bare_smtplib, sink_ceiling
 
-MAIL_QUEUE = "mail"
-#: Jobs per ``send_jobs`` call: what one scheduler pass claims at most (``tick(batch=500)``).
-PASS = 500
+MAIL_QUEUE, PASS = "mail", 500  # PASS: jobs per send_jobs call, what one scheduler pass claims at most
 
 
 def enqueue(broker: Any, ids: range, mail_batch: int) -> float:
@@ -239,14 +235,15 @@ def sent_count(conn: psycopg.Connection, lo: int, hi: int) -> int:
 
 
 def main() -> None:
+    from dunning.broker.setup import build_broker
+    from dunning.runtime import Tuning
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--emails", type=int, default=3000, help="emails in the timed run")
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--threads", type=int, default=8)
-    p.add_argument(
-        "--mail-batch", type=int, default=None, help="jobs per message (default: Tuning.mail_batch)"
-    )
+    p.add_argument("--mail-batch", type=int, default=Tuning().mail_batch, help="jobs per message at most")
     p.add_argument(
         "--profile-emails",
         type=int,
@@ -259,10 +256,6 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=11)
     args = p.parse_args()
     rng = random.Random(args.seed)
-    if args.mail_batch is None:
-        from dunning.runtime import Tuning
-
-        args.mail_batch = Tuning().mail_batch
     results: dict[str, Any] = {"loadavg_before": loadavg()}
 
     say(f"rendering: {args.renders} renders, one thread")
@@ -300,8 +293,6 @@ def main() -> None:
             say(f"SMTP sink alone (one client thread): {fmt_rate(results['sink_ceiling']['rate'])}")
             results["bare_smtplib"] = bare_smtplib(port, args.sink_ceiling, 4)
             say(f"bare smtplib, 4 threads, connections kept: {fmt_rate(results['bare_smtplib']['rate'])}")
-
-            from dunning.broker.setup import build_broker
 
             broker = build_broker(st.redis.url)
             conn = psycopg.connect(st.pg.conninfo("bench"), autocommit=True)
