@@ -208,3 +208,23 @@ def test_a_worker_dying_mid_batch_loses_nothing_and_sends_nothing_twice(make_wor
     assert sorted(j.id for j in rows if j.alone) == ids[1:]
     with h.rt.sessions() as s:
         assert s.get(Worker, dead) is None  # recovered and forgotten
+
+
+def test_the_mail_actor_takes_one_job_id_or_a_list_and_refuses_anything_else(dunning_broker: Any) -> None:
+    from workers.jobs import MAX_BATCH, _job_ids
+
+    from dunning.contract import InvalidEvent
+
+    assert _job_ids((7,), {}) == 7  # a message from before batches, or a job that runs alone
+    assert _job_ids(([7, 8, 9],), {}) == [7, 8, 9]
+    for args, kwargs in [
+        (([],), {}),
+        (([1, "2"],), {}),
+        (([1, True],), {}),
+        ((list(range(MAX_BATCH + 1)),), {}),
+        (([1], [2]), {}),
+        (([1],), {"x": 1}),
+        (("7",), {}),
+    ]:
+        with pytest.raises(InvalidEvent):
+            _job_ids(args, kwargs)
