@@ -175,21 +175,25 @@ INCLUSIVE = [
 _TAIL = INCLUSIVE[-5:]  # middleware and Dramatiq buckets, shared by every actor
 
 EMAIL_BUCKETS = [
-    ("build_message (MIME message from the outbox row)", lambda f, p: f == "build_message"),
     (
-        "sending-mark transaction (pending -> sending, group-committed)",
-        lambda f, p: f.endswith("commit_point") or f in ("mark_sending", "_mark_many"),
+        "batched start (begin_all: jobs UPDATE, lock + load, send facts, decide, commit)",
+        lambda f, p: f in ("begin_all", "_begin_many", "_begin_batch"),
     ),
-    ("settle transaction (sent, job finished; group-committed)", lambda f, p: f.endswith("settle")),
+    (
+        "sending mark (pending -> sending, group-committed)",
+        lambda f, p: f.endswith("commit_point") or f in ("mark_sending", "_mark"),
+    ),
+    ("outcome (settle: sent, job finished; group-committed)", lambda f, p: f.endswith("settle")),
+    ("wire bytes (wire_message)", lambda f, p: f == "wire_message"),
+    ("build_message (MIME message from the outbox row)", lambda f, p: f == "build_message"),
     (
         "SMTP conversation (smtplib, body serialisation)",
         lambda f, p: "smtplib" in p or f in ("_transmit", "_send_once"),
     ),
     ("SmtpSender.send other (tenacity, breaker)", lambda f, p: "mail/smtp.py" in p),
-    ("job start transaction", lambda f, p: f == "start" and "engine/jobs.py" in p),
-    ("should_send (decision: status, stale)", lambda f, p: f == "should_send"),
-    ("send_email outbox load, render, attempts", lambda f, p: f == "send_email"),
-    ("run_job other", lambda f, p: f == "run_job" and "runner.py" in p),
+    ("metrics (telemetry)", lambda f, p: "dunning/telemetry.py" in p),
+    ("job start alone", lambda f, p: f == "start" and "engine/jobs.py" in p),
+    ("run_batch / run_job other", lambda f, p: f in ("run_batch", "run_job", "_run") and "runner.py" in p),
     ("send_jobs", lambda f, p: f == "send_jobs"),
     *_TAIL,
 ]

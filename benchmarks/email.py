@@ -8,9 +8,10 @@
 2. **Delivery**: M cases with an outbox row each (rendered by the real
    renderer: ``payment_failed`` in mixed locales and decline classes) and a
    claimed ``send_email`` job are written straight into PostgreSQL (not timed).
-   An SMTP sink (aiosmtpd, discarding) runs in its own process.
-   ``dunning worker -Q mail`` runs 2 x 8; the M ``deliver_email`` messages are
-   pipelined onto Redis and the clock runs until every outbox row is ``sent``.
+   An SMTP sink (aiosmtpd, discarding) runs in its own process. ``dunning worker
+   -Q mail`` runs 2 x 8; the M jobs are enqueued as the scheduler does (``send_jobs``,
+   500 ``Dispatch`` items per call like one scheduler pass: ``deliver_email`` messages
+   of up to ``--mail-batch`` ids) and the clock runs until every outbox row is ``sent``.
    Bare smtplib against the same sink is measured first, in the same run: one
    thread with one connection per message, and 4 threads keeping their
    connections (the best the sink does), so a slow sink or a busy machine is
@@ -30,7 +31,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-import redis
 from tests.support.servers import free_port
 
 from benchmarks import _profile
@@ -38,14 +38,12 @@ from benchmarks._common import (
     ROOT,
     Stack,
     Workers,
-    build_raw_messages,
     cpu_seconds,
     daytime_zones,
     fmt_rate,
     loadavg,
     machine_busy,
     pick_decline,
-    push_raw,
     record,
     say,
     seed_customers,
@@ -55,7 +53,18 @@ from benchmarks._common import (
 )
 from benchmarks.smtp_sink import bare_smtplib, sink_ceiling
 
-MAIL_QUEUE, MAIL_ACTOR = "mail", "deliver_email"
+MAIL_QUEUE, PASS = "mail", 500  # PASS: jobs per send_jobs call, what one scheduler pass claims at most
+
+
+def enqueue(broker: Any, ids: range, mail_batch: int) -> float:
+    """Send the jobs' messages as the scheduler does, one pass at a time; returns seconds taken."""
+    from dunning.broker.enqueue import send_jobs
+    from dunning.engine.jobs import Dispatch
+
+    started = time.perf_counter()
+    for lo in range(0, len(ids), PASS):
+        send_jobs(broker, [Dispatch(MAIL_QUEUE, i) for i in ids[lo : lo + PASS]], mail_batch=mail_batch)
+    return time.perf_counter() - started
 
 
 def context(kind: str, i: int, locale: str, tz: str, decline: str) -> Any:
@@ -226,11 +235,15 @@ def sent_count(conn: psycopg.Connection, lo: int, hi: int) -> int:
 
 
 def main() -> None:
+    from dunning.broker.setup import build_broker
+    from dunning.runtime import Tuning
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--emails", type=int, default=3000, help="emails in the timed run")
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--threads", type=int, default=8)
+    p.add_argument("--mail-batch", type=int, default=Tuning().mail_batch, help="jobs per message at most")
     p.add_argument(
         "--profile-emails",
         type=int,
@@ -281,7 +294,7 @@ def main() -> None:
             results["bare_smtplib"] = bare_smtplib(port, args.sink_ceiling, 4)
             say(f"bare smtplib, 4 threads, connections kept: {fmt_rate(results['bare_smtplib']['rate'])}")
 
-            client = redis.Redis.from_url(st.redis.url)
+            broker = build_broker(st.redis.url)
             conn = psycopg.connect(st.pg.conninfo("bench"), autocommit=True)
             env = st.env(DUNNING_SMTP_URL=f"smtp://127.0.0.1:{port}")
             cmd = [
@@ -289,16 +302,14 @@ def main() -> None:
                 "--threads", str(args.threads), "-Q", MAIL_QUEUE,
             ]  # fmt: skip
             with Workers(cmd, env, st.work / "mail-workers.log", args.processes) as w:
-                warm = build_raw_messages(MAIL_QUEUE, MAIL_ACTOR, [(i,) for i in range(1, args.warmup + 1)])
-                push_raw(client, MAIL_QUEUE, warm)
+                enqueue(broker, range(1, args.warmup + 1), args.mail_batch)
                 wait_for_count(lambda: sent_count(conn, 1, args.warmup), args.warmup, timeout=120)
                 time.sleep(1.5)
-                say(f"timed run: {args.emails} deliver_email messages")
-                ids = range(args.warmup + 1, total + 1)
-                msgs = build_raw_messages(MAIL_QUEUE, MAIL_ACTOR, [(i,) for i in ids])
+                say(f"timed run: {args.emails} emails, up to {args.mail_batch} to a deliver_email message")
+                ids = range(args.warmup + 1, args.warmup + args.emails + 1)
                 before = (w.cpu(), st.pg_cpu(), st.redis_cpu(), cpu_seconds(sink.pid), machine_busy())
                 t0 = time.perf_counter()
-                push_s = push_raw(client, MAIL_QUEUE, msgs)
+                push_s = enqueue(broker, ids, args.mail_batch)
                 curve = wait_for_count(
                     lambda: sent_count(conn, args.warmup + 1, args.warmup + args.emails),
                     args.emails,
@@ -312,10 +323,7 @@ def main() -> None:
                         out = st.work / "pyspy-email.txt"
                         spy = _profile.PySpy(binary, w.pid, out, rate=100)
                         lo = args.warmup + args.emails + 1
-                        prof = build_raw_messages(
-                            MAIL_QUEUE, MAIL_ACTOR, [(i,) for i in range(lo, total + 1)]
-                        )
-                        push_raw(client, MAIL_QUEUE, prof)
+                        enqueue(broker, range(lo, total + 1), args.mail_batch)
                         wait_for_count(
                             lambda: sent_count(conn, lo, total), args.profile_emails, timeout=args.timeout
                         )

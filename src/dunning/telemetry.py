@@ -25,7 +25,9 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis
@@ -128,8 +130,15 @@ def _field(values: tuple[str, ...]) -> str:
     return json.dumps([str(v)[:MAX_LABEL] for v in values], separators=(",", ":"))
 
 
+_held = threading.local()  # this thread's counts held by :func:`held`, or None
+
+
 def inc(name: str, *labels: str, amount: int = 1) -> None:
     """Add ``amount`` to the counter ``name`` for these label values."""
+    counts: Counter[tuple[str, tuple[str, ...]]] | None = getattr(_held, "counts", None)
+    if counts is not None:
+        counts[(name, labels)] += amount
+        return
     client = _writer()
     if client is None:
         return
@@ -137,6 +146,33 @@ def inc(name: str, *labels: str, amount: int = 1) -> None:
         client.hincrby(PREFIX + name, _field(labels), amount)
     except (redis.RedisError, OSError) as exc:
         _failed(name, exc)
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """Add up this thread's counter increments and write them at the end, in one round trip.
+
+    A mail batch counts each of its deliveries: one ``HINCRBY`` per series instead of one
+    per email. Counts held when the process dies are lost, as any unwritten metric is.
+    """
+    if getattr(_held, "counts", None) is not None:
+        yield  # nested: the outer one writes
+        return
+    counts: Counter[tuple[str, tuple[str, ...]]] = Counter()
+    _held.counts = counts
+    try:
+        yield
+    finally:
+        _held.counts = None
+        client = _writer() if counts else None
+        if client is not None:
+            try:
+                pipe = client.pipeline(transaction=False)
+                for (name, labels), amount in counts.items():
+                    pipe.hincrby(PREFIX + name, _field(labels), amount)
+                pipe.execute()
+            except (redis.RedisError, OSError) as exc:
+                _failed(next(iter(counts))[0], exc)
 
 
 def observe(name: str, value: float, *labels: str) -> None:

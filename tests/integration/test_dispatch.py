@@ -84,3 +84,38 @@ def test_the_fast_path_writes_what_dramatiqs_own_enqueue_writes(broker: RedisBro
     # The list holds the Redis id, and the hash maps it to the body, as Dramatiq's fetch expects.
     [redis_id] = broker.client.lrange(f"dramatiq:{JOBS_QUEUE}", 0, -1)
     assert redis_id.decode() == ours.options["redis_message_id"]
+
+
+def test_mail_jobs_share_messages_of_at_most_mail_batch_ids_and_alone_ones_do_not(
+    broker: RedisBroker,
+) -> None:
+    mail = [Dispatch(MAIL_QUEUE, i) for i in range(1, 61)]
+    alone = [Dispatch(MAIL_QUEUE, 100, alone=True), Dispatch(MAIL_QUEUE, 101, alone=True)]
+    items = [*mail[:30], alone[0], Dispatch(JOBS_QUEUE, 200), *mail[30:], alone[1]]
+    assert send_jobs(broker, items, mail_batch=25) == 63  # jobs sent, not messages
+    jobs, queued = _queued(broker, JOBS_QUEUE), _queued(broker, MAIL_QUEUE)
+    assert [m.args for m in jobs] == [(200,)]
+    batches = [m for m in queued if not m.options.get("dunning_alone")]
+    singles = [m for m in queued if m.options.get("dunning_alone")]
+    # In the order given, at most 25 to a message and as few messages as that allows, of even
+    # sizes; the jobs that must run alone each in a message of their own.
+    assert [m.args for m in batches] == [
+        (list(range(1, 21)),),
+        (list(range(21, 41)),),
+        (list(range(41, 61)),),
+    ]
+    assert [m.args for m in singles] == [(100,), (101,)]
+    assert all(m.actor_name == ACTOR_FOR_QUEUE[MAIL_QUEUE] for m in queued)
+    assert len({m.options["redis_message_id"] for m in queued}) == 5
+    broker.client.flushall()
+    assert send_jobs(broker, mail[:11], mail_batch=5) == 11
+    assert [len(m.args[0]) for m in _queued(broker, MAIL_QUEUE)] == [4, 4, 3]
+
+
+def test_one_mail_job_per_message_when_mail_batch_is_one(broker: RedisBroker) -> None:
+    assert send_jobs(broker, [Dispatch(MAIL_QUEUE, i) for i in (1, 2, 3)], mail_batch=1) == 3
+    assert [m.args for m in _queued(broker, MAIL_QUEUE)] == [(1,), (2,), (3,)]
+    broker.client.flushall()
+    # A lone mail job keeps the single-id message every worker version reads.
+    assert send_jobs(broker, [Dispatch(MAIL_QUEUE, 9)], mail_batch=25) == 1
+    assert [m.args for m in _queued(broker, MAIL_QUEUE)] == [(9,)]

@@ -257,3 +257,20 @@ def test_a_real_flow_counts_its_billing_calls_and_emails(world: Any) -> None:
     latency = samples(families["dunning_billing_request_seconds"])
     requests = latency[("dunning_billing_request_seconds_count", (("operation", "pay_invoice"),))]
     assert requests == pay_calls  # the sandbox saw each one (no faults injected)
+
+
+def test_counts_held_by_a_mail_batch_are_written_once_at_its_end(client: redis.Redis) -> None:
+    key = telemetry.PREFIX + telemetry.EMAIL_DELIVERIES
+    with telemetry.held():
+        for _ in range(3):
+            telemetry.inc(telemetry.EMAIL_DELIVERIES, "payment_failed", "sent")
+        telemetry.inc(telemetry.EMAIL_DELIVERIES, "payment_failed", "skipped")
+        with telemetry.held():  # nested: the outer one writes
+            telemetry.inc(telemetry.EMAIL_DELIVERIES, "payment_failed", "sent")
+        assert client.hgetall(key) == {}  # nothing yet
+    assert {k.decode(): int(v) for k, v in client.hgetall(key).items()} == {
+        '["payment_failed","sent"]': 4,
+        '["payment_failed","skipped"]': 1,
+    }
+    telemetry.inc(telemetry.EMAIL_DELIVERIES, "payment_failed", "sent")  # outside: written at once
+    assert int(client.hget(key, '["payment_failed","sent"]') or 0) == 5

@@ -315,3 +315,44 @@ def test_watch_redraws_until_ctrl_c_and_exits_cleanly(quiet, db_url: str, redis_
     assert drawn >= 3  # drawn, then redrawn in place
     assert proc.returncode == 0, errors
     assert "Traceback" not in errors
+
+
+def test_a_message_being_fetched_is_counted_once(probe_broker) -> None:
+    """Counts read while consumers fetch: every message is ready or fetched, never both or neither.
+
+    A fetch moves an id from the queue's list to the worker's ack set in one step (Dramatiq's
+    Lua script); the counts are read in one ``MULTI``, so they always add up.
+    """
+    import threading
+
+    from dunning.ops.broker_state import read_broker
+
+    broker = probe_broker(lambda row: None)
+    total = 200
+    for _ in range(total):
+        broker.enqueue(_message("mail", "deliver_email"))
+    consumers: list[Any] = []
+
+    def fetch_all() -> None:
+        # One consumer per message: a consumer fetches no more until it acknowledges.
+        for _ in range(total):
+            consumer = broker.consume("mail", prefetch=1, timeout=100)
+            consumers.append(consumer)
+            for _attempt in range(50):
+                if next(consumer) is not None:
+                    break
+
+    thread = threading.Thread(target=fetch_all, daemon=True)
+    thread.start()
+    sums: list[int] = []
+    try:
+        while thread.is_alive():
+            [mail] = read_broker(broker.client, ("mail",), broker.namespace).queues
+            sums.append(mail.ready + mail.in_progress)
+        thread.join()
+        [mail] = read_broker(broker.client, ("mail",), broker.namespace).queues
+    finally:
+        for consumer in consumers:
+            consumer.close()
+    assert (mail.ready, mail.in_progress) == (0, total)
+    assert len(sums) > 10 and set(sums) == {total}, sorted(set(sums))

@@ -434,12 +434,19 @@ def test_every_kind_has_both_templates() -> None:
 
 
 def test_templates_dir_discovery(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("DUNNING_BUILTIN_TEMPLATES", raising=False)
     monkeypatch.delenv("DUNNING_TEMPLATES", raising=False)
     assert find_templates_dir().resolve() == TEMPLATES
-    monkeypatch.setenv("DUNNING_TEMPLATES", str(tmp_path))
+    monkeypatch.setenv("DUNNING_BUILTIN_TEMPLATES", str(tmp_path))
     assert find_templates_dir() == tmp_path
     with pytest.raises(FileNotFoundError):
         Renderer()  # the folder has no email/ templates
+    # The old name still works, and the new one wins over it.
+    monkeypatch.delenv("DUNNING_BUILTIN_TEMPLATES")
+    monkeypatch.setenv("DUNNING_TEMPLATES", str(tmp_path / "old"))
+    assert find_templates_dir() == tmp_path / "old"
+    monkeypatch.setenv("DUNNING_BUILTIN_TEMPLATES", str(tmp_path))
+    assert find_templates_dir() == tmp_path
 
 
 def test_concurrent_first_use_is_safe() -> None:

@@ -10,12 +10,24 @@ from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
 from dunning.broker.liveness import ALONE_OPTION
-from dunning.broker.names import ACTOR_FOR_QUEUE
+from dunning.broker.names import ACTOR_FOR_QUEUE, MAIL_QUEUE
 from dunning.engine.jobs import Dispatch
 
+#: Mail jobs per message at most, by default (``Tuning.mail_batch``, which callers with a runtime pass).
+MAIL_BATCH = 50
 
-def send_jobs(broker: dramatiq.Broker, items: Iterable[Dispatch]) -> int:
-    """Enqueue ``run_job``/``deliver_email`` messages. A lost send is recovered by the job's lease.
+
+def send_jobs(broker: dramatiq.Broker, items: Iterable[Dispatch], *, mail_batch: int = MAIL_BATCH) -> int:
+    """Enqueue ``run_job``/``deliver_email`` messages; returns how many jobs were sent.
+
+    A lost send is recovered by the job's lease.
+
+    The mail queue's jobs go up to ``mail_batch`` to a message (``deliver_email([id, ...])``,
+    in the order given, the messages of even sizes): a mail worker starts a message's emails in one transaction and sends
+    them over one pooled connection, and per-message costs (Dramatiq's, the start's statements
+    and commit) are paid once per batch instead of once per email. A job that must run alone
+    (``Dispatch.alone``: it was in flight when a worker died) always gets a message of its own,
+    and a single job is sent as ``deliver_email(id)``, as before batching.
 
     On Redis, all of them go in one round trip: what Dramatiq's own enqueue
     script writes per message (the body in the queue's ``.msgs`` hash under a
@@ -26,13 +38,14 @@ def send_jobs(broker: dramatiq.Broker, items: Iterable[Dispatch]) -> int:
     the commands (and their replies) no longer grow with the number of jobs.
     """
     items = list(items)
-    if not isinstance(broker, RedisBroker) or len(items) < 2:
-        for item in items:
-            broker.enqueue(_message(item))
+    groups = _grouped(items, mail_batch)
+    if not isinstance(broker, RedisBroker) or len(groups) < 2:
+        for group in groups:
+            broker.enqueue(_message(group))
         return len(items)
-    ids = _uuid4_strings(2 * len(items))
+    ids = _uuid4_strings(2 * len(groups))
     messages = [
-        _message(item, message_id=ids[2 * i], redis_id=ids[2 * i + 1]) for i, item in enumerate(items)
+        _message(group, message_id=ids[2 * i], redis_id=ids[2 * i + 1]) for i, group in enumerate(groups)
     ]
     for message in messages:
         broker.emit_before("enqueue", message, None)
@@ -47,10 +60,35 @@ def send_jobs(broker: dramatiq.Broker, items: Iterable[Dispatch]) -> int:
     pipe.execute()
     for message in messages:
         broker.emit_after("enqueue", message, None)
-    return len(messages)
+    return len(items)
 
 
-def _message(item: Dispatch, *, message_id: str | None = None, redis_id: str | None = None) -> Message[None]:
+def _grouped(items: list[Dispatch], mail_batch: int) -> list[list[Dispatch]]:
+    """One list per message: the mail jobs that may share, ``mail_batch`` at a time; the others alone."""
+    groups: list[list[Dispatch]] = []
+    mail: list[Dispatch] = []
+    for item in items:
+        if item.queue == MAIL_QUEUE and not item.alone and mail_batch > 1:
+            mail.append(item)
+        else:
+            groups.append([item])
+    if mail:
+        # As few messages as the cap allows, of even sizes (60 at 50 a message: 30 and 30, not
+        # 50 and 10), so that the worker threads that take them finish together.
+        count = -(-len(mail) // mail_batch)
+        size, extra = divmod(len(mail), count)
+        start = 0
+        for i in range(count):
+            end = start + size + (1 if i < extra else 0)
+            groups.append(mail[start:end])
+            start = end
+    return groups
+
+
+def _message(
+    group: list[Dispatch], *, message_id: str | None = None, redis_id: str | None = None
+) -> Message[None]:
+    item = group[0]
     # A job that was in flight when a worker died runs alone (``RunAlone`` middleware).
     options: dict[str, object] = {ALONE_OPTION: True} if item.alone else {}
     if redis_id is not None:
@@ -59,7 +97,8 @@ def _message(item: Dispatch, *, message_id: str | None = None, redis_id: str | N
     return Message(
         queue_name=item.queue,
         actor_name=ACTOR_FOR_QUEUE[item.queue],
-        args=(item.job_id,),
+        # One job: its id, as always (and as a worker older than batches reads it); more: their list.
+        args=(item.job_id,) if len(group) == 1 else ([g.job_id for g in group],),
         kwargs={},
         options=options,
         **ids,

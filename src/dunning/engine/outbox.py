@@ -139,15 +139,21 @@ def prepare_email(rt: Runtime, session: Session, job: Job) -> Ready | Result:
     return prepare_row(rt, session, job, outbox)
 
 
-def prepare_row(rt: Runtime, session: Session, job: Job, outbox: Outbox) -> Ready | Result:
-    """:func:`prepare_email` for a row its caller has locked already (a batch locks many in one statement)."""
+def prepare_row(
+    rt: Runtime, session: Session, job: Job, outbox: Outbox, *, count_attempt: bool = True
+) -> Ready | Result:
+    """:func:`prepare_email` for a row its caller has locked already (a batch locks many in one statement).
+
+    ``count_attempt=False``: the caller counts the attempt itself (a batch, in one statement).
+    """
     decided = should_send(rt, session, outbox, job)
     if decided is not None:
         return decided
     owner = notice_owner(outbox.kind)
     assert owner is not None and owner.render_notice is not None  # should_send checked both
     owner.render_notice(rt, session, outbox, rt.clock.now())  # once: a filled row keeps its words
-    outbox.attempts += 1
+    if count_attempt:
+        outbox.attempts += 1
     return Ready(
         outbox_id=outbox.id,
         kind=outbox.kind,

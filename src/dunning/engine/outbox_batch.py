@@ -19,6 +19,10 @@ starts them all in one transaction:
 - then each email is decided and rendered by the same code as alone
   (:func:`dunning.engine.outbox.prepare_row`), from what was loaded.
 
+A batch message (``deliver_email([id, ...])``, :func:`dunning.engine.runner.run_batch`)
+starts its jobs the same way, by :func:`begin_all`: the message is the batch, so its
+transaction is its own rather than a group commit with other threads'.
+
 Idempotency is that of one email alone: the start and every decision commit
 together or not at all, and the point of no return (``pending -> sending``)
 is still each email's own, later (:mod:`.outbox_commits`). If anything in the
@@ -30,6 +34,7 @@ it always did.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -37,6 +42,7 @@ from typing import TYPE_CHECKING, Final
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 from dunning.engine import send_facts
 from dunning.engine.groupcommit import GroupCommit
@@ -51,6 +57,8 @@ if TYPE_CHECKING:
     from dunning.engine.registry import Result
     from dunning.runtime import Runtime
 
+log = logging.getLogger(__name__)
+
 _JOBS = Job.__table__
 _OUTBOX = Outbox.__table__
 # Built once: constructing a statement (coercions, cache key) cost as much as running it.
@@ -64,6 +72,11 @@ _START = (
     )
     .values(runs=_JOBS.c.runs + 1, lease_until=bindparam("lease"), worker_id=bindparam("worker"))
     .returning(*_JOBS.c)
+)
+_ATTEMPTS = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+    .values(attempts=_OUTBOX.c.attempts + 1)
 )
 _LOCK = (
     select(Outbox, Case, Customer)
@@ -120,8 +133,15 @@ def _begin_many(items: list[Begin]) -> list[Outcome | Exception]:
         try:
             with transaction(rt.sessions) as session:
                 outcomes = _begin_batch(rt, session, worker_id, [items[i].job_id for i in indexes])
-        except Exception:
-            continue  # rolled back: each of them starts alone (ALONE), and meets the failure there
+        except Exception as exc:
+            # Rolled back: each of them starts alone (ALONE), and meets the failure there. The
+            # type only: the message may quote a row (an address, a name).
+            log.warning(
+                "a batch of %d mail jobs could not start together (%s); each starts alone",
+                len(indexes),
+                type(exc).__name__,
+            )
+            continue
         for i, outcome in zip(indexes, outcomes, strict=True):
             results[i] = outcome
     return results
@@ -160,6 +180,7 @@ def _begin_batch(rt: Runtime, session: Session, worker_id: str | None, job_ids: 
         session.info["send_rows"] = found
         send_facts.load(session, (o.to_email for o in rows.values()), rt.clock.now())
     outcomes: list[Outcome] = []
+    attempted: list[Outbox] = []
     for job_id in job_ids:
         job = jobs.pop(job_id, None)  # a second copy of one message in the batch: not runnable
         if job is None:
@@ -170,8 +191,16 @@ def _begin_batch(rt: Runtime, session: Session, worker_id: str | None, job_ids: 
             row = rows.get(job.outbox_id) if job.outbox_id else None
             if row is None:
                 raise LookupError(f"outbox row {job.outbox_id} not found")  # alone, it is parked
-            ready = prepare_row(rt, session, job, row)
+            ready = prepare_row(rt, session, job, row, count_attempt=False)
+            if isinstance(ready, Ready):
+                attempted.append(row)
         outcomes.append(Started(job, ready))
+    if attempted:
+        # Every attempt counted by one statement; the objects learn the new count without
+        # becoming dirty (the unit of work's flush of one UPDATE per row cost more).
+        session.execute(_ATTEMPTS, {"ids": [row.id for row in attempted]})
+        for row in attempted:
+            set_committed_value(row, "attempts", row.attempts + 1)
     return outcomes  # the jobs were never in the session: nothing to expunge
 
 
@@ -183,7 +212,18 @@ def begin(rt: Runtime, job_id: int, *, worker_id: str | None) -> Outcome:
     runnable: done, running elsewhere, or to run alone), or :data:`ALONE` (start it alone)."""
     try:
         return _begins.submit(Begin(rt, job_id, worker_id))
-    except Exception:
+    except Exception as exc:
         # The batch was interrupted: its transaction rolled back, or committed (then the start
         # alone finds nothing to run, and the scheduler releases the run as a dead one's).
+        log.warning("a mail job's grouped start failed (%s); it starts alone", type(exc).__name__)
         return ALONE
+
+
+def begin_all(rt: Runtime, job_ids: Sequence[int], *, worker_id: str | None) -> list[Outcome]:
+    """Start the jobs of one batch message together, in one transaction of their own.
+
+    One outcome per id, as :func:`begin` gives: the message already is a batch, so it is not
+    mixed with other threads' starts. If the transaction fails, every job is :data:`ALONE`.
+    """
+    items = [Begin(rt, job_id, worker_id) for job_id in job_ids]
+    return [ALONE if isinstance(r, Exception) else r for r in _begin_many(items)]

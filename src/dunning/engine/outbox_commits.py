@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam
 
@@ -89,10 +89,41 @@ _MARK = (
 )
 
 
+# PostgreSQL: the ids as one array literal, not an IN list expanded into a parameter each, run
+# on the transaction's own DBAPI cursor (see _pg).
+_MARK_PG = (
+    "UPDATE outbox SET status = 'sending' WHERE id = ANY(%s::integer[]) AND status = 'pending' RETURNING id"
+)
+
+
+def _pg(conn: Connection, sql: str, params: Any) -> list[Any]:
+    """Run ``sql`` on the DBAPI cursor of ``conn``'s transaction; its rows (if it returns any).
+
+    For the two fixed statements of every group commit: SQLAlchemy's execution (statement
+    cache, execution context, result metadata) cost several times what psycopg does. A
+    failure still ends the transaction through ``conn`` (its rollback, and the pool's
+    invalidation of a dead connection, are SQLAlchemy's as for any statement).
+    """
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sql, params)
+        return cursor.fetchall() if cursor.description is not None else []
+    finally:
+        cursor.close()
+
+
+def _array(values: Any) -> str:
+    """A PostgreSQL array literal of ints (no quoting needed), sent as one text parameter."""
+    return "{" + ",".join(str(int(v)) for v in values) + "}"
+
+
 def _mark(conn: Connection, items: list[Mark]) -> list[bool]:
     """``pending -> sending`` for every row in one statement; True where this run moved it."""
     ids = sorted({item.outbox_id for item in items})
-    moved = set(conn.execute(_MARK, {"b_ids": ids}).scalars())
+    if conn.dialect.name == "postgresql":
+        moved = {row[0] for row in _pg(conn, _MARK_PG, (_array(ids),))}
+    else:
+        moved = set(conn.execute(_MARK, {"b_ids": ids}).scalars())
     results = []
     for item in items:
         # Two runs of one row in one batch cannot both own it: the first does.
@@ -126,9 +157,39 @@ _FINISH = (
 )
 
 
+# PostgreSQL: every delivered email of a batch, its row and its job, in one statement (the two
+# executemany UPDATEs it replaces were a fifth of a mail worker's CPU). The data-modifying CTE
+# runs to completion whether or not the outer UPDATE reads it.
+_SENT_AND_DONE_PG = (
+    "WITH v AS (SELECT * FROM unnest(%(oids)s::integer[], %(ats)s::timestamptz[], %(jids)s::bigint[])"
+    " AS v(oid, at, jid)),"
+    " o AS (UPDATE outbox SET status = 'sent', last_error = NULL, sent_at = v.at FROM v WHERE outbox.id = v.oid)"
+    " UPDATE jobs SET status = 'done', finished_at = %(wall)s, lease_until = NULL, last_error = NULL"
+    " FROM v WHERE jobs.id = v.jid"
+)
+
+
+def _aware(at: datetime) -> datetime:
+    if at.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")  # as UtcDateTime refuses it
+    return at
+
+
 def _settle(conn: Connection, batch: list[Settle]) -> None:
-    """Every outcome: one executemany per statement."""
+    """Every outcome: one executemany per statement (on PostgreSQL, one statement for the sent ones)."""
     wall = wall_now()
+    if conn.dialect.name == "postgresql" and any(s.status == "sent" for s in batch):
+        sent_ones = [s for s in batch if s.status == "sent"]
+        # Array literals as text: psycopg's list adaptation (a type lookup per element) cost more
+        # than the statement's own execution. Ids are ints and times aware datetimes: no quoting.
+        params = {
+            "oids": _array(s.outbox_id for s in sent_ones),
+            "ats": "{" + ",".join(f'"{_aware(s.at).isoformat()}"' for s in sent_ones) + "}",
+            "jids": _array(s.job_id for s in sent_ones),
+            "wall": wall,
+        }
+        _pg(conn, _SENT_AND_DONE_PG, params)
+        batch = [s for s in batch if s.status != "sent"]
     sent = [{"b_id": s.outbox_id, "b_at": s.at} for s in batch if s.status == "sent"]
     other = [
         {"b_id": s.outbox_id, "b_status": s.status, "b_error": s.error} for s in batch if s.status != "sent"

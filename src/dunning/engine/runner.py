@@ -12,14 +12,19 @@ the lease.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
+from dunning import telemetry
 from dunning.billing.port import BillingUnavailable
-from dunning.engine.jobs import finish, retry_later, start
+from dunning.broker.names import MAIL_QUEUE
+from dunning.engine.jobs import Dispatch, finish, retry_later, start
 from dunning.engine.outbox import Ready, deliver, prepare_email, send_email
-from dunning.engine.outbox_batch import ALONE, Started, begin
+from dunning.engine.outbox_batch import ALONE, Started, begin, begin_all
 from dunning.engine.registry import JobHandler, Result, job_handler
+from dunning.engine.workers import give_back
 from dunning.errors import PermanentJobError
 from dunning.mail.sending import TransientSendError
 from dunning.store.db import transaction
@@ -54,6 +59,56 @@ def run_job(
         if job is None:
             return "not_runnable", []
     return _run(rt, job, ready)
+
+
+def run_batch(rt: Runtime, job_ids: Sequence[int], *, worker_id: str | None = None) -> list[Dispatch]:
+    """Run the mail jobs of one batch message: started together, then delivered one by one.
+
+    The jobs start in one transaction (:func:`.outbox_batch.begin_all`: one statement per
+    step for the whole batch), and each email is then sent over the worker's pooled SMTP
+    connection exactly as alone (:func:`_run`): its own ``pending -> sending`` mark is
+    committed at its own 354, so a worker killed mid-batch has sent each email at most once,
+    and the ones it had not reached are still ``pending``, their runs released by the
+    scheduler like any dead worker's. If the start fails as a whole, each job starts alone.
+
+    A batch starts no new delivery after ``Tuning.mail_batch_s``: the jobs it has not reached
+    are given back to the scheduler (:func:`.workers.give_back`), so that a slow mail server
+    never keeps a message past the actors' time limit or a job past its lease. One job's
+    unexpected error does not stop the others; the first is raised once they are done (the
+    message is retried, and finds the finished jobs finished). Returns the messages to send.
+    """
+    deadline = time.monotonic() + rt.tuning.mail_batch_s
+    dispatch: list[Dispatch] = []
+    late: list[Job] = []
+    error: Exception | None = None
+    ran = False  # at least one delivery per batch, whatever the clock says: always progress
+    with telemetry.held():  # the deliveries' counts in one round trip
+        for job_id, started in zip(job_ids, begin_all(rt, job_ids, worker_id=worker_id), strict=True):
+            if started is None:
+                continue  # done, running elsewhere, or to run alone: not this message's to run
+            try:
+                if not isinstance(started, Started):
+                    if ran and time.monotonic() > deadline:
+                        dispatch.append(Dispatch(MAIL_QUEUE, job_id))  # claimed, not started: send again
+                        continue
+                    ran = True
+                    _, more = run_job(rt, job_id, worker_id=worker_id)
+                elif isinstance(started.ready, Ready) and ran and time.monotonic() > deadline:
+                    late.append(started.job)
+                    continue
+                else:
+                    ran = ran or isinstance(started.ready, Ready)
+                    _, more = _run(rt, started.job, started.ready)
+                dispatch.extend(more)
+            except Exception as exc:
+                error = error or exc
+    if late:
+        with transaction(rt.sessions) as session:
+            dispatch.extend(give_back(session, late, queue_lease_s=rt.tuning.queue_lease_s))
+        log.warning("mail batch out of time: %d emails given back to the scheduler", len(late))
+    if error is not None:
+        raise error
+    return dispatch
 
 
 def _start_alone(

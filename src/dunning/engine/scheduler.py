@@ -71,7 +71,7 @@ def tick(rt: Runtime, broker: dramatiq.Broker, *, batch: int = 500, recover: boo
             max_crashes=rt.tuning.max_crashes,
         )
     # After commit: if we die here, the leases bring these jobs back.
-    sent = send_jobs(broker, claimed.dispatch)
+    sent = send_jobs(broker, claimed.dispatch, mail_batch=rt.tuning.mail_batch)
     result = TickResult(sent, claimed.parked, claimed.expired_started, claimed.expired_unstarted)
     if isinstance(broker, RedisBroker):
         result.dead_letters_written = write_unparked(rt, broker)
@@ -111,7 +111,7 @@ def recover_dead_workers(rt: Runtime, broker: dramatiq.Broker) -> TickResult:
         released = release_runs_of(
             session, dead, max_crashes=rt.tuning.max_crashes, queue_lease_s=rt.tuning.queue_lease_s
         )
-    result.runs_released = send_jobs(broker, released.dispatch)
+    result.runs_released = send_jobs(broker, released.dispatch, mail_batch=rt.tuning.mail_batch)
     result.enqueued += result.runs_released
     result.parked += released.parked
     for worker_id in dead:

@@ -144,6 +144,28 @@ def resend_unsent(session: Session, run: Run, *, queue_lease_s: float) -> Dispat
     return None if got is None else Dispatch(got.queue, got.id, got.alone)
 
 
+def give_back(session: Session, jobs: Sequence[Job], *, queue_lease_s: float) -> list[Dispatch]:
+    """Send again runs this worker started and will not run (a batch that ran out of time).
+
+    As a dead worker's release, but not marked alone (nothing died): a new claim, no worker,
+    the queue lease. Only the runs as they were started are given back (``runs`` unchanged),
+    so a row that moved on meanwhile is left alone. Their emails were never marked
+    ``sending``: the next run decides and sends them as if this one had not started.
+    """
+    out: list[Dispatch] = []
+    lease = wall_now() + timedelta(seconds=queue_lease_s)
+    for job in jobs:
+        got = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == "claimed", Job.runs == job.runs)
+            .values(claims=Job.claims + 1, worker_id=None, lease_until=lease)
+            .returning(Job.id, Job.queue, Job.alone)
+        ).first()
+        if got is not None:
+            out.append(Dispatch(got.queue, got.id, got.alone))
+    return out
+
+
 @dataclass
 class Released:
     """The runs of dead workers that one pass released."""

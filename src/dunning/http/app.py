@@ -57,7 +57,7 @@ def create_app(rt: Runtime, broker: dramatiq.Broker | None = None) -> Starlette:
     def send_jobs_now(dispatch: list[Dispatch]) -> None:
         from dunning.broker.enqueue import send_jobs
 
-        send_jobs(_client().broker, dispatch)
+        send_jobs(_client().broker, dispatch, mail_batch=rt.tuning.mail_batch)
 
     link = customer_link_endpoint(rt, send_jobs_now)
 

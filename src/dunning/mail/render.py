@@ -85,8 +85,14 @@ class RenderedEmail:
 
 
 def find_templates_dir() -> Path:
-    """Locate the ``templates/`` folder: ``$DUNNING_TEMPLATES``, the wheel's copy, or the source tree's."""
-    env = os.environ.get("DUNNING_TEMPLATES")
+    """Locate the built-in ``templates/`` folder: ``$DUNNING_BUILTIN_TEMPLATES``, the wheel's copy, or the source tree's.
+
+    This replaces the shipped templates as a whole (for packagers and development). An operator who
+    wants to change some templates sets ``DUNNING_TEMPLATES_DIR`` instead: its files come first and
+    the shipped ones fill in the rest. ``DUNNING_TEMPLATES``, the old name of this variable, is read
+    too (it was easy to take for the operator's folder, hence the new name).
+    """
+    env = os.environ.get("DUNNING_BUILTIN_TEMPLATES") or os.environ.get("DUNNING_TEMPLATES")
     if env:
         return Path(env)
     packaged = Path(dunning.__file__).parent / "_templates"
@@ -97,7 +103,7 @@ def find_templates_dir() -> Path:
         if (candidate / "email").is_dir():
             return candidate
     raise FileNotFoundError(
-        "email templates not found: set DUNNING_TEMPLATES to the repository's templates/ folder"
+        "built-in email templates not found: set DUNNING_BUILTIN_TEMPLATES to the repository's templates/ folder"
     )
 
 

@@ -87,12 +87,21 @@ def message_timestamp(body: Any) -> int | None:
 def read_broker(client: redis.Redis, queues: tuple[str, ...], namespace: str = "dramatiq") -> BrokerState:
     """Read every queue's counts (a few round trips; ``SCAN`` for the ack sets, never ``KEYS``)."""
     by_name = {q: BrokerQueue(q) for q in queues}
-    pipe = client.pipeline()
+    keys = [
+        k.decode() if isinstance(k, bytes) else k for k in client.scan_iter(f"{namespace}:__acks__.*", 500)
+    ]
+    parsed = [(k, parse_ack_key(k, namespace)) for k in keys]
+    parsed = [(k, p) for k, p in parsed if p is not None and p[1] in by_name]
+    # The lists and the ack sets in one MULTI: a message a worker fetches moves from one to the
+    # other atomically, so read apart it could be counted twice (or not at all) for a moment.
+    pipe = client.pipeline(transaction=True)
     for q in queues:
         pipe.llen(f"{namespace}:{q}")
         pipe.llen(f"{namespace}:{q}.DQ")
         pipe.zcard(f"{namespace}:{q}.XQ")
         pipe.lrange(f"{namespace}:{q}", 0, OLDEST_SCAN - 1)
+    for k, _ in parsed:
+        pipe.scard(k)
     answers = pipe.execute()
     heads: dict[str, list[Any]] = {}
     for i, q in enumerate(queues):
@@ -106,15 +115,7 @@ def read_broker(client: redis.Redis, queues: tuple[str, ...], namespace: str = "
             known = [s for s in stamps if s is not None]
             by_name[q].oldest_ready_ms = min(known) if known else None
     held_by: dict[str, dict[str, tuple[int, int]]] = {}
-    keys = [
-        k.decode() if isinstance(k, bytes) else k for k in client.scan_iter(f"{namespace}:__acks__.*", 500)
-    ]
-    parsed = [(k, parse_ack_key(k, namespace)) for k in keys]
-    parsed = [(k, p) for k, p in parsed if p is not None and p[1] in by_name]
-    pipe = client.pipeline()
-    for k, _ in parsed:
-        pipe.scard(k)
-    for (_, (worker, q, delayed)), n in zip(parsed, pipe.execute(), strict=True):
+    for (_, (worker, q, delayed)), n in zip(parsed, answers[4 * len(queues) :], strict=True):
         n = int(n)
         running, held = held_by.setdefault(worker, {}).get(q, (0, 0))
         if delayed:
