@@ -125,6 +125,18 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def sessions(db_url: str) -> Iterator[Any]:
+    """A sessionmaker on ``db_url``'s database, migrated to the latest schema (no runtime, no servers but it)."""
+    from dunning.store.db import make_engine, make_sessionmaker
+    from dunning.store.migrate import upgrade
+
+    engine = make_engine(db_url)
+    upgrade(engine)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+@pytest.fixture
 def make_world(
     redis_server: RedisProcess,
     smtp: SmtpServer,

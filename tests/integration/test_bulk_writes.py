@@ -10,19 +10,9 @@ from sqlalchemy.exc import IntegrityError
 
 from dunning.engine.jobs import cancel_scheduled_retries
 from dunning.store.bulk import Link, TableRows, allocate_ids, insert_rows, insert_tables, rows_by_ids
-from dunning.store.db import make_engine, make_sessionmaker
-from dunning.store.migrate import upgrade
 from dunning.store.models import Case, Job, Outbox, ProcessedEvent, TimelineEntry
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def sessions(db_url: str):
-    engine = make_engine(db_url)
-    upgrade(engine)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def _job(key: str, *, payload: dict | None, due: datetime, case_id: int = 1) -> dict:

@@ -35,12 +35,7 @@ pytestmark = pytest.mark.integration
 
 def _pending(h: Any, n: int) -> list[Job]:
     """``n`` emails sent by the product, then made due again: rows ``pending``, jobs claimed, not started."""
-    for i in range(1, n + 1):
-        h.customer(f"cus_{i}", sub=f"sub_{i}")
-        h.fail(f"in_{i}", sub=f"sub_{i}", cid=f"cus_{i}", code="insufficient_funds", succeed_on_attempt=0)
-    h.settle()
-    rows = [r for r in h.outbox() if r.kind == "payment_failed"]
-    assert len(rows) == n and all(r.status == "sent" for r in rows)
+    rows = h.sent_failure_emails(n)
     jobs = sorted((j for j in h.jobs() if j.kind == "send_email" and j.outbox_id), key=lambda j: j.id)
     assert len(jobs) == n
     with transaction(h.rt.sessions) as s:

@@ -37,19 +37,9 @@ def _together(n: int, work: Callable[[int], Any]) -> list[Any]:
     return results
 
 
-def _emails(h: Any, n: int) -> list[Outbox]:
-    for i in range(1, n + 1):
-        h.customer(f"cus_{i}", sub=f"sub_{i}")
-        h.fail(f"in_{i}", sub=f"sub_{i}", cid=f"cus_{i}", code="insufficient_funds", succeed_on_attempt=0)
-    h.settle()
-    rows = [r for r in h.outbox() if r.kind == "payment_failed"]
-    assert len(rows) == n and all(r.status == "sent" for r in rows)
-    return rows
-
-
 def test_many_runs_marking_one_row_at_once_exactly_one_owns_it(world) -> None:
     h = world
-    (row,) = _emails(h, 1)
+    (row,) = h.sent_failure_emails(1)
     with transaction(h.rt.sessions) as s:
         s.execute(update(Outbox).where(Outbox.id == row.id).values(status="pending"))
     batches = _writes.batches
@@ -62,7 +52,7 @@ def test_many_runs_marking_one_row_at_once_exactly_one_owns_it(world) -> None:
 
 def test_outcomes_of_several_threads_are_all_written(world) -> None:
     h = world
-    rows = _emails(h, 3)
+    rows = h.sent_failure_emails(3)
     jobs = {j.outbox_id: j.id for j in h.jobs() if j.kind == "send_email"}
     with transaction(h.rt.sessions) as s:
         s.execute(

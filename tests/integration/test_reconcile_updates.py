@@ -10,22 +10,12 @@ from sqlalchemy import select
 
 from dunning.engine.reconcile import StoredJob, WantedJob, reconcile
 from dunning.store.bulk import insert_rows
-from dunning.store.db import make_engine, make_sessionmaker
-from dunning.store.migrate import upgrade
 from dunning.store.models import Job
 from dunning.store.unit import unit_of
 
 pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def sessions(db_url: str):
-    engine = make_engine(db_url)
-    upgrade(engine)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def _row(key: str, subject: str, status: str, due: datetime) -> dict:

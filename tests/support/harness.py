@@ -274,6 +274,18 @@ class Harness:
                 stmt = stmt.where(Job.status == status)
             return list(s.execute(stmt).scalars())
 
+    def sent_failure_emails(self, n: int) -> list[Outbox]:
+        """``n`` customers (``cus_1``...) whose payment failed, their ``payment_failed`` emails sent."""
+        for i in range(1, n + 1):
+            self.customer(f"cus_{i}", sub=f"sub_{i}")
+            self.fail(
+                f"in_{i}", sub=f"sub_{i}", cid=f"cus_{i}", code="insufficient_funds", succeed_on_attempt=0
+            )
+        self.settle()
+        rows = [r for r in self.outbox() if r.kind == "payment_failed"]
+        assert len(rows) == n and all(r.status == "sent" for r in rows)
+        return rows
+
 
 def fast_tuning() -> Tuning:
     return Tuning(
