@@ -39,5 +39,5 @@ def ingest_event(*args: Any, **kwargs: Any) -> None:
     """
     event = parse_message_args(args, kwargs)
     outcome, dispatch = _group.submit(event)
-    send_jobs(dramatiq.get_broker(), dispatch)
+    send_jobs(dramatiq.get_broker(), dispatch, mail_batch=get_runtime().tuning.mail_batch)
     log.debug("event %s (%s): %s", event.id, event.type, outcome)

@@ -31,10 +31,9 @@ def _job_id(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
 @dramatiq.actor(queue_name=JOBS_QUEUE, actor_name=JOBS_ACTOR, throws=(InvalidEvent,), max_retries=5)
 def run_job(*args: Any, **kwargs: Any) -> None:
     """Run one due job (retry, notice, suspension, end, billing call)."""
-    _, dispatch = run(
-        get_runtime(), _job_id(args, kwargs), worker_id=current_worker_id(), alone=running_alone()
-    )
-    send_jobs(dramatiq.get_broker(), dispatch)
+    rt = get_runtime()
+    _, dispatch = run(rt, _job_id(args, kwargs), worker_id=current_worker_id(), alone=running_alone())
+    send_jobs(dramatiq.get_broker(), dispatch, mail_batch=rt.tuning.mail_batch)
 
 
 #: Most job ids one message may carry (``send_jobs`` puts ``Tuning.mail_batch``, 50 by default).

@@ -12,9 +12,11 @@ from dramatiq.brokers.redis import RedisBroker
 from dunning.broker.liveness import ALONE_OPTION
 from dunning.broker.names import ACTOR_FOR_QUEUE, MAIL_QUEUE
 from dunning.engine.jobs import Dispatch
+from dunning.runtime import Tuning
 
-#: Mail jobs per message at most, by default (``Tuning.mail_batch``, which callers with a runtime pass).
-MAIL_BATCH = 50
+#: Mail jobs per message at most when the caller has no runtime (callers with one pass its
+#: ``Tuning.mail_batch``, which ``DUNNING_TUNING_MAIL_BATCH`` sets).
+MAIL_BATCH = Tuning.mail_batch
 
 
 def send_jobs(broker: dramatiq.Broker, items: Iterable[Dispatch], *, mail_batch: int = MAIL_BATCH) -> int:
