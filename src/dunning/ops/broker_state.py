@@ -84,25 +84,40 @@ def message_timestamp(body: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+#: How many times :func:`read_broker` reads at most while new ack sets keep appearing.
+ACK_KEY_READS = 3
+
+
+def _ack_keys(client: redis.Redis, namespace: str) -> list[str]:
+    return [
+        k.decode() if isinstance(k, bytes) else k for k in client.scan_iter(f"{namespace}:__acks__.*", 500)
+    ]
+
+
 def read_broker(client: redis.Redis, queues: tuple[str, ...], namespace: str = "dramatiq") -> BrokerState:
     """Read every queue's counts (a few round trips; ``SCAN`` for the ack sets, never ``KEYS``)."""
     by_name = {q: BrokerQueue(q) for q in queues}
-    keys = [
-        k.decode() if isinstance(k, bytes) else k for k in client.scan_iter(f"{namespace}:__acks__.*", 500)
-    ]
-    parsed = [(k, parse_ack_key(k, namespace)) for k in keys]
-    parsed = [(k, p) for k, p in parsed if p is not None and p[1] in by_name]
     # The lists and the ack sets in one MULTI: a message a worker fetches moves from one to the
     # other atomically, so read apart it could be counted twice (or not at all) for a moment.
-    pipe = client.pipeline(transaction=True)
-    for q in queues:
-        pipe.llen(f"{namespace}:{q}")
-        pipe.llen(f"{namespace}:{q}.DQ")
-        pipe.zcard(f"{namespace}:{q}.XQ")
-        pipe.lrange(f"{namespace}:{q}", 0, OLDEST_SCAN - 1)
-    for k, _ in parsed:
-        pipe.scard(k)
-    answers = pipe.execute()
+    # The ack sets are found by SCAN before it; a set that appears in between (a worker's first
+    # fetch) would be missed, so the read is taken again while the sets found change.
+    keys = _ack_keys(client, namespace)
+    for _attempt in range(ACK_KEY_READS):
+        parsed = [(k, parse_ack_key(k, namespace)) for k in keys]
+        parsed = [(k, p) for k, p in parsed if p is not None and p[1] in by_name]
+        pipe = client.pipeline(transaction=True)
+        for q in queues:
+            pipe.llen(f"{namespace}:{q}")
+            pipe.llen(f"{namespace}:{q}.DQ")
+            pipe.zcard(f"{namespace}:{q}.XQ")
+            pipe.lrange(f"{namespace}:{q}", 0, OLDEST_SCAN - 1)
+        for k, _ in parsed:
+            pipe.scard(k)
+        answers = pipe.execute()
+        again = _ack_keys(client, namespace)
+        if set(again) <= set(keys):
+            break
+        keys = again
     heads: dict[str, list[Any]] = {}
     for i, q in enumerate(queues):
         ready, waiting, dead, head = answers[4 * i : 4 * i + 4]
