@@ -7,6 +7,8 @@ with :func:`set_runtime`. Nothing here decides anything.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,10 +136,21 @@ def build_runtime(
 
 _runtime: Runtime | None = None
 _lock = threading.Lock()
+# A thread's own runtime, for an in-process command that must not share (or replace) the
+# one that other threads of the same process are using: see :func:`own_runtime`.
+_local = threading.local()
 
 
 def get_runtime() -> Runtime:
-    """The process-wide runtime, built from the environment on first use."""
+    """The process-wide runtime, built from the environment on first use.
+
+    Inside :func:`own_runtime`, this thread's own runtime instead.
+    """
+    scope: list[Runtime | None] | None = getattr(_local, "scope", None)
+    if scope is not None:
+        if scope[0] is None:
+            scope[0] = build_runtime()
+        return scope[0]
     global _runtime
     if _runtime is None:
         with _lock:
@@ -151,3 +164,19 @@ def set_runtime(runtime: Runtime | None) -> None:
     global _runtime
     with _lock:
         _runtime = runtime
+
+
+@contextmanager
+def own_runtime() -> Iterator[None]:
+    """Give the calling thread a runtime of its own, built from the environment on first use.
+
+    For running a command in a process whose other threads (workers, heartbeats) keep using
+    the process-wide runtime: resetting that one instead let a heartbeat thread build it from
+    whatever the environment held at that moment, and the command then used the wrong database.
+    """
+    previous = getattr(_local, "scope", None)
+    _local.scope = [None]
+    try:
+        yield
+    finally:
+        _local.scope = previous

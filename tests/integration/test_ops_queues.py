@@ -59,7 +59,7 @@ def _cli_json(h: Any, db_url: str, redis_url: str, *args: str) -> Any:
     from typer.testing import CliRunner
 
     from dunning.cli import app
-    from dunning.runtime import set_runtime
+    from dunning.runtime import own_runtime
 
     env = {
         "DUNNING_DATABASE_URL": db_url,
@@ -67,11 +67,8 @@ def _cli_json(h: Any, db_url: str, redis_url: str, *args: str) -> Any:
         "DUNNING_CLOCK": "simulated",
         "DUNNING_HOME": str(h.rt.settings.home),
     }
-    set_runtime(None)
-    try:
+    with own_runtime():  # the world's workers and heartbeats keep using theirs
         result = CliRunner().invoke(app, list(args), env=env)
-    finally:
-        set_runtime(h.rt)
     assert result.exit_code == 0, result.output
     return json.loads(result.output)
 
@@ -242,22 +239,19 @@ def test_dlq_filters_and_the_audit_of_requeue_and_purge(quiet, db_url: str, redi
     from typer.testing import CliRunner
 
     from dunning.cli import app
-    from dunning.runtime import set_runtime
+    from dunning.runtime import own_runtime
 
     env = {
         "DUNNING_DATABASE_URL": db_url,
         "DUNNING_REDIS_URL": redis_server.url,
         "DUNNING_HOME": str(h.rt.settings.home),
     }
-    set_runtime(None)
-    try:
+    with own_runtime():
         runner = CliRunner()
         done = runner.invoke(app, ["dlq", "requeue", listed["retry_charge"], "--by", "carol"], env=env)
         assert done.exit_code == 0, done.output
         done = runner.invoke(app, ["dlq", "purge", listed["deliver_email"]], env=env)
         assert done.exit_code == 0 and "purged 1" in done.output, done.output
-    finally:
-        set_runtime(h.rt)
     audit = _cli_json(h, db_url, redis_server.url, "dlq", "audit", "--json")
     import getpass
 

@@ -17,7 +17,7 @@ def _cli(h: Any, *args: str) -> str:
     from typer.testing import CliRunner
 
     from dunning.cli import app
-    from dunning.runtime import set_runtime
+    from dunning.runtime import own_runtime
 
     s = h.rt.settings
     env = {
@@ -26,11 +26,8 @@ def _cli(h: Any, *args: str) -> str:
         "DUNNING_CLOCK": "simulated",
         "DUNNING_HOME": str(s.home),
     }
-    set_runtime(None)
-    try:
+    with own_runtime():  # the world's workers and heartbeats keep using theirs
         result = CliRunner().invoke(app, list(args), env=env)
-    finally:
-        set_runtime(h.rt)
     assert result.exit_code == 0, result.output
     return result.output
 

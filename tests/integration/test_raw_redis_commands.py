@@ -193,17 +193,14 @@ def test_an_invalid_event_is_parked_with_every_invalid_field(world: Any, conn: r
     from typer.testing import CliRunner
 
     from dunning.cli import app
-    from dunning.runtime import set_runtime
+    from dunning.runtime import own_runtime
 
     env = {
         "DUNNING_DATABASE_URL": world.rt.settings.database_url,
         "DUNNING_HOME": str(world.rt.settings.home),
     }
-    set_runtime(None)
-    try:
+    with own_runtime():  # the workers of the world still run on theirs
         shown = CliRunner().invoke(app, ["dlq", "show", parked.ref], env=env)
-    finally:
-        set_runtime(world.rt)  # the workers of the world still run on it
     assert shown.exit_code == 0, shown.output
     for path in ("data.customer.email", "data.customer.locale", "data.customer.timezone"):
         assert path in shown.output, shown.output
