@@ -23,7 +23,7 @@ from dunning.broker.names import MAIL_QUEUE
 from dunning.engine.jobs import Dispatch, wall_now
 from dunning.engine.outbox import Ready, deliver
 from dunning.engine.outbox_batch import Started, begin_all
-from dunning.engine.runner import run_batch
+from dunning.engine.runner import _run, run_batch
 from dunning.engine.scheduler import recover_dead_workers
 from dunning.engine.workers import beat
 from dunning.runtime import Tuning
@@ -118,6 +118,31 @@ def test_run_batch_twice_sends_nothing_the_second_time(world: Any) -> None:
     assert all(rows[j.outbox_id].status == "sent" for j in jobs)
     # Each delivery counted one attempt (the batch counts them in one statement), the copies none.
     assert [rows[j.outbox_id].attempts - before[j.outbox_id] for j in jobs] == [1, 1, 1]
+
+
+def test_a_stale_run_failing_before_its_354_never_undoes_another_runs_delivery(world: Any) -> None:
+    # Two runs of one job (its queue lease ran out while the first message waited, so the
+    # scheduler sent it again): run A started first, run B delivered, then A failed before its
+    # point of no return (the circuit open, a refused RCPT). A's "pending" must not overwrite
+    # B's "sent": it once did, and the job's next run sent the email a second time.
+    h = world
+    (job,) = _pending(h, 1)
+    (a,) = begin_all(h.rt, [job.id], worker_id=None)
+    assert isinstance(a, Started) and isinstance(a.ready, Ready)
+    with transaction(h.rt.sessions) as s:
+        s.execute(update(Job).where(Job.id == job.id).values(claims=Job.claims + 1))
+    assert run_batch(h.rt, [job.id]) == []  # run B delivers
+    assert _received(h) == Counter(_keys(h, [job]))
+    h.smtp.fail_next(100, code=451, at="rcpt")
+    try:
+        assert _run(h.rt, a.job, a.ready) == ("retry", [])  # A backs off, as in an outage
+    finally:
+        h.smtp.reset_faults()
+    (row,) = [r for r in h.outbox() if r.id == job.outbox_id]
+    assert row.status == "sent"
+    h.settle()  # A's back-off made the job due again: its next run finds the email sent
+    assert _received(h) == Counter(_keys(h, [job]))  # once
+    assert [j.status for j in h.jobs() if j.id == job.id] == ["done"]
 
 
 def test_a_batch_with_jobs_that_cannot_run_still_delivers_the_others(

@@ -76,3 +76,30 @@ def test_outcomes_of_several_threads_are_all_written(world) -> None:
     job_status = {j.id: j.status for j in h.jobs()}
     # As jobs.finish(): sent -> done, unknown -> dead (parked for ops), pending -> untouched (backs off).
     assert [job_status[jobs[r.id]] for r in rows] == ["done", "dead", "claimed"]
+
+
+def test_an_outcome_is_written_only_over_the_state_its_own_run_left(world) -> None:
+    h = world
+    rows = h.sent_failure_emails(4)
+    jobs = {j.outbox_id: j.id for j in h.jobs() if j.kind == "send_email"}
+    start = ["sent", "sending", "unknown", "pending"]
+    with transaction(h.rt.sessions) as s:
+        for row, status in zip(rows, start, strict=True):
+            s.execute(update(Outbox).where(Outbox.id == row.id).values(status=status, last_error=None))
+    # (status, error, owned): a run that failed before its 354 owned nothing; one that marked
+    # the row owns it while it is sending, or unknown (parked by a run that took it for dead).
+    outcomes = [
+        ("pending", "451 before the 354", False),  # over another run's "sent": ignored
+        ("failed", "550 to RCPT", False),  # over another run's "sending": ignored
+        ("pending", "451 to the body", True),  # over "unknown": the marker knows better
+        ("pending", "circuit open", False),  # over "pending": the error is recorded
+    ]
+    for row, (status, error, owned) in zip(rows, outcomes, strict=True):
+        settle(h.rt, row.id, jobs[row.id], status, error, owned=owned)
+    by_id = {r.id: r for r in h.outbox()}
+    assert [(by_id[r.id].status, by_id[r.id].last_error) for r in rows] == [
+        ("sent", None),
+        ("sending", None),
+        ("pending", "451 to the body"),
+        ("pending", "circuit open"),
+    ]

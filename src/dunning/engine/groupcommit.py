@@ -47,6 +47,7 @@ class _Slot(Generic[T, R]):
     ready: _Signal = field(default_factory=_Signal)
     result: R | Exception | None = None
     lead: bool = False
+    done: bool = False  # applied (its result may be None: an item with nothing to return)
 
 
 class GroupCommit(Generic[T, R]):
@@ -82,7 +83,9 @@ class GroupCommit(Generic[T, R]):
                     del self._queue[: self._max_batch]
                 if batch:
                     self._run(batch)
-                if slot.result is not None or not batch:
+                # ``done``, not ``result is not None``: an item whose result is None (an
+                # outcome written) kept its thread leading until the queue ran dry.
+                if slot.done or not batch:
                     return self._unwrap(slot)
         finally:
             with self._lock:
@@ -102,7 +105,7 @@ class GroupCommit(Generic[T, R]):
             # Interrupted (time limit, shutdown): the batch's fate is unknown to us, so tell every
             # waiter it failed; their messages are retried and event ids make that safe.
             for s in batch:
-                s.result, s.lead = RuntimeError("group commit interrupted"), False
+                s.result, s.lead, s.done = RuntimeError("group commit interrupted"), False, True
                 s.ready.set()
             raise
         self.batches += 1
@@ -110,6 +113,7 @@ class GroupCommit(Generic[T, R]):
         for s, r in zip(batch, results, strict=True):
             s.result = r
             s.lead = False
+            s.done = True
             s.ready.set()
 
     @staticmethod

@@ -228,11 +228,11 @@ def deliver(rt: Runtime, job: Job, ready: Ready) -> Result:
         telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "superseded")
         return "superseded", []
     except TransientSendError as exc:
-        settle(rt, outbox_id, job.id, "pending", str(exc)[:500])
+        settle(rt, outbox_id, job.id, "pending", str(exc)[:500], owned=marked)
         telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "transient_failure")
         raise
     except PermanentSendError as exc:
-        settle(rt, outbox_id, job.id, "failed", f"permanent SMTP failure: {exc}"[:500])
+        settle(rt, outbox_id, job.id, "failed", f"permanent SMTP failure: {exc}"[:500], owned=marked)
         telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "permanent_failure")
         if exc.about_address:
             delivery.bounced(rt, outbox_id, exc)
@@ -241,9 +241,9 @@ def deliver(rt: Runtime, job: Job, ready: Ready) -> Result:
         return "failed", []
     except AmbiguousSendError as exc:
         note = f"parked: {exc}; check the mail server's log, then requeue or purge"[:500]
-        settle(rt, outbox_id, job.id, "unknown", note)
+        settle(rt, outbox_id, job.id, "unknown", note, owned=marked)
         telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "unknown")
         return "unknown", []
-    settle(rt, outbox_id, job.id, "sent", None)
+    settle(rt, outbox_id, job.id, "sent", None, owned=marked)
     telemetry.inc(telemetry.EMAIL_DELIVERIES, kind, "sent")
     return "sent", []

@@ -64,6 +64,7 @@ class Settle:
     status: str  # sent, failed, unknown, or pending (a transient failure: the job backs off)
     error: str | None
     at: datetime  # business time of the outcome (``sent_at``)
+    owned: bool = True  # this run marked the row ``sending``: False for a failure before its 354
 
 
 Item = Mark | Settle
@@ -132,16 +133,33 @@ def _mark(conn: Connection, items: list[Mark]) -> list[bool]:
     return results
 
 
+# An outcome is written only over the state its own run left the row in. A run that marked the
+# row owns it while it is ``sending`` (or ``unknown``: another run took it for dead and parked
+# it); a run that failed before its 354 never owned it, and may only record its failure over a
+# row still ``pending``. Unconditional, a stale run's outcome could overwrite another run's:
+# with two runs of one job (a queue lease ran out while the message waited), one failing fast
+# (the circuit open) and one delivering, the failed run's "pending" landed after the other's
+# "sent" and the email went out a second time.
+_OWNED = ("sending", "unknown")
+# A delivery that happened may always be recorded over any unfinished state (a sender that
+# never calls the commit point delivers from ``pending``), never over another outcome.
+_UNFINISHED = ("pending", "sending", "unknown")
+
 # Core statements run as executemany (psycopg pipelines them: one round trip): the ORM's bulk
 # UPDATE by primary key did the same with twice the client CPU.
 _SENT = (
     _OUTBOX.update()
-    .where(_OUTBOX.c.id == bindparam("b_id"))
+    .where(_OUTBOX.c.id == bindparam("b_id"), _OUTBOX.c.status.in_(_UNFINISHED))
     .values(status="sent", last_error=None, sent_at=bindparam("b_at"))
 )
 _NOT_SENT = (
     _OUTBOX.update()
-    .where(_OUTBOX.c.id == bindparam("b_id"))
+    .where(_OUTBOX.c.id == bindparam("b_id"), _OUTBOX.c.status.in_(_OWNED))
+    .values(status=bindparam("b_status"), last_error=bindparam("b_error"))
+)
+_NOT_SENT_UNOWNED = (
+    _OUTBOX.update()
+    .where(_OUTBOX.c.id == bindparam("b_id"), _OUTBOX.c.status == "pending")
     .values(status=bindparam("b_status"), last_error=bindparam("b_error"))
 )
 # As jobs.finish(): an unknown delivery parks its job for ops, anything else is done.
@@ -163,7 +181,8 @@ _FINISH = (
 _SENT_AND_DONE_PG = (
     "WITH v AS (SELECT * FROM unnest(%(oids)s::integer[], %(ats)s::timestamptz[], %(jids)s::bigint[])"
     " AS v(oid, at, jid)),"
-    " o AS (UPDATE outbox SET status = 'sent', last_error = NULL, sent_at = v.at FROM v WHERE outbox.id = v.oid)"
+    " o AS (UPDATE outbox SET status = 'sent', last_error = NULL, sent_at = v.at FROM v"
+    " WHERE outbox.id = v.oid AND outbox.status IN ('pending', 'sending', 'unknown'))"
     " UPDATE jobs SET status = 'done', finished_at = %(wall)s, lease_until = NULL, last_error = NULL"
     " FROM v WHERE jobs.id = v.jid"
 )
@@ -192,7 +211,14 @@ def _settle(conn: Connection, batch: list[Settle]) -> None:
         batch = [s for s in batch if s.status != "sent"]
     sent = [{"b_id": s.outbox_id, "b_at": s.at} for s in batch if s.status == "sent"]
     other = [
-        {"b_id": s.outbox_id, "b_status": s.status, "b_error": s.error} for s in batch if s.status != "sent"
+        {"b_id": s.outbox_id, "b_status": s.status, "b_error": s.error}
+        for s in batch
+        if s.status != "sent" and s.owned
+    ]
+    unowned = [
+        {"b_id": s.outbox_id, "b_status": s.status, "b_error": s.error}
+        for s in batch
+        if s.status != "sent" and not s.owned
     ]
     done = [
         {
@@ -204,7 +230,7 @@ def _settle(conn: Connection, batch: list[Settle]) -> None:
         for s in batch
         if s.status != "pending"
     ]
-    for statement, rows in ((_SENT, sent), (_NOT_SENT, other), (_FINISH, done)):
+    for statement, rows in ((_SENT, sent), (_NOT_SENT, other), (_NOT_SENT_UNOWNED, unowned), (_FINISH, done)):
         if rows:
             conn.execute(statement, rows)
 
@@ -243,6 +269,13 @@ def mark_sending(rt: Runtime, outbox_id: int) -> bool:
     return bool(_writes.submit(Mark(rt, outbox_id)))
 
 
-def settle(rt: Runtime, outbox_id: int, job_id: int, status: str, error: str | None) -> None:
-    """Commit one delivery's outcome (with whatever other threads are settling)."""
-    _writes.submit(Settle(rt, outbox_id, job_id, status, error, rt.clock.now()))
+def settle(
+    rt: Runtime, outbox_id: int, job_id: int, status: str, error: str | None, *, owned: bool = True
+) -> None:
+    """Commit one delivery's outcome (with whatever other threads are settling).
+
+    ``owned``: this run marked the row ``sending`` (:func:`mark_sending`); False for a failure
+    before its point of no return. Either way the row is written only if it is still in the
+    state this run left it (see ``_OWNED``): a stale run never overwrites another's outcome.
+    """
+    _writes.submit(Settle(rt, outbox_id, job_id, status, error, rt.clock.now(), owned))
