@@ -168,13 +168,8 @@ def _run(rt: Runtime, job: Job, ready: Ready | Result | None) -> Result:
 def later(rt: Runtime, job: Job, error: str, *, outage: bool = False) -> str:
     """Back off: the job runs again later (an outage backs off for as long as it lasts; a bug is parked after ``max_runs``)."""
     with transaction(rt.sessions) as session:
-        fresh = session.get(Job, job.id, populate_existing=True, with_for_update=True)
+        fresh = session.get(Job, job.id, populate_existing=True)
         assert fresh is not None
-        if fresh.status != "claimed" or fresh.runs != job.runs:
-            # Another run has started (the scheduler sent the job again) or finished it since:
-            # that run decides what comes next. Backing off here would make a finished job due
-            # again, or run it beside the live one.
-            return "superseded"
         return retry_later(
             session,
             fresh,
