@@ -23,7 +23,8 @@ from dunning.broker.names import MAIL_QUEUE
 from dunning.engine.jobs import Dispatch, wall_now
 from dunning.engine.outbox import Ready, deliver
 from dunning.engine.outbox_batch import Started, begin_all
-from dunning.engine.runner import _run, run_batch
+from dunning.engine.outbox_commits import mark_sending, settle
+from dunning.engine.runner import _run, later, run_batch
 from dunning.engine.scheduler import recover_dead_workers
 from dunning.engine.workers import beat
 from dunning.runtime import Tuning
@@ -142,6 +143,34 @@ def test_a_stale_run_failing_before_its_354_never_undoes_another_runs_delivery(w
     assert row.status == "sent"
     h.settle()  # A's back-off made the job due again: its next run finds the email sent
     assert _received(h) == Counter(_keys(h, [job]))  # once
+    assert [j.status for j in h.jobs() if j.id == job.id] == ["done"]
+
+
+def test_an_email_parked_unknown_beside_its_live_run_is_sent_when_that_run_fails_before_the_dot(
+    world: Any,
+) -> None:
+    # Run A marked the row at its 354; run B of the same job (sent again by the scheduler) found
+    # it "sending", took A for dead and parked it "unknown" (job dead). A then got a 451 to the
+    # body: nothing was delivered, and A knows it. Its "pending" must win over B's guess and its
+    # back-off must make the job due again, or the email is lost (CI saw that once, after a
+    # change that let A's back-off defer to B).
+    h = world
+    (job,) = _pending(h, 1)
+    (a,) = begin_all(h.rt, [job.id], worker_id=None)
+    assert isinstance(a, Started) and isinstance(a.ready, Ready)
+    assert mark_sending(h.rt, job.outbox_id)  # A at its 354
+    with transaction(h.rt.sessions) as s:
+        s.execute(update(Job).where(Job.id == job.id).values(claims=Job.claims + 1))
+    assert run_batch(h.rt, [job.id]) == []  # run B parks it
+    (row,) = [r for r in h.outbox() if r.id == job.outbox_id]
+    assert row.status == "unknown"
+    assert [j.status for j in h.jobs() if j.id == job.id] == ["dead"]
+    settle(h.rt, job.outbox_id, job.id, "pending", "451 to the body", owned=True)  # A's outcome
+    assert later(h.rt, a.job, "TransientSendError: 451", outage=True) == "retry"
+    h.settle()
+    assert _received(h) == Counter(_keys(h, [job]))  # sent, once
+    (row,) = [r for r in h.outbox() if r.id == job.outbox_id]
+    assert row.status == "sent"
     assert [j.status for j in h.jobs() if j.id == job.id] == ["done"]
 
 
