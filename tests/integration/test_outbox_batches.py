@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import update
 
-from dunning.engine.outbox_commits import _writes, mark_sending, settle
+from dunning.engine.outbox_commits import Settle, _write_many, _writes, mark_sending, settle
 from dunning.store.db import transaction
 from dunning.store.models import Job, Outbox
 
@@ -103,3 +103,35 @@ def test_an_outcome_is_written_only_over_the_state_its_own_run_left(world) -> No
         ("pending", "451 to the body"),
         ("pending", "circuit open"),
     ]
+
+
+def test_one_group_with_several_outcomes_of_each_kind_is_written_in_one_transaction(world) -> None:
+    # Deterministic, unlike the threads above: every statement of the outcome write runs as an
+    # executemany of several rows (a status condition written as an IN list once made PostgreSQL's
+    # executemany refuse it, failing the whole group).
+    h = world
+    rows = h.sent_failure_emails(8)
+    jobs = {j.outbox_id: j.id for j in h.jobs() if j.kind == "send_email"}
+    with transaction(h.rt.sessions) as s:
+        s.execute(update(Outbox).where(Outbox.id.in_([r.id for r in rows[:6]])).values(status="sending"))
+        s.execute(update(Outbox).where(Outbox.id.in_([r.id for r in rows[6:]])).values(status="pending"))
+    kinds = [
+        ("sent", None, True),
+        ("sent", None, True),
+        ("unknown", "lost after the dot", True),
+        ("unknown", "lost after the dot", True),
+        ("pending", "451 to the body", True),
+        ("failed", "554 to the body", True),
+        ("pending", "circuit open", False),
+        ("failed", "550 to RCPT", False),
+    ]
+    now = h.rt.clock.now()
+    items = [
+        Settle(h.rt, row.id, jobs[row.id], status, error, now, owned)
+        for row, (status, error, owned) in zip(rows, kinds, strict=True)
+    ]
+    assert _write_many(items) == [None] * len(items)
+    by_id = {r.id: r for r in h.outbox()}
+    assert [by_id[r.id].status for r in rows] == [k[0] for k in kinds]
+    job_status = {j.id: j.status for j in h.jobs()}
+    assert [job_status[jobs[r.id]] for r in rows][2:4] == ["dead", "dead"]

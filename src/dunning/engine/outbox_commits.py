@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam
+from sqlalchemy import bindparam, or_
 
 from dunning.engine.groupcommit import GroupCommit
 from dunning.engine.jobs import wall_now
@@ -140,21 +140,23 @@ def _mark(conn: Connection, items: list[Mark]) -> list[bool]:
 # with two runs of one job (a queue lease ran out while the message waited), one failing fast
 # (the circuit open) and one delivering, the failed run's "pending" landed after the other's
 # "sent" and the email went out a second time.
-_OWNED = ("sending", "unknown")
+# (``or_`` of equalities, not ``in_``: a literal IN list is an "expanding" parameter, which
+# executemany refuses.)
+_OWNED = or_(_OUTBOX.c.status == "sending", _OUTBOX.c.status == "unknown")
 # A delivery that happened may always be recorded over any unfinished state (a sender that
 # never calls the commit point delivers from ``pending``), never over another outcome.
-_UNFINISHED = ("pending", "sending", "unknown")
+_UNFINISHED = or_(_OWNED, _OUTBOX.c.status == "pending")
 
 # Core statements run as executemany (psycopg pipelines them: one round trip): the ORM's bulk
 # UPDATE by primary key did the same with twice the client CPU.
 _SENT = (
     _OUTBOX.update()
-    .where(_OUTBOX.c.id == bindparam("b_id"), _OUTBOX.c.status.in_(_UNFINISHED))
+    .where(_OUTBOX.c.id == bindparam("b_id"), _UNFINISHED)
     .values(status="sent", last_error=None, sent_at=bindparam("b_at"))
 )
 _NOT_SENT = (
     _OUTBOX.update()
-    .where(_OUTBOX.c.id == bindparam("b_id"), _OUTBOX.c.status.in_(_OWNED))
+    .where(_OUTBOX.c.id == bindparam("b_id"), _OWNED)
     .values(status=bindparam("b_status"), last_error=bindparam("b_error"))
 )
 _NOT_SENT_UNOWNED = (
