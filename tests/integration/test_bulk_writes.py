@@ -258,3 +258,41 @@ def test_insert_tables_without_the_parent_skips_the_linked_rows_and_is_atomic(se
         )
     with sessions() as s:
         assert s.execute(select(Job.key)).scalars().all() == ["retry:1"]
+
+
+def test_a_lookup_planned_each_time_is_never_a_prepared_statement(pg_url: str) -> None:
+    """psycopg prepares a statement run often enough; ``plan_each_time`` keeps it unprepared."""
+    from dunning.store.bulk import select_together
+    from dunning.store.db import make_engine, make_sessionmaker
+    from dunning.store.migrate import upgrade
+
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+
+    def prepared(s, marker: str) -> int:
+        return (
+            s.connection()
+            .exec_driver_sql(
+                "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s", (f"%{marker}%",)
+            )
+            .scalar_one()
+        )
+
+    try:
+        with sessions() as s, s.begin():
+            threshold = s.connection().connection.driver_connection.prepare_threshold
+            for _ in range(8):
+                each_time = select_together(s, [("(SELECT %s + 1 AS each_time)", (1,))], plan_each_time=True)
+                assert each_time == [2]
+                assert select_together(s, [("(SELECT %s + 2 AS cached)", (1,))]) == [3]
+            assert prepared(s, "each_time") == 0
+            assert prepared(s, "cached") == 1  # the control: without it, psycopg did prepare
+            assert s.connection().connection.driver_connection.prepare_threshold == threshold
+        with sessions() as s, s.begin():
+            driver = s.connection().connection.driver_connection
+            with pytest.raises(Exception, match="division by zero"):
+                select_together(s, [("(SELECT 1 / %s)", (0,))], plan_each_time=True)
+            assert driver.prepare_threshold == threshold
+    finally:
+        engine.dispose()

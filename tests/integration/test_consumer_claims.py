@@ -2,8 +2,9 @@
 
 Each fetched body claims its Redis id (``options.redis_message_id``); the
 consumer asks once per fetch which claims are in its acks set
-(``RefusingRedisConsumer.fetched_ids``, a script), and a message whose claim is
-not one of them is parked instead of run.
+(``RefusingRedisConsumer.fetched_ids``: SMISMEMBER on Redis >= 6.2, else a
+script), and a message whose claim is not one of them is parked instead of run.
+Both ways of asking are checked against the same server.
 """
 
 from __future__ import annotations
@@ -39,8 +40,28 @@ def _queue(broker: Any, bodies: dict[str, bytes]) -> None:
         broker.client.rpush(f"{ns}:probe", redis_id)
 
 
-def test_fetched_ids_are_exactly_the_claims_in_the_acks_set(probe_broker: Callable[..., Any]) -> None:
+#: ``has_smismember`` forced: SMISMEMBER, or the script that older servers get.
+WAYS = pytest.mark.parametrize("smismember", [True, False], ids=["smismember", "script"])
+
+
+def test_the_server_version_decides_once_whether_smismember_is_used(probe_broker: Callable[..., Any]) -> None:
     broker = probe_broker(lambda row: None)
+    key = f"{broker.namespace}:set"
+    broker.client.sadd(key, "a", "c")
+    assert broker.has_smismember is None
+    assert [bool(m) for m in broker.members_of(key, ["a", "b", "c"])] == [True, False, True]
+    major, minor = (int(p) for p in broker.client.info("server")["redis_version"].split(".")[:2])
+    assert broker.has_smismember is ((major, minor) >= (6, 2))
+    broker.has_smismember = not broker.has_smismember  # the other way gives the same answers
+    assert [bool(m) for m in broker.members_of(key, ["a", "b", "c"])] == [True, False, True]
+
+
+@WAYS
+def test_fetched_ids_are_exactly_the_claims_in_the_acks_set(
+    probe_broker: Callable[..., Any], smismember: bool
+) -> None:
+    broker = probe_broker(lambda row: None)
+    broker.has_smismember = smismember
     good = [str(uuid.uuid4()) for _ in range(5)]
     wrong = {str(uuid.uuid4()): str(uuid.uuid4()) for _ in range(3)}  # queued under -> claimed
     bodies = {rid: _body(rid, i) for i, rid in enumerate(good)}
@@ -54,13 +75,15 @@ def test_fetched_ids_are_exactly_the_claims_in_the_acks_set(probe_broker: Callab
     assert consumer.fetched_ids([]) == frozenset()
 
 
+@WAYS
 def test_a_batch_mixing_true_and_false_claims_delivers_the_true_ones_and_parks_the_rest(
-    probe_broker: Callable[..., Any],
+    probe_broker: Callable[..., Any], smismember: bool
 ) -> None:
     from dunning.broker.consumer import WRONG_REDIS_ID
 
     rows: list[dict[str, Any]] = []
     broker = probe_broker(rows.append)
+    broker.has_smismember = smismember
     good = [str(uuid.uuid4()) for _ in range(4)]
     wrong = {str(uuid.uuid4()): str(uuid.uuid4()) for _ in range(2)}
     bodies = {rid: _body(rid, i) for i, rid in enumerate(good)}

@@ -25,13 +25,14 @@ quarter of the ingest path's own CPU.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Row, Table, bindparam, select, update
+from sqlalchemy import Connection, Row, Table, bindparam, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
@@ -330,14 +331,43 @@ def _present_ids_sql(table: str) -> str:
     return f"(SELECT json_agg(id) FROM {table} WHERE id = ANY({ANY_OF_JSON}))::text"
 
 
-def select_together(session: Session, queries: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+def select_together(
+    session: Session, queries: Sequence[tuple[str, tuple[Any, ...]]], *, plan_each_time: bool = False
+) -> list[Any]:
     """PostgreSQL: the values of several scalar subqueries, in one statement (one round trip).
 
     ``queries``: (parenthesised subquery, its parameters) each; the values come back in order.
+    ``plan_each_time``: never a prepared statement's cached plan (:func:`unprepared`).
     """
     sql = "SELECT " + ", ".join(q for q, _ in queries)
     params = tuple(p for _, ps in queries for p in ps)
+    if plan_each_time:
+        with unprepared(session) as conn:
+            return list(conn.exec_driver_sql(sql, params).one())
     return list(session.connection().exec_driver_sql(sql, params).one())
+
+
+@contextmanager
+def unprepared(session: Session) -> Iterator[Connection]:
+    """PostgreSQL: the session's connection, on which psycopg prepares no statement meanwhile.
+
+    psycopg prepares a statement the sixth time a connection runs it, and PostgreSQL
+    then keeps one generic plan for it, made with the statistics and table sizes of
+    that moment. For a lookup in a table that grows fast between two ANALYZE (``jobs``
+    during a burst of ingest, or on a new install) that plan is a sequential scan
+    chosen while the table was small, kept while it grows to tens of thousands of
+    rows: 3-27 ms per statement instead of 0.2 ms. Unprepared, the statement is
+    planned at each execution, with the table's current size (a fraction of a
+    millisecond of the server's time).
+    """
+    conn = session.connection()
+    driver = conn.connection.driver_connection
+    saved = driver.prepare_threshold
+    driver.prepare_threshold = None
+    try:
+        yield conn
+    finally:
+        driver.prepare_threshold = saved
 
 
 @cache

@@ -67,6 +67,8 @@ def replan_reads(session: Session, ids: Sequence[str], job_kind: str) -> tuple[F
                 strict=True,
             )
         ),
+        # The jobs lookup: planned for the table's size now, not when it was small.
+        plan_each_time=True,
     )
     sent: dict[str, set[str]] = defaultdict(set)
     for sub_id, key in orjson.loads(sent_rows) if sent_rows else ():
