@@ -386,7 +386,7 @@ def _worker_log_since(sc: Scenario, offset: int) -> str:
 
 
 def test_undecodable_bytes_on_redis_are_parked_and_strand_no_good_event(quiet_world: Scenario) -> None:
-    from dunning.broker.consumer import escape_bytes
+    from dunning.broker.decode import escape_bytes
 
     sc = quiet_world
     broker = sc.broker

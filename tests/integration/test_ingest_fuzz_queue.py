@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 from tests.support.hostile import hostile_bodies
 
-from dunning.broker.consumer import NotAMessage, decode_message
+from dunning.broker.decode import NotAMessage, decode_message
 from dunning.contract import InvalidEvent, parse_message_args
 from dunning.store.models import DeadLetter, ProcessedEvent
 

@@ -34,7 +34,7 @@ from tests.support.hostile import (
     scalars,
 )
 
-from dunning.broker.consumer import NotAMessage, decode_message
+from dunning.broker.decode import NotAMessage, decode_message
 from dunning.contract import InvalidEvent, parse_event, parse_message_args, to_wire
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
