@@ -142,10 +142,12 @@ def _mark(conn: Connection, items: list[Mark]) -> list[bool]:
 # "sent" and the email went out a second time.
 # (``or_`` of equalities, not ``in_``: a literal IN list is an "expanding" parameter, which
 # executemany refuses.)
-_OWNED = or_(_OUTBOX.c.status == "sending", _OUTBOX.c.status == "unknown")
+_OWNED_STATUSES = ("sending", "unknown")
 # A delivery that happened may always be recorded over any unfinished state (a sender that
 # never calls the commit point delivers from ``pending``), never over another outcome.
-_UNFINISHED = or_(_OWNED, _OUTBOX.c.status == "pending")
+_UNFINISHED_STATUSES = ("pending", *_OWNED_STATUSES)
+_OWNED = or_(*(_OUTBOX.c.status == status for status in _OWNED_STATUSES))
+_UNFINISHED = or_(*(_OUTBOX.c.status == status for status in _UNFINISHED_STATUSES))
 
 # Core statements run as executemany (psycopg pipelines them: one round trip): the ORM's bulk
 # UPDATE by primary key did the same with twice the client CPU.
@@ -184,7 +186,7 @@ _SENT_AND_DONE_PG = (
     "WITH v AS (SELECT * FROM unnest(%(oids)s::integer[], %(ats)s::timestamptz[], %(jids)s::bigint[])"
     " AS v(oid, at, jid)),"
     " o AS (UPDATE outbox SET status = 'sent', last_error = NULL, sent_at = v.at FROM v"
-    " WHERE outbox.id = v.oid AND outbox.status IN ('pending', 'sending', 'unknown'))"
+    f" WHERE outbox.id = v.oid AND outbox.status IN ({', '.join(repr(s) for s in _UNFINISHED_STATUSES)}))"
     " UPDATE jobs SET status = 'done', finished_at = %(wall)s, lease_until = NULL, last_error = NULL"
     " FROM v WHERE jobs.id = v.jid"
 )
@@ -212,16 +214,13 @@ def _settle(conn: Connection, batch: list[Settle]) -> None:
         _pg(conn, _SENT_AND_DONE_PG, params)
         batch = [s for s in batch if s.status != "sent"]
     sent = [{"b_id": s.outbox_id, "b_at": s.at} for s in batch if s.status == "sent"]
-    other = [
-        {"b_id": s.outbox_id, "b_status": s.status, "b_error": s.error}
-        for s in batch
-        if s.status != "sent" and s.owned
-    ]
-    unowned = [
-        {"b_id": s.outbox_id, "b_status": s.status, "b_error": s.error}
-        for s in batch
-        if s.status != "sent" and not s.owned
-    ]
+    other: list[dict[str, Any]] = []
+    unowned: list[dict[str, Any]] = []
+    for s in batch:
+        if s.status != "sent":
+            (other if s.owned else unowned).append(
+                {"b_id": s.outbox_id, "b_status": s.status, "b_error": s.error}
+            )
     done = [
         {
             "b_id": s.job_id,
