@@ -92,6 +92,15 @@ def _write_slow_wait(path: Path, rt: Any, broker: Any, workers: WorkerGroup, don
     print(f"crash test: slow wait, state written to {path}")
 
 
+def _await_kills(workers: WorkerGroup, n: int, safety_net_s: float = SAFETY_NET_S) -> None:
+    """Wait until the killer has killed ``n`` times; the timeout is a safety net only."""
+    deadline = time.monotonic() + safety_net_s
+    while workers.kills < n:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the killer made {workers.kills} of {n} kills in {safety_net_s:.0f} s")
+        time.sleep(0.05)
+
+
 # A safety net for the whole run, far above its duration (the suite's default of 300 s was not).
 @pytest.mark.timeout(max(1800, CASES * 6))
 def test_sigkill_workers_during_a_run(
@@ -237,6 +246,10 @@ def test_sigkill_workers_during_a_run(
         settle()
         # Half-day steps: every due time of the default policy is a whole number of days after START.
         for step in range(23 * 2):
+            if step % 10 == 9:
+                # At least one kill per ten steps, on live work, however fast the machine runs
+                # them (a quick run once finished its walk after three kills).
+                _await_kills(workers, (step + 1) // 10)
             rt.clock.advance(timedelta(hours=12))  # type: ignore[attr-defined]
             if step == 4:  # day 2: the expired cards are replaced
                 for i in range(CASES):
