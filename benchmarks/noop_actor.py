@@ -3,7 +3,7 @@
 Run as ``dramatiq benchmarks.noop_actor --processes 2 --threads 8`` (with
 ``DUNNING_REDIS_URL`` set): :func:`dunning.broker.setup.setup_broker` installs the same
 broker and middleware list (RunAlone, Heartbeat, AgeLimit, TimeLimit, ShutdownNotifications,
-Callbacks, Pipelines, DeadLetters, Retries, RedactTracebacks) that
+DeadLetters, Retries, RedactTracebacks) that
 ``dunning worker`` uses, so the difference between this actor's rate and the
 ingest rate is the cost of the product's own work.
 """

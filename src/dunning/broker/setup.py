@@ -17,7 +17,7 @@ from typing import Any
 
 import dramatiq
 import redis
-from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
+from dramatiq.middleware import AgeLimit, Retries, ShutdownNotifications, TimeLimit
 
 from dunning.broker.consumer import DunningRedisBroker
 from dunning.broker.liveness import Heartbeat
@@ -75,8 +75,9 @@ def build_broker(url: str, *, heartbeat_timeout_ms: int | None = None) -> Dunnin
         AgeLimit(),
         TimeLimit(time_limit=TIME_LIMIT_MS),
         ShutdownNotifications(),
-        Callbacks(),
-        Pipelines(),
+        # No Callbacks or Pipelines: no actor of ours uses them, each costs every message a hook
+        # call per signal, and with them a message's options (on_success, pipe_target) could make
+        # a worker enqueue any of our actors.
         dead,  # before Retries: its after-hook runs once Retries has ruled
         Retries(max_retries=20, min_backoff=1_000, max_backoff=300_000),
         # After Retries: Dramatiq runs after-hooks in reverse, so it keeps the exception first.
