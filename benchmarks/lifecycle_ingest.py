@@ -122,10 +122,12 @@ def push(
         EVENTS_QUEUE, INGEST_ACTOR, [(subscription_event(run, i, c, rng),) for i, c in enumerate(picks)]
     )
     before = cpu_snapshot(st, workers) if workers else None
+    client.config_resetstat()
     t0 = time.perf_counter()
     push_raw(client, EVENTS_QUEUE, msgs)
     curve = wait_for_count(lambda: processed(conn, run), n, timeout=timeout, poll=0.1, t0=t0)
     cpu = cpu_delta(before, cpu_snapshot(st, workers)) if workers and before else None
+    commands = client.info("commandstats")
     elapsed = curve[-1][0]
     out: dict[str, Any] = {
         "events": n,
@@ -133,6 +135,12 @@ def push(
         "rate_e2e": round(n / elapsed, 1),
         "rate_steady": round(steady_rate(curve, n), 1),
         "cpu_s": cpu,
+        # Redis commands per event, all clients (the producer's pushes included): what a fetch costs.
+        "redis_calls_per_event": {
+            name.removeprefix("cmdstat_"): round(stat["calls"] / n, 3)
+            for name, stat in sorted(commands.items(), key=lambda kv: -kv[1]["calls"])
+            if stat["calls"] >= n / 100
+        },
     }
     if cpu:
         # CPU per event of our own processes (the producer and poller are the benchmark's).

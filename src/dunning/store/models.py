@@ -202,16 +202,30 @@ class Job(Base):
             sqlite_where=text("status = 'claimed'"),
             postgresql_where=text("status = 'claimed'"),
         ),
+        # A job has a case or a subject: each index skips the jobs without one (every insert
+        # paid for a NULL entry). Lookups compare with a value, which implies NOT NULL.
+        Index(
+            "ix_jobs_case_id",
+            "case_id",
+            sqlite_where=text("case_id IS NOT NULL"),
+            postgresql_where=text("case_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_jobs_subject",
+            "subject",
+            sqlite_where=text("subject IS NOT NULL"),
+            postgresql_where=text("subject IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), unique=True)
     kind: Mapped[str] = mapped_column(String(20))
     queue: Mapped[str] = mapped_column(String(40))
-    case_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    case_id: Mapped[int | None] = mapped_column(Integer)
     # What a job without a case is about (a subscription id for lifecycle notices): reconcile
     # finds the pending jobs of the subjects it replans by this column.
-    subject: Mapped[str | None] = mapped_column(String(255), index=True)
+    subject: Mapped[str | None] = mapped_column(String(255))
     outbox_id: Mapped[int | None] = mapped_column(Integer)
     # none_as_null: "no payload" must be SQL NULL, which the retry-replacement query relies on.
     payload: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
