@@ -149,6 +149,9 @@ def worker(
 
     rt.close()
     set_runtime(None)
+    from dunning.broker.middleware.heap import ENV_FLAG
+
+    os.environ[ENV_FLAG] = "1"  # the worker processes freeze their start-up heap once booted
     args = [actors_module(), "--processes", str(processes), "--threads", str(threads)]
     if queues:
         args += ["--queues", *queues]

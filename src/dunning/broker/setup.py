@@ -21,7 +21,7 @@ from dramatiq.middleware import AgeLimit, Retries, ShutdownNotifications, TimeLi
 
 from dunning.broker.consumer import DunningRedisBroker
 from dunning.broker.liveness import Heartbeat
-from dunning.broker.middleware import DeadLetters, RedactTracebacks, RunAlone
+from dunning.broker.middleware import DeadLetters, FreezeBootHeap, RedactTracebacks, RunAlone
 from dunning.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ def build_broker(url: str, *, heartbeat_timeout_ms: int | None = None) -> Dunnin
         Retries(max_retries=20, min_backoff=1_000, max_backoff=300_000),
         # After Retries: Dramatiq runs after-hooks in reverse, so it keeps the exception first.
         RedactTracebacks(),
+        FreezeBootHeap(),  # only in processes ``dunning worker`` starts
     ]
     # Per million broker commands, how many also run Dramatiq's maintenance (Dramatiq: 1000).
     maintenance = int(os.environ.get("DUNNING_BROKER_MAINTENANCE_CHANCE", "1000"))
