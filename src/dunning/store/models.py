@@ -56,6 +56,11 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _partial_index(name: str, column: str, where: str) -> Index:
+    """An index of ``column`` over the rows matching ``where`` only, on PostgreSQL and SQLite alike."""
+    return Index(name, column, sqlite_where=text(where), postgresql_where=text(where))
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
@@ -190,32 +195,12 @@ class Job(Base):
 
     __tablename__ = "jobs"
     __table_args__ = (
-        Index(
-            "ix_jobs_pending_due",
-            "due_at",
-            sqlite_where=text("status = 'pending'"),
-            postgresql_where=text("status = 'pending'"),
-        ),
-        Index(
-            "ix_jobs_claimed_lease",
-            "lease_until",
-            sqlite_where=text("status = 'claimed'"),
-            postgresql_where=text("status = 'claimed'"),
-        ),
+        _partial_index("ix_jobs_pending_due", "due_at", "status = 'pending'"),
+        _partial_index("ix_jobs_claimed_lease", "lease_until", "status = 'claimed'"),
         # A job has a case or a subject: each index skips the jobs without one (every insert
         # paid for a NULL entry). Lookups compare with a value, which implies NOT NULL.
-        Index(
-            "ix_jobs_case_id",
-            "case_id",
-            sqlite_where=text("case_id IS NOT NULL"),
-            postgresql_where=text("case_id IS NOT NULL"),
-        ),
-        Index(
-            "ix_jobs_subject",
-            "subject",
-            sqlite_where=text("subject IS NOT NULL"),
-            postgresql_where=text("subject IS NOT NULL"),
-        ),
+        _partial_index("ix_jobs_case_id", "case_id", "case_id IS NOT NULL"),
+        _partial_index("ix_jobs_subject", "subject", "subject IS NOT NULL"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
