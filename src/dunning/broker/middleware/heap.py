@@ -5,10 +5,9 @@ mappers and compiled caches, pydantic's validators, Jinja2's templates, the
 policy). CPython's full collections walk all of them, although none ever
 becomes garbage: one full collection took 0.08-0.16 s of a worker's CPU in the
 lifecycle ingest benchmark. ``gc.freeze()`` after boot moves them to a
-generation that is never collected (what the Python docs advise for servers),
-and a larger first-generation threshold makes the young collections, which the
-ORM's short-lived objects trigger every few hundred allocations, ten times
-rarer. Only in the processes ``dunning worker`` starts (``DUNNING_FREEZE_HEAP``):
+permanent generation that collections ignore, and a larger first-generation
+threshold makes the young collections, which the ORM's short-lived objects
+trigger, rarer (every 10,000 net allocations instead of 700). Only in the processes ``dunning worker`` starts (``DUNNING_FREEZE_HEAP``):
 a test process that boots many workers keeps the interpreter's defaults.
 """
 
