@@ -7,8 +7,9 @@ becomes garbage: one full collection took 0.08-0.16 s of a worker's CPU in the
 lifecycle ingest benchmark. ``gc.freeze()`` after boot moves them to a
 permanent generation that collections ignore, and a larger first-generation
 threshold makes the young collections, which the ORM's short-lived objects
-trigger, rarer (every 10,000 net allocations instead of 700). Only in the processes ``dunning worker`` starts (``DUNNING_FREEZE_HEAP``):
-a test process that boots many workers keeps the interpreter's defaults.
+trigger, rarer (every 10,000 net allocations instead of 700). Only in the
+processes ``dunning worker`` starts (``DUNNING_FREEZE_HEAP``): a test process
+that boots many workers keeps the interpreter's defaults.
 """
 
 from __future__ import annotations
