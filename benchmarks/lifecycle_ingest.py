@@ -57,8 +57,16 @@ from benchmarks.ingest import (
 )
 
 
-def subscription_event(run: str, i: int, customer: int, rng: random.Random) -> dict[str, Any]:
-    """A ``subscription.upserted`` that gives the planner something to plan."""
+def subscription_event(
+    run: str, i: int, customer: int, rng: random.Random, *, quiet: bool = False
+) -> dict[str, Any]:
+    """A ``subscription.upserted`` that gives the planner something to plan.
+
+    ``quiet``: a monthly renewal instead (the period moves on a month; card far from
+    expiry, no trial, no upgrade), the commonest upsert in a real billing system. The
+    first one of a subscription plans its annual-switch offer (at the tenure threshold);
+    a later one plans nothing new.
+    """
     now = datetime.now(UTC)
     sub: dict[str, Any] = {
         "id": f"sub_{customer:07d}",
@@ -71,7 +79,9 @@ def subscription_event(run: str, i: int, customer: int, rng: random.Random) -> d
         "current_period_end": iso(now + timedelta(days=rng.randint(20, 60))),
     }
     shape = i % 3
-    if shape == 0:
+    if quiet:
+        sub["current_period_end"] = iso(now + timedelta(days=rng.randint(28, 31)))
+    elif shape == 0:
         sub.update(interval="year", amount_minor=49000)
     elif shape == 1:
         end = iso(now + timedelta(days=rng.randint(5, 15)))
@@ -105,6 +115,15 @@ def processed(conn: psycopg.Connection, run: str) -> int:
     return int(row[0])
 
 
+def _commits(conn: psycopg.Connection) -> int:
+    """Transactions committed in the benchmark's database so far (statistics lag up to ~0.5 s)."""
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = conn.execute(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def push(
     st: Stack,
     client: redis.Redis,
@@ -115,19 +134,25 @@ def push(
     rng: random.Random,
     timeout: float,
     workers: Workers | None = None,
+    quiet: bool = False,
+    picks: list[int] | None = None,
 ) -> dict[str, Any]:
     # Distinct customers per run: each event is a real change (a repeat of the same facts plans nothing new).
-    picks = rng.sample(range(customers), n)
+    picks = picks or rng.sample(range(customers), n)
     msgs = build_raw_messages(
-        EVENTS_QUEUE, INGEST_ACTOR, [(subscription_event(run, i, c, rng),) for i, c in enumerate(picks)]
+        EVENTS_QUEUE,
+        INGEST_ACTOR,
+        [(subscription_event(run, i, c, rng, quiet=quiet),) for i, c in enumerate(picks)],
     )
     before = cpu_snapshot(st, workers) if workers else None
     client.config_resetstat()
+    commits = _commits(conn)
     t0 = time.perf_counter()
     push_raw(client, EVENTS_QUEUE, msgs)
     curve = wait_for_count(lambda: processed(conn, run), n, timeout=timeout, poll=0.1, t0=t0)
     cpu = cpu_delta(before, cpu_snapshot(st, workers)) if workers and before else None
     commands = client.info("commandstats")
+    commits = _commits(conn) - commits
     elapsed = curve[-1][0]
     out: dict[str, Any] = {
         "events": n,
@@ -135,6 +160,8 @@ def push(
         "rate_e2e": round(n / elapsed, 1),
         "rate_steady": round(steady_rate(curve, n), 1),
         "cpu_s": cpu,
+        # Group commits: the database's transactions over the run (the poller's included, 1 per poll).
+        "events_per_transaction": round(n / max(commits, 1), 1),
         # Redis commands per event, all clients (the producer's pushes included): what a fetch costs.
         "redis_calls_per_event": {
             name.removeprefix("cmdstat_"): round(stat["calls"] / n, 3)
@@ -234,6 +261,12 @@ def profile(
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events", type=int, default=5000, help="subscription.upserted events in the timed run")
+    p.add_argument(
+        "--quiet-events",
+        type=int,
+        default=None,
+        help="after the timed run, this many monthly renewals that plan nothing (default: --events; 0: skip)",
+    )
     p.add_argument("--noop-messages", type=int, default=20000)
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--threads", type=int, default=8)
@@ -246,7 +279,9 @@ def main() -> None:
         help="after the timed run, this many more events with the statement log, then under py-spy (0: skip)",
     )
     args = p.parse_args()
-    customers = args.events + 2 * args.profile_events + 1000
+    if args.quiet_events is None:
+        args.quiet_events = args.events
+    customers = args.events + args.quiet_events + 2 * args.profile_events + 1000
     rng = random.Random(args.seed)
     results: dict[str, Any] = {"loadavg_before": loadavg()}
     with stack("lifecycle-ingest") as st:
@@ -283,6 +318,18 @@ def main() -> None:
             results["ingest"] = push(
                 st, client, conn, "run", args.events, customers, rng, timeout=args.timeout, workers=workers
             )
+            if args.quiet_events:
+                # Subscriptions seen once already (their offer planned); the timed events are the next renewal.
+                picks = rng.sample(range(customers), args.quiet_events)
+                quiet = {"timeout": args.timeout, "quiet": True, "picks": picks}
+                push(st, client, conn, "seen", args.quiet_events, customers, rng, **quiet)
+                time.sleep(1.5)
+                say(
+                    f"timed run: {args.quiet_events} monthly renewals of known subscriptions (nothing new to plan)"
+                )
+                results["quiet"] = push(
+                    st, client, conn, "quiet", args.quiet_events, customers, rng, workers=workers, **quiet
+                )
             if args.profile_events:
                 results["profile"] = profile(st, client, conn, workers, args, customers, rng)
         row = conn.execute("SELECT count(*) FROM jobs WHERE kind = 'lifecycle_notice'").fetchone()
@@ -293,6 +340,8 @@ def main() -> None:
     results["ingest_vs_noop_ratio"] = round(
         results["ingest"]["rate_steady"] / results["noop"]["rate_steady"], 3
     )
+    if "quiet" in results:
+        results["quiet_vs_plain_ratio"] = round(results["quiet"]["rate_steady"] / plain, 3)
     results["loadavg_after"] = loadavg()
     say(
         f"SUMMARY subscription.upserted ingest {fmt_rate(results['ingest']['rate_steady'])} steady "
@@ -300,7 +349,16 @@ def main() -> None:
         f"product no-op {fmt_rate(results['noop']['rate_steady'])} | plain Dramatiq no-op {fmt_rate(plain)} | "
         f"ingest {100 * results['ingest_vs_plain_ratio']:.1f}% of plain (target >= 40%), "
         f"{100 * results['ingest_vs_noop_ratio']:.1f}% of product no-op | CPU ms/event "
-        f"{results['ingest'].get('cpu_ms_per_event')} | others CPU-s: plain no-op "
+        f"{results['ingest'].get('cpu_ms_per_event')} | events per transaction "
+        f"{results['ingest']['events_per_transaction']} | "
+        + (
+            f"monthly renewals (nothing new planned) {fmt_rate(results['quiet']['rate_steady'])} steady, "
+            f"{100 * results['quiet_vs_plain_ratio']:.1f}% of plain, CPU ms/event "
+            f"{results['quiet'].get('cpu_ms_per_event')} | "
+            if "quiet" in results
+            else ""
+        )
+        + f"others CPU-s: plain no-op "
         f"{(results['noop_plain_dramatiq'].get('cpu_s') or {}).get('others')}, ingest "
         f"{(results['ingest'].get('cpu_s') or {}).get('others')}"
     )
