@@ -9,9 +9,11 @@ existing subscription so that the planner has work to do: a third become
 yearly with a renewal 20-60 days out (renewal notices), a third start a trial
 ending in 5-15 days (trial reminders), a third are monthly with a card
 expiring before the renewal and a temporary upgrade (pre-dunning and upgrade
-prompts). Done = the events' ids in ``processed_events``. The summary line
-compares the steady rate with the product's no-op and the plain Dramatiq no-op
-measured in the same run.
+prompts). Done = the events' ids in ``processed_events``. A second timed run
+(``--quiet-events``) sends monthly renewals of subscriptions seen once before:
+the planner and the reconcile run, and nothing new is planned. The summary line
+compares both steady rates with the product's no-op and the plain Dramatiq no-op
+measured in the same run, and gives the events per transaction (group commits).
 """
 
 from __future__ import annotations
