@@ -326,14 +326,14 @@ def main() -> None:
             if args.quiet_events:
                 # Subscriptions seen once already (their offer planned); the timed events are the next renewal.
                 picks = rng.sample(range(customers), args.quiet_events)
-                quiet = {"timeout": args.timeout, "quiet": True, "picks": picks}
-                push(st, client, conn, "seen", args.quiet_events, customers, rng, **quiet)
+                renewals = {"timeout": args.timeout, "quiet": True, "picks": picks}
+                push(st, client, conn, "seen", args.quiet_events, customers, rng, **renewals)
                 time.sleep(1.5)
                 say(
                     f"timed run: {args.quiet_events} monthly renewals of known subscriptions (nothing new to plan)"
                 )
                 results["quiet"] = push(
-                    st, client, conn, "quiet", args.quiet_events, customers, rng, workers=workers, **quiet
+                    st, client, conn, "quiet", args.quiet_events, customers, rng, workers=workers, **renewals
                 )
             if args.profile_events:
                 results["profile"] = profile(st, client, conn, workers, args, customers, rng)
