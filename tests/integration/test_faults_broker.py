@@ -17,6 +17,8 @@ from tests.support.scenario import Scenario
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EVENTS_QUEUE_KEY = "dramatiq:billing_events"
+#: The lists of the queues that carry jobs (a job's message holds its id, or a list of ids).
+JOB_QUEUE_KEYS = ("dramatiq:dunning", "dramatiq:mail")
 
 
 def _queued_event_ids(client) -> set[str]:
@@ -26,51 +28,81 @@ def _queued_event_ids(client) -> set[str]:
     return {json.loads(body)["args"][0]["id"] for body in bodies if body is not None}
 
 
+def _queued_job_ids(client) -> set[int]:
+    """Ids of the jobs whose messages wait in Redis (not yet fetched by any worker)."""
+    ids: set[int] = set()
+    for key in JOB_QUEUE_KEYS:
+        redis_ids = client.lrange(key, 0, -1)
+        bodies = client.hmget(f"{key}.msgs", redis_ids) if redis_ids else []
+        for body in bodies:
+            if body is not None:
+                arg = json.loads(body)["args"][0]
+                ids.update(arg if isinstance(arg, list) else [arg])
+    return ids
+
+
 def test_redis_wiped_mid_run_claimed_jobs_come_back_through_leases(
     pg_url: str, redis_server, smtp, tmp_path: Path, dunning_broker
 ) -> None:
     broker, _ = dunning_broker
-    with Scenario(db_url=pg_url, redis_url=redis_server.url, smtp=smtp, broker=broker, home=tmp_path) as sc:
+    client = broker.client  # type: ignore[attr-defined]
+    with Scenario(
+        db_url=pg_url,
+        redis_url=redis_server.url,
+        smtp=smtp,
+        broker=broker,
+        home=tmp_path,
+        # Two threads prefetch 4 messages per process, fewer than a busy day claims: the rest of
+        # the day's messages wait in Redis, where the wipe takes them.
+        threads=2,
+    ) as sc:
         sc.setup_customers()
         sc.send_failures()
         sc.settle()
-        # Slow charges keep the day's work queued and in flight when Redis goes (100 ms was not
-        # always enough once dispatch got faster: every message could be fetched before the wipe).
+        # Slow charges keep the day's work in flight when Redis goes.
         sc.sandbox.state.set_faults(latency_ms=300)
-        claimed_at_wipe: list[int] = []
+        lost: list[set[int]] = []
         running_at_wipe: list[int] = []
 
         def wipe() -> None:
-            # The scheduler has claimed the day's jobs and the workers are on some of them: wipe now.
-            def busy() -> bool:
-                claimed = sc.jobs(status="claimed")
-                return len(claimed) >= 3 and any(j.runs > 0 for j in claimed)
+            # Wipe while workers are on some of the day's jobs and others still wait in Redis.
+            def ready() -> bool:
+                return any(j.runs > 0 for j in sc.jobs(status="claimed")) and bool(_queued_job_ids(client))
 
-            sc.wait_until("the day's jobs claimed and running", busy, 30)
-            claimed = sc.jobs(status="claimed")
-            claimed_at_wipe.append(len(claimed))
-            running_at_wipe.append(sum(1 for j in claimed if j.runs > 0))
-            redis_server.restart(wipe=True)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                sc.wait_until("the day's jobs running with others still queued", ready, 30)
+                # Frozen, no worker can fetch between the snapshot and the wipe: what the
+                # snapshot lists is exactly what the wipe loses.
+                with sc.workers.frozen():
+                    queued = _queued_job_ids(client)
+                    if queued:
+                        running_at_wipe.append(sum(1 for j in sc.jobs(status="claimed") if j.runs > 0))
+                        redis_server.restart(wipe=True)
+                        lost.append(queued)
+                        return
+            raise AssertionError("the workers fetched every message before Redis could be wiped")
 
         # Day 1: every soft decline is retried; day 14: suspensions, billing calls and emails.
         sc.walk(at={1: wipe, 14: wipe})
-        reclaimed = [j for j in sc.jobs() if j.claims > 1]
+        claims = {j.id: j.claims for j in sc.jobs()}
         f = sc.verify()
         print(
             f.line(
                 "redis wiped mid-run",
-                wipes=len(claimed_at_wipe),
-                jobs_claimed_at_wipes=sum(claimed_at_wipe),
+                wipes=len(lost),
+                jobs_lost_at_wipes=sum(map(len, lost)),
                 running=sum(running_at_wipe),
-                jobs_reclaimed_after_lease=len(reclaimed),
+                jobs_reclaimed_after_lease=sum(1 for c in claims.values() if c > 1),
                 kills=sc.workers.kills,
                 pool_restarts=sc.workers.restarts,
             )
         )
     assert not f.problems, f.problems
-    assert len(claimed_at_wipe) == 2
-    # The wipes did lose messages of claimed jobs, and their leases brought them back.
-    assert reclaimed, "no job needed its lease: the wipes lost nothing, so the test proved nothing"
+    assert len(lost) == 2 and all(lost), lost
+    # Every job whose message the wipes took was claimed again once its lease ran out, and
+    # verify() found its effect exactly once.
+    assert {job: claims[job] for wiped in lost for job in wiped if claims[job] < 2} == {}
 
 
 def test_redis_wiped_with_events_queued_producer_resends_unacknowledged(
@@ -91,10 +123,12 @@ def test_redis_wiped_with_events_queued_producer_resends_unacknowledged(
             failures = sc.send_failures()
         applied = lambda: len(set(failures) & sc.processed_ids())  # noqa: E731
         sc.wait_until("a fifth of the failures applied", lambda: applied() >= max(1, len(failures) // 5))
-        queued = _queued_event_ids(broker.client)  # type: ignore[attr-defined]
-        queued_at_wipe = len(queued)
-        applied_at_wipe = applied()
-        redis_server.restart(wipe=True)
+        # Frozen, no worker can fetch between the snapshot and the wipe: the queued events are lost.
+        with sc.workers.frozen():
+            queued = _queued_event_ids(broker.client)  # type: ignore[attr-defined]
+            queued_at_wipe = len(queued)
+            applied_at_wipe = applied()
+            redis_server.restart(wipe=True)
 
         # The billing system re-sends every event we have not acknowledged (not in processed_events),
         # at once and then every 2 s, like a webhook sender retrying: duplicates race in-flight copies.
@@ -108,8 +142,7 @@ def test_redis_wiped_with_events_queued_producer_resends_unacknowledged(
                 return
             missing = set(sc.events) - sc.processed_ids()
             if not last:
-                # Queued at the wipe and still not applied: only the re-send can bring these back
-                # (a worker may have fetched a few of the queued ones between snapshot and wipe).
+                # Queued at the wipe and still not applied: only the re-send can bring these back.
                 lost.update(queued & missing)
             last = time.monotonic()
             for event_id in sorted(missing):

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -99,6 +100,22 @@ class WorkerGroup:
         if self.proc is not None:
             self.restarts += 1
         self.start()
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """SIGSTOP the whole pool (Dramatiq's parent and every worker) for the block, SIGCONT after.
+
+        Nothing the pool does can race what the block reads and does: a test that must know
+        exactly which messages are still in Redis when it wipes Redis snapshots them frozen.
+        """
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            raise AssertionError("the worker pool is not running")
+        os.killpg(proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(proc.pid, signal.SIGCONT)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
