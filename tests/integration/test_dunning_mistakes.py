@@ -7,7 +7,6 @@ API, an in-process Dramatiq worker and scheduler; simulated clock starting 2026-
 from __future__ import annotations
 
 import itertools
-import json
 import threading
 import uuid
 from collections import Counter
@@ -19,7 +18,9 @@ import dramatiq
 import pytest
 from sqlalchemy import func, select, update
 from tests.support.harness import START, Harness
+from tests.support.queued import queued_job_ids
 
+from dunning.broker.names import MAIL_QUEUE
 from dunning.contract import parse_event
 from dunning.engine.ingest import ingest
 from dunning.engine.jobs import claim_due
@@ -373,11 +374,7 @@ def test_two_schedulers_overlapping_enqueue_each_job_once(pg_idle: Harness) -> N
     assert len(mail_jobs) == n
     assert Counter(j.claims for j in mail_jobs) == Counter({1: n})
     # Each job in exactly one message on the queue (a message carries one id, or a batch of them).
-    client = h.broker.client
-    bodies = client.hmget("dramatiq:mail.msgs", client.lrange("dramatiq:mail", 0, -1))
-    queued = [arg for body in bodies for arg in json.loads(body)["args"]]
-    ids = [i for arg in queued for i in (arg if isinstance(arg, list) else [arg])]
-    assert sorted(ids) == sorted(j.id for j in mail_jobs)
+    assert sorted(queued_job_ids(h.broker.client, MAIL_QUEUE)) == sorted(j.id for j in mail_jobs)
 
     worker = dramatiq.Worker(h.broker, worker_threads=4, worker_timeout=50)
     worker.start()

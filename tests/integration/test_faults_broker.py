@@ -7,38 +7,26 @@ workers, the scheduler and the producer reconnect by themselves (same port).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import pytest
+from tests.support.queued import queued_job_ids, queued_messages
 from tests.support.scenario import Scenario
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+from dunning.broker.names import EVENTS_QUEUE, JOBS_QUEUE, MAIL_QUEUE
 
-EVENTS_QUEUE_KEY = "dramatiq:billing_events"
-#: The lists of the queues that carry jobs (a job's message holds its id, or a list of ids).
-JOB_QUEUE_KEYS = ("dramatiq:dunning", "dramatiq:mail")
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _queued_event_ids(client) -> set[str]:
     """Ids of the events waiting in the billing_events list (not yet fetched by any worker)."""
-    redis_ids = client.lrange(EVENTS_QUEUE_KEY, 0, -1)
-    bodies = client.hmget(f"{EVENTS_QUEUE_KEY}.msgs", redis_ids) if redis_ids else []
-    return {json.loads(body)["args"][0]["id"] for body in bodies if body is not None}
+    return {m["args"][0]["id"] for m in queued_messages(client, EVENTS_QUEUE)}
 
 
 def _queued_job_ids(client) -> set[int]:
     """Ids of the jobs whose messages wait in Redis (not yet fetched by any worker)."""
-    ids: set[int] = set()
-    for key in JOB_QUEUE_KEYS:
-        redis_ids = client.lrange(key, 0, -1)
-        bodies = client.hmget(f"{key}.msgs", redis_ids) if redis_ids else []
-        for body in bodies:
-            if body is not None:
-                arg = json.loads(body)["args"][0]
-                ids.update(arg if isinstance(arg, list) else [arg])
-    return ids
+    return set(queued_job_ids(client, JOBS_QUEUE, MAIL_QUEUE))
 
 
 def test_redis_wiped_mid_run_claimed_jobs_come_back_through_leases(

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from tests.support.queued import queued_messages
 
 from dunning.engine.jobs import start, wall_now
 from dunning.engine.scheduler import recover_dead_workers, tick
@@ -59,13 +60,6 @@ def _job(key: str, worker_id: str | None, *, runs: int = 1, **extra: Any) -> Job
         **extra,
     }
     return Job(key=key, **values)
-
-
-def _queued(broker: Any, queue: str) -> list[dict[str, Any]]:
-    """The messages waiting on a queue, decoded from Redis as a worker would fetch them."""
-    client = broker.client
-    ids = client.lrange(f"dramatiq:{queue}", 0, -1)
-    return [json.loads(client.hget(f"dramatiq:{queue}.msgs", i)) for i in ids]
 
 
 def test_the_runs_of_a_dead_worker_are_sent_again_at_once_to_run_alone(
@@ -140,7 +134,9 @@ def test_the_runs_of_a_dead_worker_are_sent_again_at_once_to_run_alone(
     assert email.status == "unknown"
     assert workers == ["alive"]
     # On Redis: one message for each, marked to run alone.
-    sent = sorted((m["args"], m["options"].get("dunning_alone")) for m in _queued(broker, "dunning"))
+    sent = sorted(
+        (m["args"], m["options"].get("dunning_alone")) for m in queued_messages(broker.client, "dunning")
+    )
     assert sent == sorted([([bystander.id], True), ([late.id], True), ([unsent.id], None)])
     # Only a run alone in its process may start it now; an older copy of its message finds nothing to do.
     with transaction(rt.sessions) as s:
@@ -204,15 +200,15 @@ def test_messages_a_dead_worker_fetched_go_back_and_only_an_alone_runs_death_cou
     result = recover_dead_workers(rt, broker)
 
     assert (result.workers_recovered, result.messages_given_back) == (1, 4)
-    events = {m["message_id"]: m["options"] for m in _queued(broker, "billing_events")}
+    events = {m["message_id"]: m["options"] for m in queued_messages(broker.client, "billing_events")}
     assert set(events) == {"m1", "m2"}
     # Fetched beside others: marked to run alone, not counted.
     assert (events["m1"]["dunning_alone"], events["m1"]["dunning_crashes"]) == (True, 0)
     assert (events["m2"]["dunning_alone"], events["m2"]["dunning_crashes"]) == (True, 1)
     # The job message goes back as it was: its job row keeps the count.
-    [job_back] = _queued(broker, "dunning")
+    [job_back] = queued_messages(broker.client, "dunning")
     assert job_back == job_message
-    [delayed_back] = _queued(broker, "billing_events.DQ")
+    [delayed_back] = queued_messages(broker.client, "billing_events.DQ")
     assert delayed_back == delayed
     # The one that died alone for the third time is parked for ops, with its payload, and gone from Redis.
     with rt.sessions() as s:
