@@ -90,6 +90,10 @@ def _left_in_redis(client: redis.Redis) -> int:
     return client.llen(QUEUE_KEY) + client.hlen(MSGS_KEY) + acked
 
 
+# Hypothesis notes any change of the global `random` state while it draws an example, from any
+# thread: the world's worker threads draw their idle-poll jitter from it (Dramatiq's
+# compute_backoff) while this test draws. These strategies use no `random`.
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
 @settings(
     max_examples=20,
     derandomize=True,
